@@ -1,0 +1,169 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// LoadFunc reads the value of key from the source of truth. It returns
+// ErrNotFound (or an error wrapping sql.ErrNoRows) when the row does not
+// exist. Its ctx carries the values of the Get that started the load but not
+// its cancellation; it ends after Options.LoadTimeout.
+type LoadFunc[T any] func(ctx context.Context, key string) (T, error)
+
+// Loader is a typed cache-aside view of one kind of row: Get reads through
+// Redis to the LoadFunc; Set, Invalidate and WriteThrough keep Redis in step
+// with writes. A Loader is safe for concurrent use.
+type Loader[T any] struct {
+	rdb    redis.UniversalClient
+	name   string
+	prefix string // Options.Prefix + name + ":"
+	load   LoadFunc[T]
+	s      settings
+
+	stats   counters
+	flights flightGroup[T]
+	// seq orders this process's Redis calls and loads; see caller.accepts.
+	seq atomic.Uint64
+
+	retries chan string // invalidations WriteThrough could not apply
+	bg      background
+}
+
+// New returns a Loader for the rows that load reads. name identifies the
+// kind of row: it is part of every Redis key and the loader label of every
+// metric. opts may be nil for defaults.
+func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *Options) (*Loader[T], error) {
+	if rdb == nil {
+		return nil, errors.New("cache: nil Redis client")
+	}
+	if name == "" {
+		return nil, errors.New("cache: empty loader name")
+	}
+	if load == nil {
+		return nil, errors.New("cache: nil LoadFunc")
+	}
+	s, err := opts.settings()
+	if err != nil {
+		return nil, err
+	}
+	l := &Loader[T]{
+		rdb:     rdb,
+		name:    name,
+		prefix:  s.prefix + name + ":",
+		load:    load,
+		s:       s,
+		retries: make(chan string, retryQueueSize),
+	}
+	l.bg.init()
+	l.bg.Go(l.retryLoop)
+	return l, nil
+}
+
+// Must returns l, or panics if err is not nil. It is for package-level
+// variables: var users = cache.Must(cache.New(...)).
+func Must[T any](l *Loader[T], err error) *Loader[T] {
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
+
+// Key returns the Redis key that holds key's entry.
+func (l *Loader[T]) Key(key string) string { return l.prefix + key }
+
+// Name returns the loader's name.
+func (l *Loader[T]) Name() string { return l.name }
+
+// Get returns the value of key: from Redis when it holds a usable entry,
+// otherwise from one load shared by every concurrent Get of key in this
+// process (and, through a lease, in every process). A Get that starts after
+// an Invalidate or Set of key returned never returns data loaded before it.
+//
+// When Redis fails, Get answers from the LoadFunc and returns no Redis
+// error. A missing row yields an error matching ErrNotFound.
+func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
+	if err := l.check(key); err != nil {
+		var zero T
+		return zero, err
+	}
+	return l.get(ctx, key)
+}
+
+// Stats returns a snapshot of the Loader's counters.
+func (l *Loader[T]) Stats() Stats { return l.stats.snapshot() }
+
+// Close stops the Loader's background work and waits for it: loads whose
+// callers have left, and queued invalidations (given one last try). Methods
+// called after Close return ErrClosed.
+func (l *Loader[T]) Close() error {
+	l.bg.Close()
+	return nil
+}
+
+func (l *Loader[T]) check(key string) error {
+	if key == "" {
+		return ErrEmptyKey
+	}
+	if l.bg.closed() {
+		return ErrClosed
+	}
+	return nil
+}
+
+func (l *Loader[T]) count(e Event) {
+	l.stats.events[e].Add(1)
+	l.s.recorder.Count(l.name, e)
+}
+
+// isWrongType reports a Redis WRONGTYPE error: the key holds something
+// that is not an entry.
+func isWrongType(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "WRONGTYPE")
+}
+
+// background runs goroutines that Close waits for.
+type background struct {
+	mu       sync.Mutex // protects wg.Add against Close's wg.Wait
+	isClosed atomic.Bool // written under mu, read without it
+	wg       sync.WaitGroup
+	done     chan struct{} // closed by Close
+}
+
+func (b *background) init() { b.done = make(chan struct{}) }
+
+// Go runs f on a new goroutine. After Close it still runs f, untracked, so
+// that a caller racing with Close is never stranded.
+func (b *background) Go(f func()) {
+	b.mu.Lock()
+	if b.isClosed.Load() {
+		b.mu.Unlock()
+		go f()
+		return
+	}
+	b.wg.Add(1)
+	b.mu.Unlock()
+	go func() {
+		defer b.wg.Done()
+		f()
+	}()
+}
+
+func (b *background) closed() bool { return b.isClosed.Load() }
+
+// Close marks b closed, signals done, and waits for every tracked goroutine.
+func (b *background) Close() {
+	b.mu.Lock()
+	if !b.isClosed.Load() {
+		b.isClosed.Store(true)
+		close(b.done)
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}

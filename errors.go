@@ -1,0 +1,48 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"runtime/debug"
+)
+
+// ErrNotFound reports that the row behind a key does not exist. A LoadFunc
+// returns it (or an error wrapping sql.ErrNoRows) to say so; Get returns an
+// error matching it with errors.Is, both for a fresh load and for a cached
+// negative entry.
+var ErrNotFound = errors.New("cache: not found")
+
+// ErrEmptyKey is returned by every method given an empty key.
+var ErrEmptyKey = errors.New("cache: empty key")
+
+// ErrClosed is returned by methods called after Close.
+var ErrClosed = errors.New("cache: loader closed")
+
+// ErrNegativeVersion is returned when a value's CacheVersion is negative;
+// versions must be 0 (unversioned) or positive.
+var ErrNegativeVersion = errors.New("cache: negative version")
+
+// PanicError is the error every caller of a load receives when the LoadFunc
+// panicked. The key stays usable: the next Get loads again.
+type PanicError struct {
+	Value any    // the value passed to panic
+	Stack []byte // the stack of the panicking goroutine
+}
+
+func (p *PanicError) Error() string {
+	return fmt.Sprintf("cache: load panicked: %v\n\n%s", p.Value, p.Stack)
+}
+
+// Unwrap returns the panic value when it is an error.
+func (p *PanicError) Unwrap() error {
+	err, _ := p.Value.(error)
+	return err
+}
+
+func newPanicError(v any) error {
+	return &PanicError{Value: v, Stack: debug.Stack()}
+}
+
+// ErrTooLarge is wrapped by the error a value larger than
+// Options.MaxValueBytes produces; such values are not cached.
+var ErrTooLarge = errors.New("cache: value too large")

@@ -1,0 +1,207 @@
+package cache
+
+import (
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Event is something a Loader counts.
+type Event int
+
+// Events. The first four are the results of a Get; the rest are what
+// happened along the way.
+const (
+	EventHit                 Event = iota // answered from Redis
+	EventMiss                             // answered by a load (this caller's or a shared one)
+	EventNegativeHit                      // answered ErrNotFound from a cached negative entry
+	EventStale                            // answered with an expired or invalidated value (reserved for stale serving)
+	EventCoalesced                        // a Get waited on a load another Get in this process started
+	EventLeaseWait                        // a load waited on another process's lease
+	EventStaleSetPrevented                // a fill was rejected: its lease was voided or the stored version is newer
+	EventCorruptEntry                     // an entry could not be decoded; it was treated as a miss and replaced
+	EventRedisError                       // a Redis call failed (the caller was answered from the database)
+	EventOversize                         // a value larger than MaxValueBytes was not cached
+	EventEncodeError                      // a value could not be encoded; it was not cached
+	EventInvalidationQueued               // WriteThrough could not reach Redis; the invalidation was queued
+	EventInvalidationRetried              // a queued invalidation was applied
+	EventInvalidationDropped              // a queued invalidation was given up (queue full or retries used up)
+	numEvents
+)
+
+var eventNames = [numEvents]string{
+	"hit", "miss", "negative_hit", "stale", "coalesced", "lease_wait",
+	"stale_set_prevented", "corrupt_entry", "redis_error", "oversize",
+	"encode_error", "invalidation_queued", "invalidation_retried",
+	"invalidation_dropped",
+}
+
+// String returns the event's metric label.
+func (e Event) String() string {
+	if e < 0 || e >= numEvents {
+		return "unknown"
+	}
+	return eventNames[e]
+}
+
+// isRequest reports whether e is the result of a Get.
+func (e Event) isRequest() bool { return e <= EventStale }
+
+// Recorder receives a Loader's metrics. Implementations must be safe for
+// concurrent use and fast: they are called on the hit path.
+type Recorder interface {
+	// Count records one event of the named loader.
+	Count(loader string, e Event)
+	// ObserveLoad records one call of the LoadFunc: how long it took and how
+	// it ended (nil, an error matching ErrNotFound, or another error).
+	ObserveLoad(loader string, d time.Duration, err error)
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) Count(string, Event)                      {}
+func (nopRecorder) ObserveLoad(string, time.Duration, error) {}
+
+// Stats is a snapshot of a Loader's counters since New.
+type Stats struct {
+	Hits                  uint64 // Gets answered from Redis
+	Misses                uint64 // Gets answered by a load
+	NegativeHits          uint64 // Gets answered ErrNotFound from Redis
+	Stale                 uint64 // Gets answered with a stale value
+	Loads                 uint64 // LoadFunc calls
+	LoadErrors            uint64 // LoadFunc calls that failed (not counting ErrNotFound)
+	Coalesced             uint64 // Gets that waited on another Get's load in this process
+	LeaseWaits            uint64 // loads that waited on another process's lease
+	StaleSetsPrevented    uint64 // fills rejected by a voided lease or a newer version
+	CorruptEntries        uint64 // undecodable entries treated as misses
+	RedisErrors           uint64 // failed Redis calls
+	Oversize              uint64 // values not cached for exceeding MaxValueBytes
+	EncodeErrors          uint64 // values not cached because the Codec failed
+	InvalidationsQueued   uint64 // invalidations queued for retry
+	InvalidationsRetried  uint64 // queued invalidations applied
+	InvalidationsDropped  uint64 // queued invalidations given up
+}
+
+// counters are a Loader's own counts, kept whatever the Recorder.
+type counters struct {
+	events     [numEvents]atomic.Uint64
+	loads      atomic.Uint64
+	loadErrors atomic.Uint64
+}
+
+func (c *counters) snapshot() Stats {
+	e := func(ev Event) uint64 { return c.events[ev].Load() }
+	return Stats{
+		Hits:                 e(EventHit),
+		Misses:               e(EventMiss),
+		NegativeHits:         e(EventNegativeHit),
+		Stale:                e(EventStale),
+		Loads:                c.loads.Load(),
+		LoadErrors:           c.loadErrors.Load(),
+		Coalesced:            e(EventCoalesced),
+		LeaseWaits:           e(EventLeaseWait),
+		StaleSetsPrevented:   e(EventStaleSetPrevented),
+		CorruptEntries:       e(EventCorruptEntry),
+		RedisErrors:          e(EventRedisError),
+		Oversize:             e(EventOversize),
+		EncodeErrors:         e(EventEncodeError),
+		InvalidationsQueued:  e(EventInvalidationQueued),
+		InvalidationsRetried: e(EventInvalidationRetried),
+		InvalidationsDropped: e(EventInvalidationDropped),
+	}
+}
+
+// Prometheus is a Recorder that exports a Loader's metrics, labelled with
+// the loader's name, to a prometheus.Registerer:
+//
+//	cache_requests_total{loader,result}     Gets by result: hit, miss, negative_hit, stale
+//	cache_events_total{loader,event}        everything else Event names
+//	cache_loads_total{loader,result}        LoadFunc calls: ok, not_found, error
+//	cache_load_duration_seconds{loader}     LoadFunc latency
+//
+// Several Loaders may share one Prometheus, and NewPrometheus may be called
+// more than once on the same registry: the metrics are registered once and
+// shared.
+type Prometheus struct {
+	requests *prometheus.CounterVec
+	events   *prometheus.CounterVec
+	loads    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+// NewPrometheus registers the cache metrics with reg (never the global
+// registry unless you pass it) and returns a Recorder that feeds them.
+func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
+	if reg == nil {
+		return nil, errors.New("cache: NewPrometheus needs a Registerer")
+	}
+	p := &Prometheus{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cache_requests_total",
+			Help: "Gets by result: hit, miss, negative_hit, stale.",
+		}, []string{"loader", "result"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cache_events_total",
+			Help: "Things the cache did or prevented: coalesced, lease_wait, stale_set_prevented, corrupt_entry, redis_error, oversize, ...",
+		}, []string{"loader", "event"}),
+		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cache_loads_total",
+			Help: "LoadFunc calls by result: ok, not_found, error.",
+		}, []string{"loader", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cache_load_duration_seconds",
+			Help:    "LoadFunc latency.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"loader"}),
+	}
+	var err error
+	if p.requests, err = register(reg, p.requests); err != nil {
+		return nil, err
+	}
+	if p.events, err = register(reg, p.events); err != nil {
+		return nil, err
+	}
+	if p.loads, err = register(reg, p.loads); err != nil {
+		return nil, err
+	}
+	if p.duration, err = register(reg, p.duration); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// register registers c, or returns the identical collector already there.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, err
+}
+
+// Count implements Recorder.
+func (p *Prometheus) Count(loader string, e Event) {
+	if e.isRequest() {
+		p.requests.WithLabelValues(loader, e.String()).Inc()
+		return
+	}
+	p.events.WithLabelValues(loader, e.String()).Inc()
+}
+
+// ObserveLoad implements Recorder.
+func (p *Prometheus) ObserveLoad(loader string, d time.Duration, err error) {
+	result := "ok"
+	switch {
+	case errors.Is(err, ErrNotFound):
+		result = "not_found"
+	case err != nil:
+		result = "error"
+	}
+	p.loads.WithLabelValues(loader, result).Inc()
+	p.duration.WithLabelValues(loader).Observe(d.Seconds())
+}
