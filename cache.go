@@ -130,7 +130,7 @@ func isWrongType(err error) bool {
 
 // background runs goroutines that Close waits for.
 type background struct {
-	mu       sync.Mutex // protects wg.Add against Close's wg.Wait
+	mu       sync.Mutex  // protects wg.Add against Close's wg.Wait
 	isClosed atomic.Bool // written under mu, read without it
 	wg       sync.WaitGroup
 	done     chan struct{} // closed by Close

@@ -66,22 +66,22 @@ func (nopRecorder) ObserveLoad(string, time.Duration, error) {}
 
 // Stats is a snapshot of a Loader's counters since New.
 type Stats struct {
-	Hits                  uint64 // Gets answered from Redis
-	Misses                uint64 // Gets answered by a load
-	NegativeHits          uint64 // Gets answered ErrNotFound from Redis
-	Stale                 uint64 // Gets answered with a stale value
-	Loads                 uint64 // LoadFunc calls
-	LoadErrors            uint64 // LoadFunc calls that failed (not counting ErrNotFound)
-	Coalesced             uint64 // Gets that waited on another Get's load in this process
-	LeaseWaits            uint64 // loads that waited on another process's lease
-	StaleSetsPrevented    uint64 // fills rejected by a voided lease or a newer version
-	CorruptEntries        uint64 // undecodable entries treated as misses
-	RedisErrors           uint64 // failed Redis calls
-	Oversize              uint64 // values not cached for exceeding MaxValueBytes
-	EncodeErrors          uint64 // values not cached because the Codec failed
-	InvalidationsQueued   uint64 // invalidations queued for retry
-	InvalidationsRetried  uint64 // queued invalidations applied
-	InvalidationsDropped  uint64 // queued invalidations given up
+	Hits                 uint64 // Gets answered from Redis
+	Misses               uint64 // Gets answered by a load
+	NegativeHits         uint64 // Gets answered ErrNotFound from Redis
+	Stale                uint64 // Gets answered with a stale value
+	Loads                uint64 // LoadFunc calls
+	LoadErrors           uint64 // LoadFunc calls that failed (not counting ErrNotFound)
+	Coalesced            uint64 // Gets that waited on another Get's load in this process
+	LeaseWaits           uint64 // loads that waited on another process's lease
+	StaleSetsPrevented   uint64 // fills rejected by a voided lease or a newer version
+	CorruptEntries       uint64 // undecodable entries treated as misses
+	RedisErrors          uint64 // failed Redis calls
+	Oversize             uint64 // values not cached for exceeding MaxValueBytes
+	EncodeErrors         uint64 // values not cached because the Codec failed
+	InvalidationsQueued  uint64 // invalidations queued for retry
+	InvalidationsRetried uint64 // queued invalidations applied
+	InvalidationsDropped uint64 // queued invalidations given up
 }
 
 // counters are a Loader's own counts, kept whatever the Recorder.

@@ -113,4 +113,3 @@ func (l *Loader[T]) release(ctx context.Context, rkey, token string) {
 		l.count(EventRedisError)
 	}
 }
-
