@@ -116,3 +116,11 @@ func fakeRedis(t testing.TB) (*miniredis.Miniredis, *redis.Client) {
 	t.Cleanup(func() { rdb.Close() })
 	return mr, rdb
 }
+
+// newClient returns another client of addr, as another process would have.
+func newClient(t testing.TB, addr string) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}

@@ -1,0 +1,132 @@
+package cache
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Loaders with separate clients stand for separate processes.
+
+func TestLeaseMakesOtherProcessesWait(t *testing.T) {
+	mr, rdbA := fakeRedis(t)
+	tb, started, release := blockingTable()
+	tb.put("a", "one")
+	a := newLoader(t, rdbA, tb, nil)
+	rdbB := newClient(t, mr.Addr())
+	tbB := newTable() // process B's own view of the database
+	tbB.put("a", "one")
+	b := newLoader(t, rdbB, tbB, &Options{Prefix: a.s.prefix})
+
+	got := make(chan row, 2)
+	go func() { v, _ := a.Get(context.Background(), "a"); got <- v }()
+	<-started // A holds the lease and is loading
+
+	ev := &events{}
+	b.s.recorder = ev
+	waiting := ev.on(EventLeaseWait)
+	go func() { v, _ := b.Get(context.Background(), "a"); got <- v }()
+	wait(t, waiting, "B to wait on A's lease")
+	close(release)
+	require.Equal(t, "one", (<-got).Val)
+	require.Equal(t, "one", (<-got).Val)
+	require.EqualValues(t, 1, tb.loads.Load())
+	require.EqualValues(t, 0, tbB.loads.Load(), "B took A's fill instead of loading")
+	require.EqualValues(t, 1, b.Stats().LeaseWaits)
+}
+
+func TestLapsedLeaseIsTakenOver(t *testing.T) {
+	mr, rdbA := fakeRedis(t)
+	// A's load hangs past its lease: the holder "died".
+	tbA, started, release := blockingTable()
+	tbA.put("a", "one")
+	defer close(release)
+	lease := 150 * time.Millisecond
+	a := newLoader(t, rdbA, tbA, &Options{LeaseTimeout: lease})
+	tbB := newTable()
+	tbB.put("a", "one")
+	b := newLoader(t, newClient(t, mr.Addr()), tbB, &Options{Prefix: a.s.prefix, LeaseTimeout: lease})
+
+	go a.Get(context.Background(), "a")
+	<-started
+	v, err := b.Get(context.Background(), "a")
+	require.NoError(t, err)
+	require.Equal(t, "one", v.Val)
+	require.EqualValues(t, 1, tbB.loads.Load(), "B loaded once A's lease lapsed")
+	// B filled under its own lease: the entry is usable for everyone.
+	h := rdbA.HGetAll(context.Background(), a.Key("a")).Val()
+	require.Equal(t, `{"val":"one","ver":1}`, h["p"])
+}
+
+func TestLeaseWaitBoundedByLastLoadTime(t *testing.T) {
+	// With the last load's duration known, a waiter gives up after a few
+	// times that and loads without filling, rather than wait out the lease.
+	mr, rdbA := fakeRedis(t)
+	tbA := newTable()
+	tbA.put("a", "one")
+	a := newLoader(t, rdbA, tbA, &Options{LeaseTimeout: time.Hour, LoadTimeout: time.Hour})
+	ctx := context.Background()
+	_, err := a.Get(ctx, "a") // fill with a known (tiny) load duration
+	require.NoError(t, err)
+	require.NoError(t, a.Invalidate(ctx, "a"))
+
+	// A takes the lease and hangs.
+	started := make(chan int64, 1)
+	release := make(chan struct{})
+	defer close(release)
+	tbA.hook = func(_ context.Context, _ string, n int64) error { started <- n; <-release; return nil }
+	go a.Get(ctx, "a")
+	<-started
+
+	tbB := newTable()
+	tbB.put("a", "two")
+	b := newLoader(t, newClient(t, mr.Addr()), tbB, &Options{Prefix: a.s.prefix, LeaseTimeout: time.Hour, LoadTimeout: time.Hour})
+	v, err := b.Get(ctx, "a")
+	require.NoError(t, err)
+	require.Equal(t, "two", v.Val)
+	require.EqualValues(t, 1, tbB.loads.Load())
+	require.NotEqual(t, `{"val":"two","ver":1}`, rdbA.HGet(ctx, a.Key("a"), "p").Val(),
+		"a load without the lease does not fill")
+}
+
+func TestStampedeAcrossProcessesMiniredis(t *testing.T) {
+	mr, _ := fakeRedis(t)
+	tb := newTable()
+	tb.put("hot", "v")
+	tb.hook = func(context.Context, string, int64) error { time.Sleep(20 * time.Millisecond); return nil }
+	prefix := "stampede:"
+	// This test is about leases, not timeouts: 400 first reads queued on
+	// miniredis under -race can take longer than the default RedisTimeout,
+	// and a Get whose Redis calls time out loads on its own (fail-open).
+	var loaders []*Loader[row]
+	for range 8 {
+		loaders = append(loaders, newLoader(t, newClient(t, mr.Addr()), tb, &Options{Prefix: prefix, RedisTimeout: 5 * time.Second}))
+	}
+	gate := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*50)
+	for _, l := range loaders {
+		for range 50 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-gate
+				v, err := l.Get(context.Background(), "hot")
+				if err == nil && v.Val != "v" {
+					t.Errorf("got %q", v.Val)
+				}
+				errs <- err
+			}()
+		}
+	}
+	close(gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.EqualValues(t, 1, tb.loads.Load(), "one load across 8 processes")
+}
