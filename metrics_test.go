@@ -1,0 +1,115 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+)
+
+func TestPrometheusTwoLoadersOneRegistry(t *testing.T) {
+	_, rdb := fakeRedis(t)
+	reg := prometheus.NewPedanticRegistry()
+	p1, err := NewPrometheus(reg)
+	require.NoError(t, err)
+	p2, err := NewPrometheus(reg)
+	require.NoError(t, err, "a second adapter on the same registry shares the metrics")
+
+	tb := newTable()
+	tb.put("a", "x")
+	users := newLoader(t, rdb, tb, &Options{Recorder: p1})
+	users.name = "users"
+	orders := newLoader(t, rdb, tb, &Options{Recorder: p2})
+	orders.name = "orders"
+	ctx := context.Background()
+	for range 3 {
+		_, err := users.Get(ctx, "a")
+		require.NoError(t, err)
+	}
+	_, err = orders.Get(ctx, "missing")
+	require.ErrorIs(t, err, ErrNotFound)
+	_, err = orders.Get(ctx, "missing")
+	require.ErrorIs(t, err, ErrNotFound)
+
+	require.Equal(t, 2.0, testutil.ToFloat64(p1.requests.WithLabelValues("users", "hit")))
+	require.Equal(t, 1.0, testutil.ToFloat64(p1.requests.WithLabelValues("users", "miss")))
+	require.Equal(t, 1.0, testutil.ToFloat64(p1.requests.WithLabelValues("orders", "negative_hit")))
+	require.Equal(t, 1.0, testutil.ToFloat64(p1.loads.WithLabelValues("users", "ok")))
+	require.Equal(t, 1.0, testutil.ToFloat64(p1.loads.WithLabelValues("orders", "not_found")))
+	n, err := testutil.GatherAndCount(reg, "cache_load_duration_seconds")
+	require.NoError(t, err)
+	require.Equal(t, 2, n, "one histogram per loader")
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+}
+
+func TestPrometheusConflictingRegistration(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	// Someone else's metric under our name with other labels: a clear error,
+	// never a panic.
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "cache_requests_total", Help: "other"}))
+	_, err := NewPrometheus(reg)
+	require.Error(t, err)
+	_, err = NewPrometheus(nil)
+	require.ErrorContains(t, err, "Registerer")
+}
+
+func TestEventsAreCountedInStatsAndRecorder(t *testing.T) {
+	mr, rdb := fakeRedis(t)
+	reg := prometheus.NewRegistry()
+	p, err := NewPrometheus(reg)
+	require.NoError(t, err)
+	tb := newTable()
+	tb.put("a", "x")
+	tb.put("big", strings.Repeat("x", 200))
+	boom := errors.New("boom")
+	tb.hook = func(_ context.Context, k string, _ int64) error {
+		if k == "err" {
+			return boom
+		}
+		return nil
+	}
+	l := newLoader(t, rdb, tb, &Options{Recorder: p, MaxValueBytes: 100})
+	ctx := context.Background()
+	_, _ = l.Get(ctx, "a")
+	_, _ = l.Get(ctx, "big")
+	_, _ = l.Get(ctx, "err")
+	rdb.HSet(ctx, l.Key("bad"), "p", "{", "g", "1")
+	tb.put("bad", "ok")
+	_, _ = l.Get(ctx, "bad")
+	require.NoError(t, l.Set(ctx, "a", row{"old", 0})) // version 0 < 1: prevented
+	mr.Close()
+	_, _ = l.Get(ctx, "a")
+
+	s := l.Stats()
+	for _, c := range []struct {
+		ev   Event
+		want uint64
+	}{
+		{EventOversize, s.Oversize},
+		{EventCorruptEntry, s.CorruptEntries},
+		{EventStaleSetPrevented, s.StaleSetsPrevented},
+		{EventRedisError, s.RedisErrors},
+	} {
+		require.NotZero(t, c.want, c.ev.String())
+		require.Equal(t, float64(c.want), testutil.ToFloat64(p.events.WithLabelValues("row", c.ev.String())), c.ev.String())
+	}
+	require.EqualValues(t, 1, s.LoadErrors)
+	require.Equal(t, 1.0, testutil.ToFloat64(p.loads.WithLabelValues("row", "error")))
+}
+
+func TestEventNames(t *testing.T) {
+	seen := map[string]bool{}
+	for e := range numEvents {
+		name := e.String()
+		require.NotEmpty(t, name)
+		require.False(t, seen[name], "duplicate %s", name)
+		seen[name] = true
+	}
+	require.Equal(t, "unknown", Event(-1).String())
+}
