@@ -1,0 +1,55 @@
+// Package cache puts Redis in front of MySQL (or any source of truth) as a
+// typed, cache-aside [Loader]: Get reads Redis and, on a miss, runs one load
+// per key — per process through a singleflight, and across processes through
+// a lease in Redis — and fills the entry with a compare-and-set that can never
+// leave an older value behind an invalidation or a newer write.
+//
+//	users := cache.Must(cache.New(rdb, "user", repo.UserByID, &cache.Options{TTL: time.Minute}))
+//	u, err := users.Get(ctx, "42")                    // hit, or one shared load
+//	u, err = users.WriteThrough(ctx, "42", repo.Rename) // commit, then cache the new row
+//	err = users.Invalidate(ctx, "42")                  // after a commit made elsewhere
+//
+// # Consistency
+//
+// MySQL is the truth; Redis holds a derived copy. The Loader promises:
+//
+//   - No stale set: once [Loader.Invalidate] (or [Loader.Set] /
+//     [Loader.WriteThrough] of version v) has returned, no load that began
+//     before it can store what it read. Invalidate writes a tombstone (even
+//     for an absent key) that voids the fill lease of every load in flight.
+//   - No stale read: a Get that starts after Invalidate returned never
+//     answers with data loaded before it — neither from Redis nor by joining
+//     an in-process load that began earlier.
+//   - Versions never go backwards: values implementing [Versioned] only
+//     replace lower versions. A Set of a lower version invalidates instead.
+//   - Fail-open: when a Redis call fails, Get answers from the LoadFunc and
+//     returns no Redis error. Invalidate and Set return their errors;
+//     WriteThrough, whose database write has committed, never fails because
+//     of Redis: it falls back to invalidating, then to a background retry.
+//
+// These hold for the writes the Loader is told about. A row changed without
+// an Invalidate (a migration, a manual UPDATE) stays stale in Redis until
+// its TTL; the TTL is the bound on that.
+//
+// WARNING: versions must never go backwards for a key, also across delete
+// and re-insert: use a sequence or an updated-at in microseconds, read in the
+// same SELECT as the value, never time.Now() on an application server.
+//
+// WARNING: an invalidation queued by WriteThrough lives in process memory.
+// If the process dies before Redis comes back, the entry stays stale until
+// its TTL.
+//
+// # Redis layout
+//
+// One hash per entry at Options.Prefix + name + ":" + key, holding the
+// encoded value, its version, flags (negative, invalidated), an invalidation
+// generation, the last load's duration and the fill lease. Every script
+// touches one key, so Redis Cluster works without hash tags. A hit is one
+// HMGET and no Lua.
+//
+// # Go-redis configuration
+//
+// Build the client with ContextTimeoutEnabled: true so that
+// Options.RedisTimeout bounds each call; with go-redis defaults a blackholed
+// Redis holds a call for its ReadTimeout (3s) and retries.
+package cache
