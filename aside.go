@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"time"
@@ -17,43 +18,83 @@ import (
 // lapsed lease or a corrupt entry) before it loads without filling.
 const maxAcquireRounds = 8
 
+// Acquire modes (see internal/script/acquire.lua).
+const (
+	modeMiss    = "0"
+	modeReplace = "1"
+	modeRefresh = "2"
+)
+
+// bypassSuffix keeps the flights of Gets that must not read Redis apart
+// from those that may.
+const bypassSuffix = "\x00bypass"
+
 // get is the read path: one HMGET, then on a miss one shared flight.
 func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 	var zero T
 	rkey := l.Key(key)
+	// The Redis budget of this Get: its read, its flight's lease request
+	// and fill together (see Options.RedisTimeout).
+	budget := redisBudget{left: l.s.redisTimeout}
 	// Taken before the read is sent: whatever this process issues later
 	// reflects every invalidation completed before this Get began.
 	c := caller{seq: l.seq.Add(1)}
-	force := false
-	e, err := l.read(ctx, rkey)
+
+	if l.bypassing(key) {
+		l.count(EventBypass)
+		res, _, err := l.flights.do(ctx, key+bypassSuffix, c, l.bg.Go, func(*flight[T]) (result[T], func()) {
+			return l.loadOnly(context.WithoutCancel(ctx), key), nil
+		})
+		if err != nil {
+			return zero, err
+		}
+		return res.val, res.err
+	}
+
+	mode := modeMiss
+	var stale *T // a value this Get may answer with if the load fails
+	e, err := l.read(ctx, &budget, rkey)
 	switch {
-	case err == nil && e.Usable():
+	case err == nil && (e.Usable() || e.Invalidated() && e.HasPayload):
 		if e.Negative() {
 			l.count(EventNegativeHit)
 			return zero, ErrNotFound
 		}
+		c.gen = e.Generation
 		v, err := l.decode(e.Payload)
-		if err == nil {
+		if err != nil {
+			l.corrupt(rkey, err)
+			mode = modeReplace
+			break
+		}
+		now := l.clock.serverNow()
+		if !e.Invalidated() && (e.SoftExpiry == 0 || now < e.SoftExpiry) {
+			if l.refreshDue(&e, now) {
+				l.refresh(key, rkey)
+			}
 			l.count(EventHit)
 			return v, nil
 		}
-		l.corrupt(rkey, err)
-		force = true
-		c.gen = e.Generation
+		// Expired or invalidated, and kept for stale serving.
+		if now-e.SoftExpiry <= l.s.maxStale.Milliseconds() {
+			if l.s.swr {
+				l.refresh(key, rkey)
+				l.count(EventStale)
+				return v, nil
+			}
+			stale = &v
+		}
 	case err == nil:
 		c.gen = e.Generation // 0 when the key is absent: unknown
 	case errors.Is(err, entry.ErrCorrupt):
 		l.corrupt(rkey, err)
-		force = true
+		mode = modeReplace
 	case ctx.Err() != nil:
 		return zero, ctx.Err()
-	default:
-		l.count(EventRedisError)
 	}
-	l.count(EventMiss)
 
-	res, shared, err := l.flights.do(ctx, key, c, l.bg.Go, func(f *flight[T]) result[T] {
-		return l.fetch(context.WithoutCancel(ctx), key, rkey, force, f)
+	res, shared, err := l.flights.do(ctx, key, c, l.bg.Go, func(f *flight[T]) (result[T], func()) {
+		return l.fetch(context.WithoutCancel(ctx), key, rkey, mode, budget, f)
 	})
 	if err != nil {
 		return zero, err
@@ -61,14 +102,21 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 	if shared {
 		l.count(EventCoalesced)
 	}
+	if res.err != nil && stale != nil && l.s.staleIfError && !errors.Is(res.err, ErrNotFound) {
+		l.count(EventStale)
+		return *stale, nil
+	}
+	l.count(EventMiss)
 	return res.val, res.err
 }
 
 // read fetches and decodes key's entry in one round trip.
-func (l *Loader[T]) read(ctx context.Context, rkey string) (entry.Entry, error) {
-	ctx, cancel := context.WithTimeout(ctx, l.s.redisTimeout)
-	defer cancel()
-	vals, err := l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
+func (l *Loader[T]) read(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
+	var vals []any
+	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
+		vals, err = l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
+		return err
+	})
 	if err != nil {
 		if isWrongType(err) {
 			return entry.Entry{}, fmt.Errorf("%w: %v", entry.ErrCorrupt, err)
@@ -89,60 +137,120 @@ func (l *Loader[T]) corrupt(rkey string, err error) {
 	l.s.logger.Warn("cache: corrupt entry treated as a miss", "loader", l.name, "key", rkey, "err", err)
 }
 
-// fetch is the body of one flight: take the lease and load and fill, or
-// wait for the lease holder's fill, or load without filling when Redis
-// cannot help. ctx is detached from the callers' cancellation.
-func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, force bool, f *flight[T]) result[T] {
+// refreshDue decides early refresh (XFetch): with r left before the soft
+// expiry and a last load of delta, refresh with probability
+// exp(-r / (beta × delta)).
+func (l *Loader[T]) refreshDue(e *entry.Entry, now int64) bool {
+	if l.s.noEarly || e.Delta <= 0 || e.SoftExpiry == 0 {
+		return false
+	}
+	remaining := float64(e.SoftExpiry - now)
+	scale := l.s.beta * float64(e.Delta)
+	if remaining > 40*scale { // probability below e^-40: skip the math
+		return false
+	}
+	return rand.Float64() < math.Exp(-remaining/scale)
+}
+
+// refresh loads key in the background under a lease and fills it, while
+// Gets go on being answered from the current entry. At most one refresh
+// per key runs in this process; across processes the lease decides.
+func (l *Loader[T]) refresh(key, rkey string) {
+	if _, running := l.refreshing.LoadOrStore(key, struct{}{}); running {
+		return
+	}
+	l.count(EventRefresh)
+	l.bg.Go(func() {
+		defer l.refreshing.Delete(key)
+		ctx := context.Background()
+		seq := l.seq.Add(1)
+		token := newToken()
+		b := redisBudget{left: l.s.redisTimeout}
+		a, err := l.acquire(ctx, &b, rkey, token, modeRefresh)
+		if err != nil || a.status != script.Granted {
+			return // Redis is failing, or another caller is refreshing
+		}
+		b = redisBudget{left: l.s.redisTimeout}
+		if _, store := l.loadAndFill(ctx, key, rkey, token, seq, a, &b); store != nil {
+			store()
+		}
+	})
+}
+
+// fetch is the body of one flight: take the lease and load (filling after
+// the result is published), or wait for the lease holder's fill, or load
+// without filling when Redis cannot help. ctx is detached from the callers'
+// cancellation; its Redis calls spend what is left of the starting Get's
+// Redis budget, but for waits on another caller's lease, after which each
+// call has a budget of its own.
+func (l *Loader[T]) fetch(ctx context.Context, key, rkey, mode string, budget redisBudget, f *flight[T]) (result[T], func()) {
 	waited := false
 	for range maxAcquireRounds {
 		seq := l.seq.Add(1)
 		token := newToken()
-		a, err := l.acquire(ctx, rkey, token, force)
+		a, err := l.acquire(ctx, &budget, rkey, token, mode)
+		if errors.Is(err, ErrRedisUnavailable) {
+			return l.loadOnly(ctx, key), nil
+		}
 		if err != nil {
-			l.count(EventRedisError)
-			return l.loadOnly(ctx, key)
+			// The request may have reached Redis and the lease may be
+			// ours: try a fill with its token after answering, so that
+			// other processes do not wait out an orphaned lease. If the
+			// lease is not ours the fill is refused, harmlessly.
+			start := time.Now()
+			res := l.loadOnly(ctx, key)
+			store := l.storeStep(ctx, rkey, token, res.val, res.err, time.Since(start), true)
+			return res, func() { store(&redisBudget{left: l.s.redisTimeout}) }
 		}
 		switch a.status {
 		case script.Granted:
 			f.grantGen.Store(a.gen)
-			return l.loadAndFill(ctx, key, rkey, token, seq, a.gen)
+			return l.loadAndFill(ctx, key, rkey, token, seq, a, &budget)
 		case script.Usable:
 			if a.flags&entry.FlagNegative != 0 {
-				return result[T]{err: ErrNotFound, seq: seq, gen: a.gen}
+				return result[T]{err: ErrNotFound, seq: seq, gen: a.gen}, nil
 			}
 			v, err := l.decode(a.payload)
 			if err == nil {
-				return result[T]{val: v, seq: seq, gen: a.gen}
+				return result[T]{val: v, seq: seq, gen: a.gen}, nil
 			}
 			l.corrupt(rkey, err)
-			force = true
+			mode = modeReplace
 		case script.Held:
 			if !waited {
 				l.count(EventLeaseWait)
 				waited = true
 			}
-			if r, ok := l.awaitLease(ctx, rkey, a); ok {
-				return r
-			} else if r.err != nil {
-				// The wait ran out with the holder still loading: load
-				// without filling rather than keep the callers waiting.
-				return l.loadOnly(ctx, key)
+			r, outcome := l.awaitLease(ctx, rkey, a)
+			budget = redisBudget{left: l.s.redisTimeout}
+			switch outcome {
+			case filled:
+				return r, nil
+			case gaveUp:
+				// The holder is still loading after longer than is worth
+				// waiting, or Redis failed: load without filling.
+				return l.loadOnly(ctx, key), nil
 			}
-			// The lease lapsed or was released: ask again.
+			// The lease lapsed or changed hands: ask again.
 		}
 	}
-	return l.loadOnly(ctx, key)
+	return l.loadOnly(ctx, key), nil
 }
 
-// errWaitExpired marks an awaitLease that gave up on a live lease.
-var errWaitExpired = errors.New("lease wait expired")
+// How a wait on another caller's lease ended.
+type waitOutcome int
+
+const (
+	filled waitOutcome = iota // the entry is usable: r holds it
+	lapsed                    // the lease lapsed, was released or voided: ask again
+	gaveUp                    // the wait ran out, or Redis failed
+)
 
 // awaitLease polls key's entry, with jittered backoff, until the lease
-// holder fills it (ok), the lease lapses or changes hands (!ok, r.err nil:
-// ask for the lease again), or the wait runs out (!ok, r.err set). The wait
-// is a few times the last load's duration when that is known, and never
-// past the lease's deadline.
-func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply) (r result[T], ok bool) {
+// holder fills it, the lease lapses or changes hands, or the wait runs out.
+// The wait is a few times the last load's duration when that is known, and
+// never past the lease's deadline. Each poll is bounded by RedisTimeout.
+func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply) (result[T], waitOutcome) {
 	start := time.Now()
 	leaseEnd := start.Add(a.remaining)
 	deadline := leaseEnd
@@ -152,40 +260,36 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 		}
 	}
 	backoff := time.Millisecond
-	timer := time.NewTimer(0)
+	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	<-timer.C
 	for {
 		now := time.Now()
 		if !now.Before(deadline) {
 			if !now.Before(leaseEnd) {
-				return r, false
+				return result[T]{}, lapsed
 			}
-			return result[T]{err: errWaitExpired}, false
+			return result[T]{}, gaveUp
 		}
 		timer.Reset(min(jittered(backoff, 0.5), deadline.Sub(now)))
 		<-timer.C
 		backoff = min(backoff*3/2, maxPollInterval)
 
 		seq := l.seq.Add(1)
-		e, err := l.read(ctx, rkey)
-		if err != nil {
-			if !errors.Is(err, entry.ErrCorrupt) {
-				l.count(EventRedisError)
-			}
-			return result[T]{err: err}, false
-		}
-		if e.Usable() {
-			if e.Negative() {
-				return result[T]{err: ErrNotFound, seq: seq, gen: e.Generation}, true
-			}
+		e, err := l.read(ctx, &redisBudget{left: l.s.redisTimeout}, rkey)
+		switch {
+		case errors.Is(err, entry.ErrCorrupt):
+			return result[T]{}, lapsed // acquire replaces it
+		case err != nil:
+			return result[T]{}, gaveUp
+		case e.Usable() && e.Negative():
+			return result[T]{err: ErrNotFound, seq: seq, gen: e.Generation}, filled
+		case e.Usable():
 			if v, err := l.decode(e.Payload); err == nil {
-				return result[T]{val: v, seq: seq, gen: e.Generation}, true
+				return result[T]{val: v, seq: seq, gen: e.Generation}, filled
 			}
-			return r, false // corrupt: acquire replaces it
-		}
-		if e.LeaseOwner != a.owner {
-			return r, false // lapsed, released, voided or taken over
+			return result[T]{}, lapsed // corrupt: acquire replaces it
+		case e.LeaseOwner != a.owner:
+			return result[T]{}, lapsed
 		}
 	}
 }
@@ -203,28 +307,55 @@ func (l *Loader[T]) loadOnly(ctx context.Context, key string) result[T] {
 	return result[T]{val: v, err: err, seq: seq}
 }
 
-// loadAndFill loads under a granted lease and stores the result. A failed
-// load releases the lease so that waiters stop waiting; it is never cached.
-func (l *Loader[T]) loadAndFill(ctx context.Context, key, rkey, token string, seq uint64, gen int64) result[T] {
+// loadAndFill loads under a granted lease and stores the result (or, for a
+// failed load, releases the lease so that waiters stop waiting; a failed
+// load is never cached). The store spends what is left of b before the
+// result is returned, so that the caller's next Get finds it; when b is
+// spent, or the store failed, it is returned as a step to take after the
+// result is published instead, with a budget of its own, and nobody waits
+// for it.
+func (l *Loader[T]) loadAndFill(ctx context.Context, key, rkey, token string, seq uint64, a acquireReply, b *redisBudget) (result[T], func()) {
 	start := time.Now()
 	v, err := l.callLoad(ctx, key)
-	delta := time.Since(start)
-	res := result[T]{val: v, err: err, seq: seq, gen: gen}
+	res := result[T]{val: v, err: err, seq: seq, gen: a.gen}
+	store := l.storeStep(ctx, rkey, token, v, err, time.Since(start), false)
+	if b.left >= minStoreBudget && store(b) {
+		return res, nil
+	}
+	// The budget is spent, or the store failed on the client (it may
+	// not have reached Redis): store again after answering, so that no
+	// lease is left for others to wait out.
+	return res, func() { store(&redisBudget{left: l.s.redisTimeout}) }
+}
+
+// storeStep returns the step that stores the outcome of a load under the
+// lease token: a fill of the value or of a negative entry, or for a failed
+// load the release of the lease. The step reports whether Redis answered.
+// With tentative, the lease may never have been granted, so a refusal is
+// not counted as a stale set prevented. Called without a budget, the step
+// makes one try on a budget of its own.
+func (l *Loader[T]) storeStep(ctx context.Context, rkey, token string, v T, err error, delta time.Duration, tentative bool) func(b *redisBudget) bool {
 	switch {
 	case errors.Is(err, ErrNotFound) && !l.s.noNegative:
-		l.fill(ctx, rkey, token, nil, 0, true, l.s.negativeEntryTTL(), delta)
-	case err != nil:
-		l.release(ctx, rkey, token)
-	default:
-		payload, version, err := l.encode(v)
-		if err != nil {
-			l.release(ctx, rkey, token)
-			break
+		return func(b *redisBudget) bool {
+			return l.fill(ctx, b, rkey, token, nil, 0, true, l.s.negativeEntryTTL(), 0, delta, tentative)
 		}
-		l.fill(ctx, rkey, token, payload, version, false, l.s.valueTTL(), delta)
+	case err != nil:
+		return func(b *redisBudget) bool { return l.release(ctx, b, rkey, token) }
 	}
-	return res
+	payload, version, err := l.encode(v)
+	if err != nil {
+		return func(b *redisBudget) bool { return l.release(ctx, b, rkey, token) }
+	}
+	ttl := l.s.valueTTL()
+	return func(b *redisBudget) bool {
+		return l.fill(ctx, b, rkey, token, payload, version, false, ttl+l.s.maxStale, ttl, delta, tentative)
+	}
 }
+
+// minStoreBudget is the least budget worth spending on a fill before the
+// result is returned.
+const minStoreBudget = time.Millisecond
 
 // callLoad runs the LoadFunc bounded by LoadTimeout, turning a panic into
 // an error and "no rows" into ErrNotFound, and records it.

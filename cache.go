@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 )
 
 // LoadFunc reads the value of key from the source of truth. It returns
@@ -28,11 +29,16 @@ type Loader[T any] struct {
 
 	stats   counters
 	flights flightGroup[T]
-	// seq orders this process's Redis calls and loads; see caller.accepts.
-	seq atomic.Uint64
+	// seq orders this process's Redis calls and loads; see accepts.
+	seq     atomic.Uint64
+	clock   clock
+	breaker *gobreaker.CircuitBreaker[struct{}] // nil when disabled
 
-	retries chan string // invalidations WriteThrough could not apply
-	bg      background
+	refreshing sync.Map // keys with a background refresh running
+	readBypass atomic.Bool
+	pending    pendingSet    // invalidations WriteThrough could not apply
+	wake       chan struct{} // wakes retryLoop: a key was queued, or the breaker changed state
+	bg         background
 }
 
 // New returns a Loader for the rows that load reads. name identifies the
@@ -48,18 +54,22 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	if load == nil {
 		return nil, errors.New("cache: nil LoadFunc")
 	}
+	if err := checkClient(rdb); err != nil {
+		return nil, err
+	}
 	s, err := opts.settings()
 	if err != nil {
 		return nil, err
 	}
 	l := &Loader[T]{
-		rdb:     rdb,
-		name:    name,
-		prefix:  s.prefix + name + ":",
-		load:    load,
-		s:       s,
-		retries: make(chan string, retryQueueSize),
+		rdb:    rdb,
+		name:   name,
+		prefix: s.prefix + name + ":",
+		load:   load,
+		s:      s,
+		wake:   make(chan struct{}, 1),
 	}
+	l.breaker = newBreaker(name, &l.s, l.onBreakerChange)
 	l.bg.init()
 	l.bg.Go(l.retryLoop)
 	return l, nil
@@ -95,8 +105,60 @@ func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
 	return l.get(ctx, key)
 }
 
-// Stats returns a snapshot of the Loader's counters.
-func (l *Loader[T]) Stats() Stats { return l.stats.snapshot() }
+// Stats returns a snapshot of the Loader's counters and state.
+func (l *Loader[T]) Stats() Stats {
+	s := l.stats.snapshot()
+	s.InvalidationsPending = uint64(l.pending.n.Load())
+	s.Breaker = l.BreakerState()
+	s.ReadBypass = l.readBypass.Load()
+	return s
+}
+
+// SetReadBypass turns read bypass on or off at run time: while it is on,
+// every Get skips Redis and answers from the LoadFunc (one load per key at a
+// time in this process), and fills nothing; invalidations and writes still
+// go to Redis, so the cache is right when bypass ends. It is the switch for
+// an incident where Redis answers but must not be trusted or loaded.
+func (l *Loader[T]) SetReadBypass(on bool) {
+	if l.readBypass.Swap(on) == on {
+		return
+	}
+	if on {
+		l.count(EventReadBypassOn)
+		l.s.logger.Warn("cache: read bypass on: Gets skip Redis", "loader", l.name)
+	} else {
+		l.count(EventReadBypassOff)
+		l.s.logger.Info("cache: read bypass off", "loader", l.name)
+	}
+}
+
+// bypassing reports whether a Get of key must not read Redis: read bypass
+// is on, or key's invalidation is still queued.
+func (l *Loader[T]) bypassing(key string) bool {
+	return l.readBypass.Load() || l.pending.has(key)
+}
+
+// checkClient refuses the go-redis clients that ignore context deadlines:
+// with them RedisTimeout bounds nothing and a blackholed Redis holds every
+// call for the client's ReadTimeout, then retries. Clients of other types
+// (wrappers, mocks) are taken as they are.
+func checkClient(rdb redis.UniversalClient) error {
+	enabled := true
+	switch c := rdb.(type) {
+	case *redis.Client: // also NewFailoverClient
+		enabled = c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient: // also NewFailoverClusterClient
+		enabled = c.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		enabled = c.Options().ContextTimeoutEnabled
+	}
+	if !enabled {
+		return errors.New("cache: the go-redis client ignores context deadlines, so Options.RedisTimeout " +
+			"cannot bound its calls (a blackholed Redis would hold each one for seconds): " +
+			"create it with ContextTimeoutEnabled: true in its Options")
+	}
+	return nil
+}
 
 // Close stops the Loader's background work and waits for it: loads whose
 // callers have left, and queued invalidations (given one last try). Methods

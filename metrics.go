@@ -17,7 +17,8 @@ const (
 	EventHit                 Event = iota // answered from Redis
 	EventMiss                             // answered by a load (this caller's or a shared one)
 	EventNegativeHit                      // answered ErrNotFound from a cached negative entry
-	EventStale                            // answered with an expired or invalidated value (reserved for stale serving)
+	EventStale                            // answered with an expired or invalidated value (stale serving)
+	EventBypass                           // answered by a load without reading Redis (read bypass on, or the key's invalidation is queued)
 	EventCoalesced                        // a Get waited on a load another Get in this process started
 	EventLeaseWait                        // a load waited on another process's lease
 	EventStaleSetPrevented                // a fill was rejected: its lease was voided or the stored version is newer
@@ -27,15 +28,24 @@ const (
 	EventEncodeError                      // a value could not be encoded; it was not cached
 	EventInvalidationQueued               // WriteThrough could not reach Redis; the invalidation was queued
 	EventInvalidationRetried              // a queued invalidation was applied
-	EventInvalidationDropped              // a queued invalidation was given up (queue full or retries used up)
+	EventInvalidationDropped              // a queued invalidation was given up (queue full, or the Loader closed)
+	EventRedisSkipped                     // a Redis call was not made: the circuit breaker is open
+	EventBreakerOpen                      // the circuit breaker opened
+	EventBreakerHalfOpen                  // the circuit breaker let a probe through
+	EventBreakerClosed                    // the circuit breaker closed: Redis is back
+	EventRefresh                          // a background refresh started (early refresh or stale-while-revalidate)
+	EventReadBypassOn                     // SetReadBypass(true)
+	EventReadBypassOff                    // SetReadBypass(false)
 	numEvents
 )
 
 var eventNames = [numEvents]string{
-	"hit", "miss", "negative_hit", "stale", "coalesced", "lease_wait",
+	"hit", "miss", "negative_hit", "stale", "bypass", "coalesced", "lease_wait",
 	"stale_set_prevented", "corrupt_entry", "redis_error", "oversize",
 	"encode_error", "invalidation_queued", "invalidation_retried",
-	"invalidation_dropped",
+	"invalidation_dropped", "redis_skipped", "breaker_open",
+	"breaker_half_open", "breaker_closed", "refresh", "read_bypass_on",
+	"read_bypass_off",
 }
 
 // String returns the event's metric label.
@@ -47,7 +57,7 @@ func (e Event) String() string {
 }
 
 // isRequest reports whether e is the result of a Get.
-func (e Event) isRequest() bool { return e <= EventStale }
+func (e Event) isRequest() bool { return e <= EventBypass }
 
 // Recorder receives a Loader's metrics. Implementations must be safe for
 // concurrent use and fast: they are called on the hit path.
@@ -70,6 +80,7 @@ type Stats struct {
 	Misses               uint64 // Gets answered by a load
 	NegativeHits         uint64 // Gets answered ErrNotFound from Redis
 	Stale                uint64 // Gets answered with a stale value
+	Bypassed             uint64 // Gets answered by a load without reading Redis
 	Loads                uint64 // LoadFunc calls
 	LoadErrors           uint64 // LoadFunc calls that failed (not counting ErrNotFound)
 	Coalesced            uint64 // Gets that waited on another Get's load in this process
@@ -77,11 +88,18 @@ type Stats struct {
 	StaleSetsPrevented   uint64 // fills rejected by a voided lease or a newer version
 	CorruptEntries       uint64 // undecodable entries treated as misses
 	RedisErrors          uint64 // failed Redis calls
+	RedisSkipped         uint64 // Redis calls not made: breaker open
 	Oversize             uint64 // values not cached for exceeding MaxValueBytes
 	EncodeErrors         uint64 // values not cached because the Codec failed
 	InvalidationsQueued  uint64 // invalidations queued for retry
 	InvalidationsRetried uint64 // queued invalidations applied
 	InvalidationsDropped uint64 // queued invalidations given up
+	InvalidationsPending uint64 // invalidations queued now
+	BreakerOpened        uint64 // times the breaker opened
+	BreakerClosed        uint64 // times the breaker closed again
+	Refreshes            uint64 // background refreshes started
+	Breaker              BreakerState
+	ReadBypass           bool
 }
 
 // counters are a Loader's own counts, kept whatever the Recorder.
@@ -98,6 +116,7 @@ func (c *counters) snapshot() Stats {
 		Misses:               e(EventMiss),
 		NegativeHits:         e(EventNegativeHit),
 		Stale:                e(EventStale),
+		Bypassed:             e(EventBypass),
 		Loads:                c.loads.Load(),
 		LoadErrors:           c.loadErrors.Load(),
 		Coalesced:            e(EventCoalesced),
@@ -110,6 +129,10 @@ func (c *counters) snapshot() Stats {
 		InvalidationsQueued:  e(EventInvalidationQueued),
 		InvalidationsRetried: e(EventInvalidationRetried),
 		InvalidationsDropped: e(EventInvalidationDropped),
+		RedisSkipped:         e(EventRedisSkipped),
+		BreakerOpened:        e(EventBreakerOpen),
+		BreakerClosed:        e(EventBreakerClosed),
+		Refreshes:            e(EventRefresh),
 	}
 }
 
@@ -120,6 +143,8 @@ func (c *counters) snapshot() Stats {
 //	cache_events_total{loader,event}        everything else Event names
 //	cache_loads_total{loader,result}        LoadFunc calls: ok, not_found, error
 //	cache_load_duration_seconds{loader}     LoadFunc latency
+//	cache_breaker_state{loader}             0 closed, 1 half-open, 2 open
+//	cache_read_bypass{loader}               1 while SetReadBypass(true)
 //
 // Several Loaders may share one Prometheus, and NewPrometheus may be called
 // more than once on the same registry: the metrics are registered once and
@@ -129,6 +154,8 @@ type Prometheus struct {
 	events   *prometheus.CounterVec
 	loads    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	breaker  *prometheus.GaugeVec
+	bypass   *prometheus.GaugeVec
 }
 
 // NewPrometheus registers the cache metrics with reg (never the global
@@ -155,6 +182,14 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 			Help:    "LoadFunc latency.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"loader"}),
+		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cache_breaker_state",
+			Help: "Circuit breaker around Redis: 0 closed, 1 half-open, 2 open.",
+		}, []string{"loader"}),
+		bypass: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cache_read_bypass",
+			Help: "1 while Redis reads are bypassed (incident mode).",
+		}, []string{"loader"}),
 	}
 	var err error
 	if p.requests, err = register(reg, p.requests); err != nil {
@@ -167,6 +202,12 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 		return nil, err
 	}
 	if p.duration, err = register(reg, p.duration); err != nil {
+		return nil, err
+	}
+	if p.breaker, err = register(reg, p.breaker); err != nil {
+		return nil, err
+	}
+	if p.bypass, err = register(reg, p.bypass); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -191,6 +232,18 @@ func (p *Prometheus) Count(loader string, e Event) {
 		return
 	}
 	p.events.WithLabelValues(loader, e.String()).Inc()
+	switch e {
+	case EventBreakerOpen:
+		p.breaker.WithLabelValues(loader).Set(float64(BreakerOpen))
+	case EventBreakerHalfOpen:
+		p.breaker.WithLabelValues(loader).Set(float64(BreakerHalfOpen))
+	case EventBreakerClosed:
+		p.breaker.WithLabelValues(loader).Set(float64(BreakerClosed))
+	case EventReadBypassOn:
+		p.bypass.WithLabelValues(loader).Set(1)
+	case EventReadBypassOff:
+		p.bypass.WithLabelValues(loader).Set(0)
+	}
 }
 
 // ObserveLoad implements Recorder.

@@ -41,12 +41,64 @@ type Options struct {
 	// default: false
 	DisableNegativeCache bool
 
-	// RedisTimeout bounds each Redis call a Get, Set or Invalidate makes.
-	// WARNING: go-redis honours context deadlines only when the client was
-	// built with ContextTimeoutEnabled: true; otherwise its own ReadTimeout
-	// and WriteTimeout apply.
+	// RedisTimeout is the budget of one Get's wait on Redis: its read, lease
+	// and (when the caller waits for it) fill together, so a Get finishes
+	// within RedisTimeout plus the load time however Redis misbehaves. Each
+	// Set, Invalidate and lease poll gets it as a bound of its own.
+	// It needs a client that honours context deadlines: New refuses a
+	// go-redis client built without ContextTimeoutEnabled.
 	// default: 50ms
 	RedisTimeout time.Duration
+
+	// BreakerFailures is how many Redis calls in a row must fail (time out,
+	// lose their connection) before the circuit breaker opens. While it is
+	// open, Get answers from the LoadFunc without touching Redis, Set and
+	// Invalidate fail at once with ErrRedisUnavailable, and WriteThrough
+	// queues its invalidation.
+	// default: 5
+	BreakerFailures int
+
+	// BreakerCooldown is how long the breaker stays open before one probe
+	// call is let through; its success closes the breaker.
+	// default: 1s
+	BreakerCooldown time.Duration
+
+	// DisableBreaker keeps calling Redis however often it fails (each call
+	// still bounded by RedisTimeout).
+	// default: false
+	DisableBreaker bool
+
+	// EarlyRefreshBeta scales early refresh (XFetch): a hit with r left
+	// before expiry starts one background refresh with probability
+	// exp(-r / (EarlyRefreshBeta × last load duration)). Larger values
+	// refresh earlier.
+	// default: 1
+	EarlyRefreshBeta float64
+
+	// DisableEarlyRefresh turns early refresh off: hot keys then expire and
+	// are loaded again on the next Get (still one load at a time).
+	// default: false
+	DisableEarlyRefresh bool
+
+	// MaxStale is how long past its TTL, or past its invalidation, a value
+	// is kept in Redis for StaleWhileRevalidate and StaleIfError. Required
+	// (> 0) by either; ignored otherwise.
+	// default: 0 (values are dropped when they expire or are invalidated)
+	MaxStale time.Duration
+
+	// StaleWhileRevalidate serves an expired or invalidated value (at most
+	// MaxStale old, counted as stale) while one background refresh loads
+	// the new one.
+	// WARNING: this gives up the no-stale-read promise for such values: a
+	// Get after Invalidate may return the value invalidated.
+	// default: false
+	StaleWhileRevalidate bool
+
+	// StaleIfError answers a Get whose load failed (the database is down)
+	// with the last value, if it is at most MaxStale past its TTL or
+	// invalidation, instead of the error; counted as stale.
+	// default: false
+	StaleIfError bool
 
 	// LoadTimeout bounds one shared load. The load runs detached from the
 	// caller's cancellation (other callers may be waiting on it) but never
@@ -87,6 +139,14 @@ type settings struct {
 	negativeTTL   time.Duration
 	noNegative    bool
 	redisTimeout  time.Duration
+	breakerFails  int
+	breakerCool   time.Duration
+	noBreaker     bool
+	beta          float64
+	noEarly       bool
+	maxStale      time.Duration
+	swr           bool
+	staleIfError  bool
 	loadTimeout   time.Duration
 	leaseTimeout  time.Duration
 	tombstoneTTL  time.Duration
@@ -103,6 +163,9 @@ const (
 	defaultRedisTimeout  = 50 * time.Millisecond
 	defaultLoadTimeout   = 5 * time.Second
 	defaultMaxValueBytes = 1 << 20
+	defaultBreakerFails  = 5
+	defaultBreakerCool   = time.Second
+	defaultBeta          = 1.0
 )
 
 func (o *Options) settings() (settings, error) {
@@ -115,6 +178,7 @@ func (o *Options) settings() (settings, error) {
 	}{
 		{"TTL", o.TTL}, {"NegativeTTL", o.NegativeTTL}, {"RedisTimeout", o.RedisTimeout},
 		{"LoadTimeout", o.LoadTimeout}, {"LeaseTimeout", o.LeaseTimeout},
+		{"BreakerCooldown", o.BreakerCooldown}, {"MaxStale", o.MaxStale},
 	} {
 		if d.v < 0 {
 			return settings{}, fmt.Errorf("cache: Options.%s is negative (%v)", d.name, d.v)
@@ -122,6 +186,15 @@ func (o *Options) settings() (settings, error) {
 	}
 	if o.Jitter < 0 || o.Jitter >= 1 {
 		return settings{}, fmt.Errorf("cache: Options.Jitter must be in [0, 1), got %v", o.Jitter)
+	}
+	if o.BreakerFailures < 0 {
+		return settings{}, fmt.Errorf("cache: Options.BreakerFailures is negative (%d)", o.BreakerFailures)
+	}
+	if o.EarlyRefreshBeta < 0 {
+		return settings{}, fmt.Errorf("cache: Options.EarlyRefreshBeta is negative (%v)", o.EarlyRefreshBeta)
+	}
+	if (o.StaleWhileRevalidate || o.StaleIfError) && o.MaxStale <= 0 {
+		return settings{}, errors.New("cache: StaleWhileRevalidate and StaleIfError need Options.MaxStale > 0 (how stale a value may be served)")
 	}
 	if o.MaxValueBytes < 0 {
 		return settings{}, fmt.Errorf("cache: Options.MaxValueBytes is negative (%d)", o.MaxValueBytes)
@@ -133,6 +206,13 @@ func (o *Options) settings() (settings, error) {
 		negativeTTL:   or(o.NegativeTTL, defaultNegativeTTL),
 		noNegative:    o.DisableNegativeCache,
 		redisTimeout:  or(o.RedisTimeout, defaultRedisTimeout),
+		breakerFails:  or(o.BreakerFailures, defaultBreakerFails),
+		breakerCool:   or(o.BreakerCooldown, defaultBreakerCool),
+		noBreaker:     o.DisableBreaker,
+		beta:          or(o.EarlyRefreshBeta, defaultBeta),
+		noEarly:       o.DisableEarlyRefresh,
+		swr:           o.StaleWhileRevalidate,
+		staleIfError:  o.StaleIfError,
 		loadTimeout:   or(o.LoadTimeout, defaultLoadTimeout),
 		maxValueBytes: or(o.MaxValueBytes, defaultMaxValueBytes),
 		codec:         o.Codec,
@@ -142,11 +222,15 @@ func (o *Options) settings() (settings, error) {
 	if o.DisableJitter {
 		s.jitter = 0
 	}
+	if s.swr || s.staleIfError {
+		s.maxStale = o.MaxStale
+	}
 	s.leaseTimeout = or(o.LeaseTimeout, s.loadTimeout)
 	// A tombstone outlives any fill that could have started before it: such a
 	// fill holds a lease granted at most LeaseTimeout ago and loads for at
 	// most LoadTimeout.
-	s.tombstoneTTL = s.leaseTimeout + s.loadTimeout
+	// A tombstone that keeps a stale payload lives as long as it may be served.
+	s.tombstoneTTL = max(s.leaseTimeout+s.loadTimeout, s.maxStale)
 	if s.ttl < time.Millisecond || s.negativeTTL < time.Millisecond || s.leaseTimeout < time.Millisecond {
 		return settings{}, errors.New("cache: TTL, NegativeTTL and LeaseTimeout must be at least 1ms (Redis expiry resolution)")
 	}

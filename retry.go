@@ -2,107 +2,145 @@ package cache
 
 import (
 	"context"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
 const (
 	// retryQueueSize bounds the invalidations waiting for Redis.
 	retryQueueSize = 4096
-	// retryRounds bounds how often a batch of queued invalidations is tried
-	// before it is dropped; with retryBackoff doubling up to retryMaxBackoff
-	// that is about half a minute.
-	retryRounds     = 10
+	// Queued invalidations are retried with backoff from retryBackoff up
+	// to retryMaxBackoff, and at once when the circuit breaker closes.
 	retryBackoff    = 50 * time.Millisecond
 	retryMaxBackoff = 5 * time.Second
 )
 
+// pendingSet holds the keys whose invalidation is queued. Gets of those keys
+// bypass Redis until it lands, so a stale entry is never served meanwhile.
+type pendingSet struct {
+	n  atomic.Int64 // len(keys), read without the lock on the hit path
+	mu sync.Mutex   // protects keys and seq
+	// keys maps each queued key to the sequence number of its latest
+	// enqueue, so that an invalidation applied from a snapshot does not
+	// remove a newer enqueue of the same key.
+	keys map[string]uint64
+	seq  uint64
+}
+
+func (p *pendingSet) has(key string) bool {
+	if p.n.Load() == 0 {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.keys[key]
+	return ok
+}
+
+// add queues key and reports whether there was room.
+func (p *pendingSet) add(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.keys == nil {
+		p.keys = make(map[string]uint64)
+	}
+	if _, ok := p.keys[key]; !ok && len(p.keys) >= retryQueueSize {
+		return false
+	}
+	p.seq++
+	p.keys[key] = p.seq
+	p.n.Store(int64(len(p.keys)))
+	return true
+}
+
+// snapshot returns the queued keys with their enqueue sequence numbers.
+func (p *pendingSet) snapshot() map[string]uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.keys)
+}
+
+// remove drops the keys of snap that were not enqueued again since.
+func (p *pendingSet) remove(snap map[string]uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, seq := range snap {
+		if p.keys[k] == seq {
+			delete(p.keys, k)
+		}
+	}
+	p.n.Store(int64(len(p.keys)))
+}
+
 // enqueueInvalidation queues key for retryLoop; a full queue drops it.
 func (l *Loader[T]) enqueueInvalidation(key string) {
-	select {
-	case l.retries <- key:
-		l.count(EventInvalidationQueued)
-	default:
+	if !l.pending.add(key) {
 		l.count(EventInvalidationDropped)
 		l.s.logger.Error("cache: invalidation dropped: retry queue full; entry may stay stale until its TTL",
 			"loader", l.name, "keys", 1)
+		return
+	}
+	l.count(EventInvalidationQueued)
+	l.wakeRetrier()
+}
+
+func (l *Loader[T]) wakeRetrier() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
 	}
 }
 
 // retryLoop applies queued invalidations in batches, with exponential
-// backoff while Redis keeps failing, until Close.
+// backoff while Redis keeps failing and at once when the breaker closes,
+// until Close; then it gives them one last try.
 func (l *Loader[T]) retryLoop() {
-	pending := make(map[string]struct{})
-	timer := time.NewTimer(0)
-	<-timer.C
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	defer timer.Stop()
-	round := 0
+	backoff := retryBackoff
 	for {
-		if len(pending) == 0 {
-			select {
-			case k := <-l.retries:
-				pending[k] = struct{}{}
-			case <-l.bg.done:
-				return
-			}
-		}
-		l.drainRetries(pending)
-		keys := make([]string, 0, len(pending))
-		for k := range pending {
-			keys = append(keys, k)
-		}
-		if err := l.invalidate(context.Background(), keys); err == nil {
-			for range keys {
-				l.count(EventInvalidationRetried)
-			}
-			clear(pending)
-			round = 0
-			continue
-		}
-		round++
-		if round >= retryRounds {
-			l.drop(pending, "retries used up")
-			round = 0
-			continue
-		}
-		timer.Reset(min(retryBackoff<<round, retryMaxBackoff))
 		select {
+		case <-l.wake:
 		case <-timer.C:
 		case <-l.bg.done:
-			// One last try for what is queued, then give up.
-			l.drainRetries(pending)
-			keys = keys[:0]
-			for k := range pending {
-				keys = append(keys, k)
-			}
-			if err := l.invalidate(context.Background(), keys); err != nil {
-				l.drop(pending, "loader closed")
-			} else {
-				for range keys {
-					l.count(EventInvalidationRetried)
+			l.applyPending()
+			if snap := l.pending.snapshot(); len(snap) > 0 {
+				for range snap {
+					l.count(EventInvalidationDropped)
 				}
+				l.s.logger.Error("cache: invalidations dropped on Close; entries may stay stale until their TTL",
+					"loader", l.name, "keys", len(snap))
+				l.pending.remove(snap)
 			}
 			return
 		}
-	}
-}
-
-// drainRetries moves what is queued into pending, up to the queue's size.
-func (l *Loader[T]) drainRetries(pending map[string]struct{}) {
-	for len(pending) < retryQueueSize {
-		select {
-		case k := <-l.retries:
-			pending[k] = struct{}{}
-		default:
-			return
+		if l.applyPending() {
+			backoff = retryBackoff
+			continue
 		}
+		timer.Reset(backoff)
+		backoff = min(2*backoff, retryMaxBackoff)
 	}
 }
 
-func (l *Loader[T]) drop(pending map[string]struct{}, why string) {
-	for range pending {
-		l.count(EventInvalidationDropped)
+// applyPending invalidates the queued keys and reports whether none is left.
+func (l *Loader[T]) applyPending() bool {
+	snap := l.pending.snapshot()
+	if len(snap) == 0 {
+		return true
 	}
-	l.s.logger.Error("cache: invalidations dropped; entries may stay stale until their TTL",
-		"loader", l.name, "keys", len(pending), "reason", why)
-	clear(pending)
+	keys := slices.Collect(maps.Keys(snap))
+	failed, _ := l.invalidate(context.Background(), keys)
+	for _, k := range failed {
+		delete(snap, k)
+	}
+	for range snap {
+		l.count(EventInvalidationRetried)
+	}
+	l.pending.remove(snap)
+	return len(failed) == 0
 }

@@ -64,20 +64,21 @@ func accepts[T any](c caller, r *result[T]) bool {
 // caller whose ctx ends leaves at once with ctx.Err() while the flight goes
 // on for the others. shared reports whether the result came from a flight
 // another caller started.
+//
+// run returns the result and, optionally, a step to take after the result
+// is published (storing it in Redis): waiters do not wait for that step,
+// and the flight stays joinable until it is done, so a caller arriving in
+// between takes the published result instead of starting another load.
 func (g *flightGroup[T]) do(ctx context.Context, key string, c caller,
-	spawn func(func()), run func(f *flight[T]) result[T]) (res result[T], shared bool, err error) {
+	spawn func(func()), run func(f *flight[T]) (result[T], func())) (res result[T], shared bool, err error) {
 	for {
 		g.mu.Lock()
 		if g.m == nil {
 			g.m = make(map[string]*flight[T])
 		}
 		f, ok := g.m[key]
-		// Joining a flight whose lease is known to predate what c saw would
-		// only delay c; start a newer flight instead.
-		if ok && c.gen != 0 {
-			if gg := f.grantGen.Load(); gg != 0 && gg < c.gen {
-				ok = false
-			}
+		if ok && !mayJoin(c, f) {
+			ok = false
 		}
 		if !ok {
 			f = &flight[T]{done: make(chan struct{})}
@@ -94,26 +95,48 @@ func (g *flightGroup[T]) do(ctx context.Context, key string, c caller,
 		if accepts(c, &f.res) {
 			return f.res, ok, nil
 		}
-		// The flight began before an invalidation this caller must respect;
-		// it has left the map, so the next round starts or joins a newer one.
-	}
-}
-
-func (g *flightGroup[T]) run(key string, f *flight[T], run func(f *flight[T]) result[T]) {
-	var res result[T]
-	defer func() {
-		if v := recover(); v != nil {
-			res = result[T]{err: newPanicError(v)}
-		}
+		// The flight began before an invalidation this caller must respect.
+		// Make sure nobody joins it again, then start or join a newer one.
 		g.mu.Lock()
 		if g.m[key] == f {
 			delete(g.m, key)
 		}
 		g.mu.Unlock()
-		// The flight leaves the map before its result is published, so a
-		// caller that rejects it never finds it again.
-		f.res = res
-		close(f.done)
+	}
+}
+
+// mayJoin reports whether c may wait on f: not when f's result, or the
+// generation of its lease, is already known to be too old for c.
+func mayJoin[T any](c caller, f *flight[T]) bool {
+	select {
+	case <-f.done:
+		return accepts(c, &f.res)
+	default:
+	}
+	gg := f.grantGen.Load()
+	return c.gen == 0 || gg == 0 || gg >= c.gen
+}
+
+func (g *flightGroup[T]) run(key string, f *flight[T], run func(f *flight[T]) (result[T], func())) {
+	defer func() {
+		g.mu.Lock()
+		if g.m[key] == f {
+			delete(g.m, key)
+		}
+		g.mu.Unlock()
 	}()
-	res = run(f)
+	var after func()
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				f.res = result[T]{err: newPanicError(v)}
+				after = nil
+			}
+			close(f.done)
+		}()
+		f.res, after = run(f)
+	}()
+	if after != nil {
+		after()
+	}
 }

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,3 +25,20 @@ func (s *settings) valueTTL() time.Duration { return jittered(s.ttl, s.jitter) }
 
 // negativeEntryTTL is the jittered lifetime of a negative entry.
 func (s *settings) negativeEntryTTL() time.Duration { return jittered(s.negativeTTL, s.jitter) }
+
+// clock estimates the Redis server's clock, in which entries' expiries are
+// written, from the server times the acquire script reports. Until the
+// first report it assumes the clocks agree; a wrong estimate only moves
+// early refresh and stale decisions by the skew (the scripts themselves use
+// the server clock).
+type clock struct {
+	offset atomic.Int64 // server ms - local ms
+}
+
+func (c *clock) observe(serverMS int64) {
+	c.offset.Store(serverMS - time.Now().UnixMilli())
+}
+
+func (c *clock) serverNow() int64 {
+	return time.Now().UnixMilli() + c.offset.Load()
+}

@@ -46,30 +46,33 @@ type acquireReply struct {
 	remaining time.Duration // of the lease
 	delta     time.Duration // of the last load
 	owner     string        // lease holder, when held
+	soft      int64         // soft expiry, server ms
+	now       int64         // server clock, ms
 }
 
-func (l *Loader[T]) acquire(ctx context.Context, rkey, token string, force bool) (acquireReply, error) {
-	ctx, cancel := context.WithTimeout(ctx, l.s.redisTimeout)
-	defer cancel()
-	f := "0"
-	if force {
-		f = "1"
-	}
-	vals, err := script.Acquire.Run(ctx, l.rdb, []string{rkey}, token, ms(l.s.leaseTimeout), f).Slice()
+func (l *Loader[T]) acquire(ctx context.Context, b *redisBudget, rkey, token, mode string) (acquireReply, error) {
+	var vals []any
+	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
+		vals, err = script.Acquire.Run(ctx, l.rdb, []string{rkey}, token, ms(l.s.leaseTimeout), mode).Slice()
+		return err
+	})
 	if err != nil {
 		return acquireReply{}, err
 	}
-	return parseAcquire(vals)
+	a, err := parseAcquire(vals)
+	if err == nil {
+		l.clock.observe(a.now)
+	}
+	return a, err
 }
 
 func parseAcquire(vals []any) (acquireReply, error) {
-	if len(vals) != 7 {
+	if len(vals) != 9 {
 		return acquireReply{}, fmt.Errorf("cache: acquire replied %d values", len(vals))
 	}
 	var a acquireReply
-	ints := [...]*int64{&a.status, &a.gen, nil, &a.flags, nil, nil}
 	var rem, delta int64
-	ints[4], ints[5] = &rem, &delta
+	ints := [...]*int64{0: &a.status, 1: &a.gen, 3: &a.flags, 4: &rem, 5: &delta, 7: &a.soft, 8: &a.now}
 	for i, p := range ints {
 		if p == nil {
 			continue
@@ -88,28 +91,39 @@ func parseAcquire(vals []any) (acquireReply, error) {
 }
 
 // fill stores a loaded value (or a negative entry) if the lease is still
-// ours and no newer version is stored; a rejection is a stale set prevented.
-func (l *Loader[T]) fill(ctx context.Context, rkey, token string, payload []byte, version int64, negative bool, ttl, delta time.Duration) {
-	ctx, cancel := context.WithTimeout(ctx, l.s.redisTimeout)
-	defer cancel()
+// ours and no newer version is stored; a rejection is a stale set
+// prevented, unless tentative (the lease may never have been ours).
+// keyTTL is the key's life, softTTL the value's (0: none). It reports
+// whether Redis answered.
+func (l *Loader[T]) fill(ctx context.Context, b *redisBudget, rkey, token string, payload []byte, version int64, negative bool, keyTTL, softTTL, delta time.Duration, tentative bool) bool {
 	neg := "0"
 	if negative {
 		neg = "1"
 	}
-	n, err := script.Fill.Run(ctx, l.rdb, []string{rkey}, token, payload,
-		strconv.FormatInt(version, 10), neg, ms(ttl), ms(delta), 0).Int()
-	switch {
-	case err != nil:
-		l.count(EventRedisError)
-	case n != script.Stored:
+	var n int
+	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
+		n, err = script.Fill.Run(ctx, l.rdb, []string{rkey}, token, payload,
+			strconv.FormatInt(version, 10), neg, ms(keyTTL), ms(delta), softMS(softTTL)).Int()
+		return err
+	})
+	if err == nil && n != script.Stored && !tentative {
 		l.count(EventStaleSetPrevented)
 	}
+	return err == nil
 }
 
-func (l *Loader[T]) release(ctx context.Context, rkey, token string) {
-	ctx, cancel := context.WithTimeout(ctx, l.s.redisTimeout)
-	defer cancel()
-	if err := script.Release.Run(ctx, l.rdb, []string{rkey}, token).Err(); err != nil {
-		l.count(EventRedisError)
+// softMS is ms for a soft TTL, where 0 means none.
+func softMS(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
 	}
+	return ms(d)
+}
+
+// release gives up the lease without filling; it reports whether Redis
+// answered.
+func (l *Loader[T]) release(ctx context.Context, b *redisBudget, rkey, token string) bool {
+	return l.redisCall(ctx, b, func(ctx context.Context) error {
+		return script.Release.Run(ctx, l.rdb, []string{rkey}, token).Err()
+	}) == nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/script"
 )
 
@@ -19,29 +20,36 @@ import (
 //
 // A value that cannot be cached (larger than MaxValueBytes) invalidates the
 // entry and Set returns nil; one the Codec cannot encode invalidates the
-// entry and Set returns the encoding error. Redis errors are returned.
+// entry and Set returns the encoding error. Redis errors are returned (while
+// the circuit breaker is open, at once: ErrRedisUnavailable).
 func (l *Loader[T]) Set(ctx context.Context, key string, v T) error {
 	if err := l.check(key); err != nil {
 		return err
 	}
-	return l.set(ctx, key, v)
+	return l.set(ctx, key, v, anyGeneration)
 }
 
-func (l *Loader[T]) set(ctx context.Context, key string, v T) error {
+// anyGeneration lets set store whatever invalidations happened before.
+const anyGeneration = ""
+
+// set stores v if key's generation is still gen (see set.lua).
+func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error {
 	payload, version, err := l.encode(v)
 	if err != nil {
-		ierr := l.invalidate(ctx, []string{key})
+		_, ierr := l.invalidate(ctx, []string{key})
 		if errors.Is(err, ErrTooLarge) {
 			return ierr
 		}
 		return errors.Join(err, ierr)
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.s.redisTimeout)
-	defer cancel()
-	n, err := script.Set.Run(ctx, l.rdb, []string{l.Key(key)}, payload,
-		strconv.FormatInt(version, 10), ms(l.s.valueTTL()), 0, ms(l.s.tombstoneTTL)).Int()
+	ttl := l.s.valueTTL()
+	var n int
+	err = l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) (err error) {
+		n, err = script.Set.Run(ctx, l.rdb, []string{l.Key(key)}, payload, strconv.FormatInt(version, 10),
+			ms(ttl+l.s.maxStale), ms(ttl), ms(l.s.tombstoneTTL), gen).Int()
+		return err
+	})
 	if err != nil {
-		l.count(EventRedisError)
 		return fmt.Errorf("cache: set %q: %w", key, err)
 	}
 	if n != script.Stored {
@@ -54,57 +62,65 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T) error {
 // of each loads from the database, and no fill that began before Invalidate
 // returned can store what it loaded. Call it after the database commit.
 // All keys go to Redis in one pipeline; the error names the keys that
-// could not be invalidated.
+// could not be invalidated (while the circuit breaker is open, all of them,
+// at once: ErrRedisUnavailable).
 func (l *Loader[T]) Invalidate(ctx context.Context, keys ...string) error {
 	for _, k := range keys {
 		if err := l.check(k); err != nil {
 			return err
 		}
 	}
-	return l.invalidate(ctx, keys)
+	_, err := l.invalidate(ctx, keys)
+	return err
 }
 
-func (l *Loader[T]) invalidate(ctx context.Context, keys []string) error {
+// invalidate returns the keys it could not invalidate with the error.
+func (l *Loader[T]) invalidate(ctx context.Context, keys []string) ([]string, error) {
 	if len(keys) == 0 {
-		return nil
+		return nil, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.s.redisTimeout)
-	defer cancel()
 	tomb := ms(l.s.tombstoneTTL)
-	if len(keys) == 1 {
-		if err := script.Invalidate.Run(ctx, l.rdb, []string{l.Key(keys[0])}, tomb).Err(); err != nil {
-			l.count(EventRedisError)
-			return fmt.Errorf("cache: invalidate %q: %w", keys[0], err)
+	keep := "0"
+	if l.s.maxStale > 0 {
+		keep = "1"
+	}
+	var cmds []*redis.Cmd
+	err := l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
+		if len(keys) == 1 {
+			return script.Invalidate.Run(ctx, l.rdb, []string{l.Key(keys[0])}, tomb, keep).Err()
 		}
-		return nil
-	}
-	cmds, err := l.invalidatePipeline(ctx, keys, tomb, false)
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		cmds, err = l.invalidatePipeline(ctx, keys, tomb, true)
-	}
+		var err error
+		cmds, err = l.invalidatePipeline(ctx, keys, tomb, keep, false)
+		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			cmds, err = l.invalidatePipeline(ctx, keys, tomb, keep, true)
+		}
+		return err
+	})
 	if err == nil {
-		return nil
+		return nil, nil
 	}
-	l.count(EventRedisError)
-	var failed []string
-	for i, c := range cmds {
-		if c.Err() != nil {
-			failed = append(failed, keys[i])
+	failed := keys
+	if cmds != nil {
+		failed = nil
+		for i, c := range cmds {
+			if c.Err() != nil {
+				failed = append(failed, keys[i])
+			}
 		}
 	}
-	return fmt.Errorf("cache: invalidate %q: %w", failed, err)
+	return failed, fmt.Errorf("cache: invalidate %q: %w", failed, err)
 }
 
 // invalidatePipeline sends one invalidate per key in one round trip, by
 // script hash or, when the server lacks the script, by source.
-func (l *Loader[T]) invalidatePipeline(ctx context.Context, keys []string, tomb int64, bySource bool) ([]*redis.Cmd, error) {
+func (l *Loader[T]) invalidatePipeline(ctx context.Context, keys []string, tomb int64, keep string, bySource bool) ([]*redis.Cmd, error) {
 	pipe := l.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(keys))
 	for i, k := range keys {
 		if bySource {
-			cmds[i] = script.Invalidate.Eval(ctx, pipe, []string{l.Key(k)}, tomb)
+			cmds[i] = script.Invalidate.Eval(ctx, pipe, []string{l.Key(k)}, tomb, keep)
 		} else {
-			cmds[i] = script.Invalidate.EvalSha(ctx, pipe, []string{l.Key(k)}, tomb)
+			cmds[i] = script.Invalidate.EvalSha(ctx, pipe, []string{l.Key(k)}, tomb, keep)
 		}
 	}
 	_, err := pipe.Exec(ctx)
@@ -112,32 +128,69 @@ func (l *Loader[T]) invalidatePipeline(ctx context.Context, keys []string, tomb 
 }
 
 // WriteThrough runs write, which commits the change to the database and
-// returns the new value, and then stores that value with Set. When write
-// fails, its error is returned and Redis is not touched.
+// returns the new value, and then stores that value like Set, unless
+// another Set or Invalidate of key happened meanwhile: then it invalidates
+// instead, since the other writer's commit may be the newer one. It costs
+// one Redis read before write. When write fails, its error is returned and
+// Redis is not changed.
 //
 // Once write has committed, the database is the truth and WriteThrough
 // returns the value without error whatever Redis does: if the Set fails it
-// invalidates instead, and if that fails too the invalidation is queued and
-// retried in the background (counted as invalidation_queued, _retried and
-// _dropped). The caller's cancellation after the commit does not stop this.
+// invalidates instead, and if that fails too (or the circuit breaker is
+// open) the invalidation is queued and retried in the background until it
+// lands; until then, Gets of key bypass Redis. The caller's cancellation
+// after the commit does not stop this.
 //
 // WARNING: a queued invalidation lives in this process's memory only; if the
 // process dies before it is applied, the entry stays stale until its TTL.
+// The queue holds 4096 keys; beyond that invalidations are dropped, counted
+// and logged.
 func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx context.Context) (T, error)) (T, error) {
 	var zero T
 	if err := l.check(key); err != nil {
 		return zero, err
 	}
+	// The entry's generation before the write: if another writer
+	// invalidates or sets key after it, that writer's value may be newer
+	// than ours (it may have committed after us but reached Redis first),
+	// so our Set must not land. Unknown when Redis fails: then we only
+	// invalidate.
+	gen, genErr := l.generation(ctx, key)
 	v, err := write(ctx)
 	if err != nil {
 		return zero, err
 	}
 	rctx := context.WithoutCancel(ctx)
-	if err := l.set(rctx, key, v); err != nil {
+	if l.pending.has(key) {
+		// An older invalidation of key is still queued: keep the order.
+		l.enqueueInvalidation(key)
+		return v, nil
+	}
+	if genErr != nil {
+		if _, err := l.invalidate(rctx, []string{key}); err != nil {
+			l.enqueueInvalidation(key)
+		}
+		return v, nil
+	}
+	if err := l.set(rctx, key, v, gen); err != nil {
 		l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", err)
-		if err := l.invalidate(rctx, []string{key}); err != nil {
+		if _, err := l.invalidate(rctx, []string{key}); err != nil {
 			l.enqueueInvalidation(key)
 		}
 	}
 	return v, nil
+}
+
+// generation returns key's entry generation as stored ("0" when absent).
+func (l *Loader[T]) generation(ctx context.Context, key string) (string, error) {
+	var g string
+	err := l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
+		var err error
+		g, err = l.rdb.HGet(ctx, l.Key(key), entry.Generation).Result()
+		if errors.Is(err, redis.Nil) {
+			g, err = "0", nil
+		}
+		return err
+	})
+	return g, err
 }

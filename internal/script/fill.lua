@@ -1,8 +1,10 @@
 -- fill: store a loaded value under a lease.
 -- KEYS[1] entry key
 -- ARGV[1] lease token, ARGV[2] payload, ARGV[3] version (decimal, >= 0),
--- ARGV[4] '1' for a negative (not found) entry, ARGV[5] TTL ms,
--- ARGV[6] load duration ms, ARGV[7] soft TTL ms (0: none)
+-- ARGV[4] '1' for a negative (not found) entry, ARGV[5] key TTL ms (the
+-- value's TTL plus how long it may be served stale), ARGV[6] load duration
+-- ms, ARGV[7] the value's TTL ms: the soft expiry is set that far ahead
+-- (0: none)
 -- Returns 1 stored; 0 rejected, the lease is no longer ours;
 --        -1 rejected, the stored version is newer.
 local key = KEYS[1]

@@ -1,9 +1,13 @@
 -- set: store a value written by the application (Set, WriteThrough).
 -- KEYS[1] entry key
--- ARGV[1] payload, ARGV[2] version (decimal, >= 0), ARGV[3] TTL ms,
--- ARGV[4] soft TTL ms (0: none), ARGV[5] tombstone ms
--- Stores when the version is >= the stored one, voiding any lease so that
--- fills of older loads are rejected. A lower version turns into an
+-- ARGV[1] payload, ARGV[2] version (decimal, >= 0), ARGV[3] key TTL ms,
+-- ARGV[4] the value's TTL ms for the soft expiry (0: none), ARGV[5]
+-- tombstone ms, ARGV[6] the generation the entry must still have ('0':
+-- absent; '': any), read before the write this value comes from began
+-- Stores when the version is >= the stored one and the generation is the
+-- expected one, voiding any lease so that fills of older loads are
+-- rejected. Otherwise the value may be older than what another writer
+-- committed and invalidated meanwhile, so the Set turns into an
 -- invalidation: the next read loads the truth.
 -- Returns 1 stored; 0 refused and invalidated instead.
 local key = KEYS[1]
@@ -20,11 +24,19 @@ local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
 
+-- A key that is not an entry (written by something else) is replaced.
+local ty = redis.call('TYPE', key)
+if type(ty) == 'table' then ty = ty['ok'] end
+if ty ~= 'hash' and ty ~= 'none' then
+  redis.call('DEL', key)
+end
+
 local e = redis.call('HMGET', key, 'v', 'g')
 local g = tonumber(e[2] or '0') or 0
 local ng = math.max(g + 1, now_us)
 
-if e[1] and older(ARGV[2], e[1]) then
+local moved = ARGV[6] ~= '' and (e[2] or '0') ~= ARGV[6]
+if moved or (e[1] and older(ARGV[2], e[1])) then
   redis.call('HDEL', key, 'p', 'lo', 'ld', 's')
   redis.call('HSET', key, 'f', 2, 'g', int(ng))
   redis.call('PEXPIRE', key, ARGV[5])

@@ -1,0 +1,160 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+)
+
+// ErrRedisUnavailable is wrapped by the errors of Set and Invalidate while
+// the circuit breaker is open: Redis was not called.
+// (Internally it also marks a Get whose Redis budget is spent.)
+var ErrRedisUnavailable = errors.New("cache: redis unavailable (circuit breaker open)")
+
+// BreakerState is the state of a Loader's circuit breaker around Redis.
+type BreakerState int
+
+// Breaker states.
+const (
+	BreakerClosed   BreakerState = iota // Redis is called
+	BreakerHalfOpen                     // one probe call is let through
+	BreakerOpen                         // Redis is not called
+)
+
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerHalfOpen:
+		return "half-open"
+	case BreakerOpen:
+		return "open"
+	}
+	return "unknown"
+}
+
+// callerGone marks a Redis call cut short by its caller's own context: it
+// says nothing about Redis, so the breaker ignores it.
+type callerGone struct{ err error }
+
+func (c callerGone) Error() string { return c.err.Error() }
+func (c callerGone) Unwrap() error { return c.err }
+
+// newBreaker returns the breaker of a Loader, or nil when disabled.
+// onChange runs with the breaker's lock held: it must not call it.
+func newBreaker(name string, s *settings, onChange func(from, to BreakerState)) *gobreaker.CircuitBreaker[struct{}] {
+	if s.noBreaker {
+		return nil
+	}
+	fails := uint32(s.breakerFails)
+	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        name,
+		MaxRequests: 1,
+		Timeout:     s.breakerCool,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= fails },
+		IsSuccessful: func(err error) bool {
+			// Redis answered, even if with an error reply: it is up.
+			var rerr redis.Error
+			return err == nil || errors.As(err, &rerr)
+		},
+		IsExcluded: func(err error) bool {
+			var gone callerGone
+			return errors.As(err, &gone)
+		},
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			onChange(breakerState(from), breakerState(to))
+		},
+	})
+}
+
+func breakerState(s gobreaker.State) BreakerState {
+	switch s {
+	case gobreaker.StateOpen:
+		return BreakerOpen
+	case gobreaker.StateHalfOpen:
+		return BreakerHalfOpen
+	}
+	return BreakerClosed
+}
+
+// redisBudget is how long a caller may still wait on Redis; every call
+// spends from it.
+type redisBudget struct{ left time.Duration }
+
+// redisCall runs fn, one Redis call, through the breaker, bounded by what
+// is left of b, and spends the time it took from b. It returns
+// ErrRedisUnavailable, without calling fn, while the breaker is open or b
+// is spent; it counts Redis failures.
+func (l *Loader[T]) redisCall(ctx context.Context, b *redisBudget, fn func(ctx context.Context) error) error {
+	if b.left <= 0 {
+		return ErrRedisUnavailable
+	}
+	start := time.Now()
+	defer func() { b.left -= time.Since(start) }()
+	if l.breaker == nil {
+		return l.countRedisErr(callWithTimeout(ctx, b.left, fn))
+	}
+	_, err := l.breaker.Execute(func() (struct{}, error) {
+		return struct{}{}, callWithTimeout(ctx, b.left, fn)
+	})
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		l.count(EventRedisSkipped)
+		return ErrRedisUnavailable
+	}
+	return l.countRedisErr(err)
+}
+
+func callWithTimeout(ctx context.Context, d time.Duration, fn func(ctx context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, d)
+	err := fn(cctx)
+	cancel()
+	if err != nil && ctx.Err() != nil {
+		return callerGone{err}
+	}
+	return err
+}
+
+// countRedisErr counts err when it is a failure of Redis itself (not an
+// error reply such as WRONGTYPE, nor the caller leaving).
+func (l *Loader[T]) countRedisErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var rerr redis.Error
+	var gone callerGone
+	if !errors.As(err, &rerr) && !errors.As(err, &gone) {
+		l.count(EventRedisError)
+	}
+	return err
+}
+
+// BreakerState returns the current state of the circuit breaker
+// (BreakerClosed when it is disabled).
+func (l *Loader[T]) BreakerState() BreakerState {
+	if l.breaker == nil {
+		return BreakerClosed
+	}
+	return breakerState(l.breaker.State())
+}
+
+// onBreakerChange counts a transition and wakes the invalidation retrier
+// when Redis may be back.
+func (l *Loader[T]) onBreakerChange(_, to BreakerState) {
+	switch to {
+	case BreakerOpen:
+		l.count(EventBreakerOpen)
+		l.s.logger.Warn("cache: circuit breaker open: Get answers from the database", "loader", l.name)
+	case BreakerHalfOpen:
+		l.count(EventBreakerHalfOpen)
+	case BreakerClosed:
+		l.count(EventBreakerClosed)
+		l.s.logger.Info("cache: circuit breaker closed: Redis is back", "loader", l.name)
+	}
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
