@@ -110,22 +110,6 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 	return res.val, res.err
 }
 
-// read fetches and decodes key's entry in one round trip.
-func (l *Loader[T]) read(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
-	var vals []any
-	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
-		vals, err = l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
-		return err
-	})
-	if err != nil {
-		if isWrongType(err) {
-			return entry.Entry{}, fmt.Errorf("%w: %v", entry.ErrCorrupt, err)
-		}
-		return entry.Entry{}, err
-	}
-	return entry.Decode(vals)
-}
-
 func (l *Loader[T]) decode(payload string) (T, error) {
 	var v T
 	err := l.s.codec.Unmarshal([]byte(payload), &v)

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,7 @@ type Loader[T any] struct {
 
 	stats   counters
 	flights flightGroup[T]
+	reads   readGroup
 	// seq orders this process's Redis calls and loads; see accepts.
 	seq     atomic.Uint64
 	clock   clock
@@ -70,6 +72,7 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 		wake:   make(chan struct{}, 1),
 	}
 	l.breaker = newBreaker(name, &l.s, l.onBreakerChange)
+	l.reads.seed = maphash.MakeSeed()
 	l.bg.init()
 	l.bg.Go(l.retryLoop)
 	return l, nil

@@ -1,0 +1,117 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/f4df6ac3/cache/internal/entry"
+)
+
+// readGroup coalesces concurrent reads of one key: while a read of a key is
+// in flight, Gets of that key that arrive wait for the next read, which is
+// sent as soon as the one in flight returns and answers all of them. A Get
+// never shares a read sent before it arrived, so a read that raced with an
+// invalidation completed before the Get began is never handed to it (DESIGN
+// P3b). In a stampede this turns a hundred HMGETs queued in the connection
+// pool into two; with no concurrency it costs a map insert and delete.
+type readGroup struct {
+	seed   maphash.Seed
+	shards [64]readShard
+}
+
+type readShard struct {
+	mu sync.Mutex // protects m
+	// m holds the keys with a read in flight, each with the batch of Gets
+	// waiting for the next read (nil while none waits).
+	m map[string]*readBatch
+}
+
+// readBatch is a read that Gets are waiting for; it is sent when the read
+// in flight before it returns.
+type readBatch struct {
+	done     chan struct{} // closed when e and err are set
+	deadline time.Time     // the earliest budget of the Gets waiting
+	e        entry.Entry
+	err      error
+}
+
+func (g *readGroup) shard(key string) *readShard {
+	return &g.shards[maphash.String(g.seed, key)%uint64(len(g.shards))]
+}
+
+// read returns key's entry: from a read of its own when no read of key is
+// in flight, else from the next read. It spends from b what it waited.
+func (l *Loader[T]) read(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
+	sh := l.reads.shard(rkey)
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = make(map[string]*readBatch)
+	}
+	next, inFlight := sh.m[rkey]
+	if !inFlight {
+		sh.m[rkey] = nil
+		sh.mu.Unlock()
+		e, err := l.readOnce(ctx, b, rkey)
+		l.readDone(sh, rkey)
+		return e, err
+	}
+	if next == nil {
+		next = &readBatch{done: make(chan struct{}), deadline: time.Now().Add(b.left)}
+		sh.m[rkey] = next
+	}
+	sh.mu.Unlock()
+
+	start := time.Now()
+	defer func() { b.left -= time.Since(start) }()
+	select {
+	case <-next.done:
+		return next.e, next.err
+	case <-ctx.Done():
+		return entry.Entry{}, callerGone{ctx.Err()}
+	}
+}
+
+// readDone ends the read of rkey in flight and sends the next one, if Gets
+// are waiting for it, on a goroutine of its own (the caller that finished
+// returns at once).
+func (l *Loader[T]) readDone(sh *readShard, rkey string) {
+	sh.mu.Lock()
+	next := sh.m[rkey]
+	if next == nil {
+		delete(sh.m, rkey)
+	} else {
+		sh.m[rkey] = nil // next is in flight now; later Gets wait for the one after
+	}
+	sh.mu.Unlock()
+	if next == nil {
+		return
+	}
+	l.bg.Go(func() {
+		// Bounded by the earliest budget among the waiting Gets, so that
+		// none of them waits past its own; detached from their contexts,
+		// since each leaves on its own.
+		b := redisBudget{left: time.Until(next.deadline)}
+		next.e, next.err = l.readOnce(context.Background(), &b, rkey)
+		close(next.done)
+		l.readDone(sh, rkey)
+	})
+}
+
+// readOnce fetches and decodes key's entry in one round trip.
+func (l *Loader[T]) readOnce(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
+	var vals []any
+	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
+		vals, err = l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
+		return err
+	})
+	if err != nil {
+		if isWrongType(err) {
+			return entry.Entry{}, fmt.Errorf("%w: %v", entry.ErrCorrupt, err)
+		}
+		return entry.Entry{}, err
+	}
+	return entry.Decode(vals)
+}
