@@ -255,7 +255,11 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 			return result[T]{}, gaveUp
 		}
 		timer.Reset(min(jittered(backoff, 0.5), deadline.Sub(now)))
-		<-timer.C
+		select {
+		case <-timer.C:
+		case <-l.bg.done:
+			return result[T]{}, gaveUp // Close does not wait out a lease
+		}
 		backoff = min(backoff*3/2, maxPollInterval)
 
 		seq := l.seq.Add(1)

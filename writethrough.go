@@ -22,6 +22,12 @@ import (
 // entry and Set returns nil; one the Codec cannot encode invalidates the
 // entry and Set returns the encoding error. Redis errors are returned (while
 // the circuit breaker is open, at once: ErrRedisUnavailable).
+//
+// WARNING: Set cannot tell when the write it stores began. If another
+// writer commits a newer row and invalidates key between this writer's
+// commit and its Set, an unversioned value (or one whose newer version was
+// never stored) lands anyway and stays until its TTL. WriteThrough closes
+// that gap; prefer it, or Invalidate, to Set.
 func (l *Loader[T]) Set(ctx context.Context, key string, v T) error {
 	if err := l.check(key); err != nil {
 		return err
