@@ -82,7 +82,8 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 				l.count(EventStale)
 				return v, nil
 			}
-			stale = &v
+			stale = new(T) // copied, so that v stays on the stack of hits
+			*stale = v
 		}
 	case err == nil:
 		c.gen = e.Generation // 0 when the key is absent: unknown
@@ -93,8 +94,9 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 		return zero, ctx.Err()
 	}
 
+	left := budget // a copy: budget's address was taken, left's is not
 	res, shared, err := l.flights.do(ctx, key, c, l.bg.Go, func(f *flight[T]) (result[T], func()) {
-		return l.fetch(context.WithoutCancel(ctx), key, rkey, mode, budget, f)
+		return l.fetch(context.WithoutCancel(ctx), key, rkey, mode, left, f)
 	})
 	if err != nil {
 		return zero, err

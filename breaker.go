@@ -56,13 +56,10 @@ func newBreaker(name string, s *settings, onChange func(from, to BreakerState)) 
 		Timeout:     s.breakerCool,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= fails },
 		IsSuccessful: func(err error) bool {
-			// Redis answered, even if with an error reply: it is up.
-			var rerr redis.Error
-			return err == nil || errors.As(err, &rerr)
+			return err == nil || answered(err)
 		},
 		IsExcluded: func(err error) bool {
-			var gone callerGone
-			return errors.As(err, &gone)
+			return err != nil && callerLeft(err)
 		},
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			onChange(breakerState(from), breakerState(to))
@@ -89,22 +86,27 @@ type redisBudget struct{ left time.Duration }
 // ErrRedisUnavailable, without calling fn, while the breaker is open or b
 // is spent; it counts Redis failures.
 func (l *Loader[T]) redisCall(ctx context.Context, b *redisBudget, fn func(ctx context.Context) error) error {
-	if b.left <= 0 {
+	left := b.left
+	if left <= 0 {
 		return ErrRedisUnavailable
 	}
 	start := time.Now()
-	defer func() { b.left -= time.Since(start) }()
+	var err error
 	if l.breaker == nil {
-		return l.countRedisErr(callWithTimeout(ctx, b.left, fn))
+		err = l.countRedisErr(callWithTimeout(ctx, left, fn))
+	} else {
+		_, err = l.breaker.Execute(func() (struct{}, error) {
+			return struct{}{}, callWithTimeout(ctx, left, fn)
+		})
+		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+			l.count(EventRedisSkipped)
+			err = ErrRedisUnavailable
+		} else {
+			err = l.countRedisErr(err)
+		}
 	}
-	_, err := l.breaker.Execute(func() (struct{}, error) {
-		return struct{}{}, callWithTimeout(ctx, b.left, fn)
-	})
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-		l.count(EventRedisSkipped)
-		return ErrRedisUnavailable
-	}
-	return l.countRedisErr(err)
+	b.left -= time.Since(start)
+	return err
 }
 
 func callWithTimeout(ctx context.Context, d time.Duration, fn func(ctx context.Context) error) error {
@@ -123,12 +125,22 @@ func (l *Loader[T]) countRedisErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	var rerr redis.Error
-	var gone callerGone
-	if !errors.As(err, &rerr) && !errors.As(err, &gone) {
+	if !answered(err) && !callerLeft(err) {
 		l.count(EventRedisError)
 	}
 	return err
+}
+
+// answered reports whether err is an error reply: Redis answered, so it is up.
+func answered(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr)
+}
+
+// callerLeft reports whether err marks a call cut short by its caller.
+func callerLeft(err error) bool {
+	var gone callerGone
+	return errors.As(err, &gone)
 }
 
 // BreakerState returns the current state of the circuit breaker

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/f4df6ac3/cache/internal/entry"
+	"github.com/f4df6ac3/cache/internal/faultproxy"
 )
 
 // Benchmarks run on the real Redis (CACHE_REDIS_ADDR). The hit path is
@@ -78,17 +80,61 @@ func BenchmarkHit(b *testing.B) {
 	b.Run("raw HMGET+decode", raw(false))
 }
 
+// BenchmarkHitParallel compares hit throughput on distinct keys and on one
+// hot key with raw HMGET+decode, at GOMAXPROCS×8 goroutines.
 func BenchmarkHitParallel(b *testing.B) {
-	l, _ := benchLoader(b)
+	l, rdb := benchLoader(b)
 	ctx := context.Background()
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if _, err := l.Get(ctx, "42"); err != nil {
-				b.Fatal(err)
-			}
+	for i := range 64 {
+		if _, err := l.Get(ctx, strconv.Itoa(i)); err != nil {
+			b.Fatal(err)
 		}
-	})
+	}
+	keyOf := func(hot bool, i int) string {
+		if hot {
+			return "42"
+		}
+		return strconv.Itoa(i % 64)
+	}
+	for _, hot := range []bool{false, true} {
+		name := "distinct keys"
+		if hot {
+			name = "one hot key"
+		}
+		b.Run(name+"/Loader.Get", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(8)
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					i++
+					if _, err := l.Get(ctx, keyOf(hot, i)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+		b.Run(name+"/raw HMGET+decode", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(8)
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					i++
+					cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+					vals, err := rdb.HMGet(cctx, l.prefix+keyOf(hot, i), entry.Fields...).Result()
+					cancel()
+					if err != nil {
+						b.Fatal(err)
+					}
+					var v benchValue
+					if err := json.Unmarshal([]byte(vals[0].(string)), &v); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
 }
 
 // BenchmarkMiss measures a cold read: HMGET, lease (Lua), load (instant),
@@ -114,5 +160,59 @@ func BenchmarkInvalidate(b *testing.B) {
 		if err := l.Invalidate(ctx, "42"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkBlackhole measures Get while Redis accepts connections and never
+// answers (through faultproxy), with and without the circuit breaker. It
+// reports the latency distribution; run it with a fixed count, e.g.
+// -benchtime=400x.
+func BenchmarkBlackhole(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"breaker", Options{}},
+		{"no breaker", Options{DisableBreaker: true}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			realRedis(b)
+			p, err := faultproxy.Start(redisAddr())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			rdb := redis.NewClient(&redis.Options{Addr: p.Addr(), ContextTimeoutEnabled: true})
+			defer rdb.Close()
+			opts := tc.opts
+			opts.Prefix = uniquePrefix(b, realRedis(b))
+			l, err := New(rdb, "bench", func(context.Context, string) (benchValue, error) { return benchRow, nil }, &opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			ctx := context.Background()
+			if _, err := l.Get(ctx, "42"); err != nil {
+				b.Fatal(err)
+			}
+			if err := p.Set(faultproxy.Blackhole, 0); err != nil {
+				b.Fatal(err)
+			}
+			var lat []time.Duration
+			for b.Loop() {
+				start := time.Now()
+				if _, err := l.Get(ctx, "42"); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			slices.Sort(lat)
+			at := func(q float64) float64 {
+				return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds()) / 1000
+			}
+			b.ReportMetric(at(0.5), "p50-ms")
+			b.ReportMetric(at(0.99), "p99-ms")
+			b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
+		})
 	}
 }
