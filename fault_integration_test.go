@@ -205,7 +205,8 @@ func TestFaultInjection(t *testing.T) {
 			lat := f.getAll(8, 3)
 			t.Logf("Gets during the fault: %s", percentiles(lat))
 			wait(t, opened, "the breaker to open")
-			require.Equal(t, BreakerOpen, f.l.BreakerState())
+			// Open, or already half-open if the cooldown has passed.
+			require.NotEqual(t, BreakerClosed, f.l.BreakerState())
 			// Writes while Redis is unreachable: committed, queued.
 			for i := range 5 {
 				f.write(strconv.Itoa(i), "during")
