@@ -22,10 +22,13 @@
 //     an in-process load that began earlier.
 //   - Versions never go backwards: values implementing [Versioned] only
 //     replace lower versions. A Set of a lower version invalidates instead.
-//   - Fail-open: when a Redis call fails, Get answers from the LoadFunc and
-//     returns no Redis error. Invalidate and Set return their errors;
-//     WriteThrough, whose database write has committed, never fails because
-//     of Redis: it falls back to invalidating, then to a background retry.
+//   - Fail-open: a Get waits at most Options.RedisTimeout on Redis in total
+//     and returns no Redis error: it answers from the LoadFunc. A circuit
+//     breaker skips Redis while it keeps failing. Invalidate and Set return
+//     their errors; WriteThrough, whose database write has committed, never
+//     fails because of Redis: it falls back to invalidating, then to a
+//     background retry, and Gets of a key whose invalidation is queued
+//     bypass Redis until it lands.
 //
 // These hold for the writes the Loader is told about. A row changed without
 // an Invalidate (a migration, a manual UPDATE) stays stale in Redis until
@@ -47,9 +50,20 @@
 // touches one key, so Redis Cluster works without hash tags. A hit is one
 // HMGET and no Lua.
 //
+// # Hot keys and stale serving
+//
+// A hit close to its expiry refreshes the entry in the background with a
+// probability that rises as expiry nears, scaled by how long the last load
+// took (XFetch), so a hot key does not fall off a cliff when it expires.
+// Opt-in: Options.StaleWhileRevalidate serves expired or invalidated values
+// (at most Options.MaxStale old) while one refresh runs, and
+// Options.StaleIfError serves them when the load fails.
+// [Loader.SetReadBypass] turns Redis reads off at run time.
+//
 // # Go-redis configuration
 //
-// Build the client with ContextTimeoutEnabled: true so that
-// Options.RedisTimeout bounds each call; with go-redis defaults a blackholed
-// Redis holds a call for its ReadTimeout (3s) and retries.
+// Build the client with ContextTimeoutEnabled: true; New refuses go-redis
+// clients without it, since they ignore the deadlines that bound every call
+// (with go-redis defaults a blackholed Redis holds a call for its
+// ReadTimeout, 3s, and retries).
 package cache
