@@ -25,10 +25,6 @@ const (
 	modeRefresh = "2"
 )
 
-// bypassSuffix keeps the flights of Gets that must not read Redis apart
-// from those that may.
-const bypassSuffix = "\x00bypass"
-
 // get is the read path: one HMGET, then on a miss one shared flight.
 func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 	var zero T
@@ -42,7 +38,7 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 
 	if l.bypassing(key) {
 		l.count(EventBypass)
-		res, _, err := l.flights.do(ctx, key+bypassSuffix, c, l.bg.Go, func(*flight[T]) (result[T], func()) {
+		res, _, err := l.bypassFlights.do(ctx, key, c, l.bg.Go, func(*flight[T]) (result[T], func()) {
 			return l.loadOnly(context.WithoutCancel(ctx), key), nil
 		})
 		if err != nil {
@@ -70,7 +66,7 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 		now := l.clock.serverNow()
 		if !e.Invalidated() && (e.SoftExpiry == 0 || now < e.SoftExpiry) {
 			if l.refreshDue(&e, now) {
-				l.refresh(key, rkey)
+				l.refresh(ctx, key, rkey, e.SoftExpiry)
 			}
 			l.count(EventHit)
 			return v, nil
@@ -78,7 +74,7 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 		// Expired or invalidated, and kept for stale serving.
 		if now-e.SoftExpiry <= l.s.maxStale.Milliseconds() {
 			if l.s.swr {
-				l.refresh(key, rkey)
+				l.refresh(ctx, key, rkey, e.SoftExpiry)
 				l.count(EventStale)
 				return v, nil
 			}
@@ -123,6 +119,11 @@ func (l *Loader[T]) corrupt(rkey string, err error) {
 	l.s.logger.Warn("cache: corrupt entry treated as a miss", "loader", l.name, "key", rkey, "err", err)
 }
 
+// fresh reports whether a usable entry has not passed its soft expiry.
+func (l *Loader[T]) fresh(e *entry.Entry) bool {
+	return e.SoftExpiry == 0 || l.clock.serverNow() < e.SoftExpiry
+}
+
 // refreshDue decides early refresh (XFetch): with r left before the soft
 // expiry and a last load of delta, refresh with probability
 // exp(-r / (beta × delta)).
@@ -139,22 +140,25 @@ func (l *Loader[T]) refreshDue(e *entry.Entry, now int64) bool {
 }
 
 // refresh loads key in the background under a lease and fills it, while
-// Gets go on being answered from the current entry. At most one refresh
-// per key runs in this process; across processes the lease decides.
-func (l *Loader[T]) refresh(key, rkey string) {
+// Gets go on being answered from the current entry, whose soft expiry the
+// caller read as soft. At most one refresh per key runs in this process;
+// across processes the lease decides, and an entry refilled since it was
+// read is not refreshed again. The load gets ctx's values, not its
+// cancellation.
+func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 	if _, running := l.refreshing.LoadOrStore(key, struct{}{}); running {
 		return
 	}
 	l.count(EventRefresh)
+	ctx = context.WithoutCancel(ctx)
 	l.bg.Go(func() {
 		defer l.refreshing.Delete(key)
-		ctx := context.Background()
 		seq := l.seq.Add(1)
 		token := newToken()
 		b := redisBudget{left: l.s.redisTimeout}
-		a, err := l.acquire(ctx, &b, rkey, token, modeRefresh)
+		a, err := l.acquire(ctx, &b, rkey, token, modeRefresh, soft)
 		if err != nil || a.status != script.Granted {
-			return // Redis is failing, or another caller is refreshing
+			return // Redis is failing, or the entry is being or was refreshed
 		}
 		b = redisBudget{left: l.s.redisTimeout}
 		if _, store := l.loadAndFill(ctx, key, rkey, token, seq, a, &b); store != nil {
@@ -174,7 +178,7 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey, mode string, budget re
 	for range maxAcquireRounds {
 		seq := l.seq.Add(1)
 		token := newToken()
-		a, err := l.acquire(ctx, &budget, rkey, token, mode)
+		a, err := l.acquire(ctx, &budget, rkey, token, mode, 0)
 		if errors.Is(err, ErrRedisUnavailable) {
 			return l.loadOnly(ctx, key), nil
 		}
@@ -271,6 +275,9 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 			return result[T]{}, lapsed // acquire replaces it
 		case err != nil:
 			return result[T]{}, gaveUp
+		case e.Usable() && !l.fresh(&e):
+			// The old value, still there past its expiry (kept for stale
+			// serving or for the lease): not the fill we wait for.
 		case e.Usable() && e.Negative():
 			return result[T]{err: ErrNotFound, seq: seq, gen: e.Generation}, filled
 		case e.Usable():

@@ -3,6 +3,8 @@ package cache
 import (
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -43,9 +45,10 @@ type callerGone struct{ err error }
 func (c callerGone) Error() string { return c.err.Error() }
 func (c callerGone) Unwrap() error { return c.err }
 
-// newBreaker returns the breaker of a Loader, or nil when disabled.
-// onChange runs with the breaker's lock held: it must not call it.
-func newBreaker(name string, s *settings, onChange func(from, to BreakerState)) *gobreaker.CircuitBreaker[struct{}] {
+// newBreaker returns the breaker of a Loader, or nil when disabled. Its
+// state changes are queued on changes, to be reported outside the
+// breaker's lock (see flushBreakerChanges).
+func newBreaker(name string, s *settings, changes *breakerChanges) *gobreaker.CircuitBreaker[struct{}] {
 	if s.noBreaker {
 		return nil
 	}
@@ -61,10 +64,38 @@ func newBreaker(name string, s *settings, onChange func(from, to BreakerState)) 
 		IsExcluded: func(err error) bool {
 			return err != nil && callerLeft(err)
 		},
-		OnStateChange: func(_ string, from, to gobreaker.State) {
-			onChange(breakerState(from), breakerState(to))
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			changes.add(breakerState(to))
 		},
 	})
+}
+
+// breakerChanges queues the breaker's state changes. gobreaker reports them
+// with its lock held; a Recorder or Logger called there that asked for the
+// breaker's state would deadlock, so they are reported after the call.
+type breakerChanges struct {
+	n  atomic.Int32 // len(to), read without the lock after every call
+	mu sync.Mutex   // protects to
+	to []BreakerState
+}
+
+func (c *breakerChanges) add(s BreakerState) {
+	c.mu.Lock()
+	c.to = append(c.to, s)
+	c.n.Store(int32(len(c.to)))
+	c.mu.Unlock()
+}
+
+func (c *breakerChanges) take() []BreakerState {
+	if c.n.Load() == 0 {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	to := c.to
+	c.to = nil
+	c.n.Store(0)
+	return to
 }
 
 func breakerState(s gobreaker.State) BreakerState {
@@ -98,6 +129,7 @@ func (l *Loader[T]) redisCall(ctx context.Context, b *redisBudget, fn func(ctx c
 		_, err = l.breaker.Execute(func() (struct{}, error) {
 			return struct{}{}, callWithTimeout(ctx, left, fn)
 		})
+		l.flushBreakerChanges()
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 			l.count(EventRedisSkipped)
 			err = ErrRedisUnavailable
@@ -113,7 +145,10 @@ func callWithTimeout(ctx context.Context, d time.Duration, fn func(ctx context.C
 	cctx, cancel := context.WithTimeout(ctx, d)
 	err := fn(cctx)
 	cancel()
-	if err != nil && ctx.Err() != nil {
+	// Only a cancellation says nothing about Redis: a caller's deadline
+	// shorter than RedisTimeout that Redis did not meet is a Redis failure
+	// for that caller, and the breaker must see it.
+	if err != nil && errors.Is(ctx.Err(), context.Canceled) {
 		return callerGone{err}
 	}
 	return err
@@ -149,24 +184,25 @@ func (l *Loader[T]) BreakerState() BreakerState {
 	if l.breaker == nil {
 		return BreakerClosed
 	}
-	return breakerState(l.breaker.State())
+	s := breakerState(l.breaker.State())
+	l.flushBreakerChanges()
+	return s
 }
 
-// onBreakerChange counts a transition and wakes the invalidation retrier
-// when Redis may be back.
-func (l *Loader[T]) onBreakerChange(_, to BreakerState) {
-	switch to {
-	case BreakerOpen:
-		l.count(EventBreakerOpen)
-		l.s.logger.Warn("cache: circuit breaker open: Get answers from the database", "loader", l.name)
-	case BreakerHalfOpen:
-		l.count(EventBreakerHalfOpen)
-	case BreakerClosed:
-		l.count(EventBreakerClosed)
-		l.s.logger.Info("cache: circuit breaker closed: Redis is back", "loader", l.name)
-	}
-	select {
-	case l.wake <- struct{}{}:
-	default:
+// flushBreakerChanges reports queued state changes: counts them, logs them
+// and wakes the invalidation retrier when Redis may be back.
+func (l *Loader[T]) flushBreakerChanges() {
+	for _, to := range l.breakerChanges.take() {
+		switch to {
+		case BreakerOpen:
+			l.count(EventBreakerOpen)
+			l.s.logger.Warn("cache: circuit breaker open: Get answers from the database", "loader", l.name)
+		case BreakerHalfOpen:
+			l.count(EventBreakerHalfOpen)
+		case BreakerClosed:
+			l.count(EventBreakerClosed)
+			l.s.logger.Info("cache: circuit breaker closed: Redis is back", "loader", l.name)
+		}
+		l.wakeRetrier()
 	}
 }

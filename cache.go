@@ -30,11 +30,16 @@ type Loader[T any] struct {
 
 	stats   counters
 	flights flightGroup[T]
-	reads   readGroup
+	// bypassFlights are the loads of Gets that must not read Redis, kept
+	// apart from flights that may answer from it.
+	bypassFlights flightGroup[T]
+	reads         readGroup
 	// seq orders this process's Redis calls and loads; see accepts.
 	seq     atomic.Uint64
 	clock   clock
 	breaker *gobreaker.CircuitBreaker[struct{}] // nil when disabled
+	// breakerChanges are the breaker's state changes not yet reported.
+	breakerChanges breakerChanges
 
 	refreshing sync.Map // keys with a background refresh running
 	readBypass atomic.Bool
@@ -71,7 +76,7 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 		s:      s,
 		wake:   make(chan struct{}, 1),
 	}
-	l.breaker = newBreaker(name, &l.s, l.onBreakerChange)
+	l.breaker = newBreaker(name, &l.s, &l.breakerChanges)
 	l.reads.seed = maphash.MakeSeed()
 	l.bg.init()
 	l.bg.Go(l.retryLoop)

@@ -139,7 +139,7 @@ func (c *counters) snapshot() Stats {
 // Prometheus is a Recorder that exports a Loader's metrics, labelled with
 // the loader's name, to a prometheus.Registerer:
 //
-//	cache_requests_total{loader,result}     Gets by result: hit, miss, negative_hit, stale
+//	cache_requests_total{loader,result}     Gets by result: hit, miss, negative_hit, stale, bypass
 //	cache_events_total{loader,event}        everything else Event names
 //	cache_loads_total{loader,result}        LoadFunc calls: ok, not_found, error
 //	cache_load_duration_seconds{loader}     LoadFunc latency
@@ -167,7 +167,7 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 	p := &Prometheus{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cache_requests_total",
-			Help: "Gets by result: hit, miss, negative_hit, stale.",
+			Help: "Gets by result: hit, miss, negative_hit, stale, bypass.",
 		}, []string{"loader", "result"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cache_events_total",

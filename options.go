@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"time"
 )
 
@@ -184,14 +185,14 @@ func (o *Options) settings() (settings, error) {
 			return settings{}, fmt.Errorf("cache: Options.%s is negative (%v)", d.name, d.v)
 		}
 	}
-	if o.Jitter < 0 || o.Jitter >= 1 {
+	if !(o.Jitter >= 0 && o.Jitter < 1) { // NaN fails too
 		return settings{}, fmt.Errorf("cache: Options.Jitter must be in [0, 1), got %v", o.Jitter)
 	}
-	if o.BreakerFailures < 0 {
-		return settings{}, fmt.Errorf("cache: Options.BreakerFailures is negative (%d)", o.BreakerFailures)
+	if o.BreakerFailures < 0 || int64(o.BreakerFailures) > math.MaxUint32 {
+		return settings{}, fmt.Errorf("cache: Options.BreakerFailures must be in [0, 2^32), got %d", o.BreakerFailures)
 	}
-	if o.EarlyRefreshBeta < 0 {
-		return settings{}, fmt.Errorf("cache: Options.EarlyRefreshBeta is negative (%v)", o.EarlyRefreshBeta)
+	if !(o.EarlyRefreshBeta >= 0) || math.IsInf(o.EarlyRefreshBeta, 1) { // NaN fails too
+		return settings{}, fmt.Errorf("cache: Options.EarlyRefreshBeta must be a finite number >= 0, got %v", o.EarlyRefreshBeta)
 	}
 	if (o.StaleWhileRevalidate || o.StaleIfError) && o.MaxStale <= 0 {
 		return settings{}, errors.New("cache: StaleWhileRevalidate and StaleIfError need Options.MaxStale > 0 (how stale a value may be served)")

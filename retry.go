@@ -138,9 +138,9 @@ func (l *Loader[T]) applyPending() bool {
 	for _, k := range failed {
 		delete(snap, k)
 	}
+	l.pending.remove(snap)
 	for range snap {
 		l.count(EventInvalidationRetried)
 	}
-	l.pending.remove(snap)
 	return len(failed) == 0
 }

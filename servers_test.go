@@ -62,7 +62,9 @@ func uniquePrefix(t testing.TB, rdb redis.UniversalClient) string {
 	rand.Read(b[:])
 	p := "cachetest:" + hex.EncodeToString(b[:]) + ":"
 	t.Cleanup(func() {
-		ctx := context.Background()
+		// Bounded: the test may have left Redis unreachable.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		iter := rdb.Scan(ctx, 0, p+"*", 1000).Iterator()
 		for iter.Next(ctx) {
 			rdb.Del(ctx, iter.Val())

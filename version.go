@@ -50,10 +50,12 @@ type acquireReply struct {
 	now       int64         // server clock, ms
 }
 
-func (l *Loader[T]) acquire(ctx context.Context, b *redisBudget, rkey, token, mode string) (acquireReply, error) {
+// acquire asks for the lease on rkey; soft is the soft expiry the caller
+// read, checked in refresh mode.
+func (l *Loader[T]) acquire(ctx context.Context, b *redisBudget, rkey, token, mode string, soft int64) (acquireReply, error) {
 	var vals []any
 	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
-		vals, err = script.Acquire.Run(ctx, l.rdb, []string{rkey}, token, ms(l.s.leaseTimeout), mode).Slice()
+		vals, err = script.Acquire.Run(ctx, l.rdb, []string{rkey}, token, ms(l.s.leaseTimeout), mode, soft).Slice()
 		return err
 	})
 	if err != nil {

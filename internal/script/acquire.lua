@@ -4,7 +4,8 @@
 -- ARGV[3] mode: '0' miss (grant unless the entry is usable and fresh),
 --         '1' replace (the stored payload is corrupt: grant even if usable),
 --         '2' refresh (early refresh of a usable entry: grant unless a
---         lease is live, without extending the entry's life)
+--         lease is live or the entry was refilled since the caller read it)
+-- ARGV[4] with mode '2': the soft expiry the caller read
 -- Returns {status, generation, payload, flags, lease remaining ms,
 --          delta ms, lease owner, soft expiry ms, server now ms}
 --   status 0: granted; 1: the entry is usable and fresh (a fill landed);
@@ -43,15 +44,19 @@ if g and tonumber(g) then
   if mode == '0' and fresh then
     return {1, g, p or '', f, 0, d, '', s, now_ms}
   end
+  if mode == '2' and s ~= tonumber(ARGV[4]) then
+    -- Someone refilled the entry since the caller decided to refresh it.
+    return {1, g, p or '', f, 0, d, '', s, now_ms}
+  end
   if lo and ld > now_ms then
     return {2, g, p or '', f, ld - now_ms, d, lo, s, now_ms}
   end
   redis.call('HSET', key, 'lo', ARGV[1], 'ld', int(now_ms + lease))
-  if mode ~= '2' then
-    local pttl = redis.call('PTTL', key)
-    if pttl < lease then
-      redis.call('PEXPIRE', key, lease)
-    end
+  -- The entry lives at least as long as the lease, so that the fill finds
+  -- it; readers go by the soft expiry, not by the key's life.
+  local pttl = redis.call('PTTL', key)
+  if pttl < lease then
+    redis.call('PEXPIRE', key, lease)
   end
   return {0, g, p or '', f, lease, d, '', s, now_ms}
 end
