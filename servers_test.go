@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	_ "github.com/go-sql-driver/mysql"
+	"github.com/go-sql-driver/mysql"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -125,4 +125,17 @@ func newClient(t testing.TB, addr string) *redis.Client {
 	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { rdb.Close() })
 	return rdb
+}
+
+// quiet drops the clients' own log lines (go-redis dial retries, the MySQL
+// driver's bad-connection notices): the fault tests cause them on purpose.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+func (quiet) Print(...any)                           {}
+
+func TestMain(m *testing.M) {
+	redis.SetLogger(quiet{})
+	_ = mysql.SetLogger(quiet{})
+	os.Exit(m.Run())
 }

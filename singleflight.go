@@ -110,6 +110,12 @@ func (g *flightGroup[T]) do(ctx context.Context, key string, c caller,
 func mayJoin[T any](c caller, f *flight[T]) bool {
 	select {
 	case <-f.done:
+		// A failure or "not found" is news about the moment the load
+		// ran: a caller that arrives after it was published loads again
+		// (or reads the negative entry the flight stored).
+		if f.res.err != nil {
+			return false
+		}
 		return accepts(c, &f.res)
 	default:
 	}
