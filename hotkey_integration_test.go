@@ -140,37 +140,6 @@ func roundAll(ds []time.Duration) []time.Duration {
 	return out
 }
 
-func sumStats(loaders []*Loader[hotVal]) (s Stats) {
-	for _, l := range loaders {
-		st := l.Stats()
-		s.Hits += st.Hits
-		s.Misses += st.Misses
-		s.Stale += st.Stale
-		s.Loads += st.Loads
-		s.LoadErrors += st.LoadErrors
-		s.Coalesced += st.Coalesced
-		s.LeaseWaits += st.LeaseWaits
-		s.StaleSetsPrevented += st.StaleSetsPrevented
-		s.RedisErrors += st.RedisErrors
-		s.Refreshes += st.Refreshes
-	}
-	return s
-}
-
-func (s Stats) minus(b Stats) Stats {
-	s.Hits -= b.Hits
-	s.Misses -= b.Misses
-	s.Stale -= b.Stale
-	s.Loads -= b.Loads
-	s.LoadErrors -= b.LoadErrors
-	s.Coalesced -= b.Coalesced
-	s.LeaseWaits -= b.LeaseWaits
-	s.StaleSetsPrevented -= b.StaleSetsPrevented
-	s.RedisErrors -= b.RedisErrors
-	s.Refreshes -= b.Refreshes
-	return s
-}
-
 // hotKey warms the key, then runs hotGoroutines readers of it over
 // hotProcs Loaders for hotRun.
 func hotKey(t *testing.T, opts Options) hotResult {

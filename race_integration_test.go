@@ -382,23 +382,7 @@ func (lib *raceLib) cached(ctx context.Context, id int) (raceRow, bool, error) {
 	return r, true, nil
 }
 
-func (lib *raceLib) stats() Stats {
-	var s Stats
-	for _, l := range lib.loaders {
-		st := l.Stats()
-		s.Hits += st.Hits
-		s.Misses += st.Misses
-		s.Loads += st.Loads
-		s.LoadErrors += st.LoadErrors
-		s.Coalesced += st.Coalesced
-		s.LeaseWaits += st.LeaseWaits
-		s.StaleSetsPrevented += st.StaleSetsPrevented
-		s.RedisErrors += st.RedisErrors
-		s.InvalidationsQueued += st.InvalidationsQueued
-		s.InvalidationsDropped += st.InvalidationsDropped
-	}
-	return s
-}
+func (lib *raceLib) stats() Stats { return sumStats(lib.loaders) }
 
 func TestRaceNoStaleSetNoStaleRead(t *testing.T) {
 	for _, tc := range []struct {

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"os"
+	"reflect"
 	"testing"
 	"time"
 
@@ -138,4 +139,31 @@ func TestMain(m *testing.M) {
 	redis.SetLogger(quiet{})
 	_ = mysql.SetLogger(quiet{})
 	os.Exit(m.Run())
+}
+
+// sumStats adds up the counters of several Loaders (processes).
+func sumStats[T any](loaders []*Loader[T]) Stats {
+	var s Stats
+	for _, l := range loaders {
+		s = s.combine(l.Stats(), 1)
+	}
+	return s
+}
+
+// minus returns the counters of s less those of b.
+func (s Stats) minus(b Stats) Stats { return s.combine(b, -1) }
+
+// combine adds sign × every uint64 counter of o to s's.
+func (s Stats) combine(o Stats, sign int) Stats {
+	sv, ov := reflect.ValueOf(&s).Elem(), reflect.ValueOf(o)
+	for i := range sv.NumField() {
+		if f := sv.Field(i); f.Kind() == reflect.Uint64 {
+			if sign > 0 {
+				f.SetUint(f.Uint() + ov.Field(i).Uint())
+			} else {
+				f.SetUint(f.Uint() - ov.Field(i).Uint())
+			}
+		}
+	}
+	return s
 }

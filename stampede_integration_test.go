@@ -92,20 +92,6 @@ func (o stampedeOutcome) logLatency(t *testing.T) {
 		lat[len(lat)-1].Round(10*time.Microsecond), stampedeLoadTime)
 }
 
-func stampedeStats(loaders []*Loader[stampedeVal]) (s Stats) {
-	for _, l := range loaders {
-		st := l.Stats()
-		s.Hits += st.Hits
-		s.Misses += st.Misses
-		s.Loads += st.Loads
-		s.Coalesced += st.Coalesced
-		s.LeaseWaits += st.LeaseWaits
-		s.StaleSetsPrevented += st.StaleSetsPrevented
-		s.RedisErrors += st.RedisErrors
-	}
-	return s
-}
-
 // stampedeOneLoad runs the 8 × 100 stampede on clients made by client and
 // requires exactly one load.
 func stampedeOneLoad(t *testing.T, client func() redis.UniversalClient, opts Options) {
@@ -130,7 +116,7 @@ func stampedeOneLoad(t *testing.T, client func() redis.UniversalClient, opts Opt
 	}
 
 	out := stampede(t, loaders, stampedeGoroutines, "hot")
-	st := stampedeStats(loaders)
+	st := sumStats(loaders)
 	out.logLatency(t)
 	t.Logf("loads %d, hits %d, misses %d, coalesced %d, lease waits %d, redis errors %d",
 		loads.Load(), st.Hits, st.Misses, st.Coalesced, st.LeaseWaits, st.RedisErrors)
@@ -226,7 +212,7 @@ func TestStampedeRealRedis(t *testing.T) {
 		out := stampede(t, others, 20, "hot")
 		took := time.Since(begin)
 		out.logLatency(t)
-		st := stampedeStats(others)
+		st := sumStats(others)
 		t.Logf("survivors done after %v (lease %v): loads %d, lease waits %d, coalesced %d",
 			took.Round(time.Millisecond), lease, loads.Load(), st.LeaseWaits, st.Coalesced)
 		out.requireAll(t, stampedeVal{Key: "hot", Val: "from a survivor", Ver: 1})
