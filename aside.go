@@ -64,7 +64,7 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 			break
 		}
 		now := l.clock.serverNow()
-		if !e.Invalidated() && (e.SoftExpiry == 0 || now < e.SoftExpiry) {
+		if !e.Invalidated() && e.FreshAt(now) {
 			if l.refreshDue(&e, now) {
 				l.refresh(ctx, key, rkey, e.SoftExpiry)
 			}
@@ -119,11 +119,6 @@ func (l *Loader[T]) corrupt(rkey string, err error) {
 	l.s.logger.Warn("cache: corrupt entry treated as a miss", "loader", l.name, "key", rkey, "err", err)
 }
 
-// fresh reports whether a usable entry has not passed its soft expiry.
-func (l *Loader[T]) fresh(e *entry.Entry) bool {
-	return e.SoftExpiry == 0 || l.clock.serverNow() < e.SoftExpiry
-}
-
 // refreshDue decides early refresh (XFetch): with r left before the soft
 // expiry and a last load of delta, refresh with probability
 // exp(-r / (beta × delta)).
@@ -167,9 +162,9 @@ func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 	})
 }
 
-// fetch is the body of one flight: take the lease and load (filling after
-// the result is published), or wait for the lease holder's fill, or load
-// without filling when Redis cannot help. ctx is detached from the callers'
+// fetch is the body of one flight: take the lease, load and fill, or wait
+// for the lease holder's fill, or load without filling when Redis cannot
+// help. ctx is detached from the callers'
 // cancellation; its Redis calls spend what is left of the starting Get's
 // Redis budget, but for waits on another caller's lease, after which each
 // call has a budget of its own.
@@ -275,9 +270,12 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 			return result[T]{}, lapsed // acquire replaces it
 		case err != nil:
 			return result[T]{}, gaveUp
-		case e.Usable() && !l.fresh(&e):
+		case e.Usable() && !e.FreshAt(l.clock.serverNow()):
 			// The old value, still there past its expiry (kept for stale
 			// serving or for the lease): not the fill we wait for.
+			if e.LeaseOwner != a.owner {
+				return result[T]{}, lapsed
+			}
 		case e.Usable() && e.Negative():
 			return result[T]{err: ErrNotFound, seq: seq, gen: e.Generation}, filled
 		case e.Usable():
@@ -329,8 +327,7 @@ func (l *Loader[T]) loadAndFill(ctx context.Context, key, rkey, token string, se
 // lease token: a fill of the value or of a negative entry, or for a failed
 // load the release of the lease. The step reports whether Redis answered.
 // With tentative, the lease may never have been granted, so a refusal is
-// not counted as a stale set prevented. Called without a budget, the step
-// makes one try on a budget of its own.
+// not counted as a stale set prevented.
 func (l *Loader[T]) storeStep(ctx context.Context, rkey, token string, v T, err error, delta time.Duration, tentative bool) func(b *redisBudget) bool {
 	switch {
 	case errors.Is(err, ErrNotFound) && !l.s.noNegative:

@@ -54,6 +54,12 @@ func (e *Entry) Usable() bool {
 	return e.Exists && !e.Invalidated() && (e.HasPayload || e.Negative())
 }
 
+// FreshAt reports whether the entry's value has not expired at now (server
+// ms). Entries without a soft expiry never do; Redis drops them.
+func (e *Entry) FreshAt(now int64) bool {
+	return e.SoftExpiry == 0 || now < e.SoftExpiry
+}
+
 // ErrCorrupt is wrapped by every error Decode returns.
 var ErrCorrupt = errors.New("corrupt cache entry")
 
