@@ -231,8 +231,9 @@ const (
 	gaveUp                    // the wait ran out, or Redis failed
 )
 
-// awaitLease polls key's entry, with jittered backoff, until the lease
-// holder fills it, the lease lapses or changes hands, or the wait runs out.
+// awaitLease polls key's entry, with jittered backoff and at once when the
+// fill or release is published (see wakeups), until the lease holder fills
+// it, the lease lapses or changes hands, or the wait runs out.
 // The wait is a few times the last load's duration when that is known, and
 // never past the lease's deadline. Each poll is bounded by RedisTimeout.
 func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply) (result[T], waitOutcome) {
@@ -247,6 +248,8 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 	backoff := time.Millisecond
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	woken, stop := l.watch(rkey)
+	defer func() { stop() }()
 	for {
 		now := time.Now()
 		if !now.Before(deadline) {
@@ -258,6 +261,10 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 		timer.Reset(min(jittered(backoff, 0.5), deadline.Sub(now)))
 		select {
 		case <-timer.C:
+		case <-woken:
+			// Filled or released: read it now, and watch for the next.
+			stop()
+			woken, stop = l.watch(rkey)
 		case <-l.bg.done:
 			return result[T]{}, gaveUp // Close does not wait out a lease
 		}

@@ -42,6 +42,7 @@ type Loader[T any] struct {
 	breakerChanges breakerChanges
 
 	refreshing sync.Map // keys with a background refresh running
+	wakeups    wakeups  // lease waiters woken by fills
 	readBypass atomic.Bool
 	pending    pendingSet    // invalidations WriteThrough could not apply
 	wake       chan struct{} // wakes retryLoop: a key was queued, or the breaker changed state
@@ -172,7 +173,7 @@ func checkClient(rdb redis.UniversalClient) error {
 // callers have left, and queued invalidations (given one last try). Methods
 // called after Close return ErrClosed.
 func (l *Loader[T]) Close() error {
-	l.bg.Close()
+	l.bg.close(l.wakeups.close)
 	return nil
 }
 
@@ -227,13 +228,15 @@ func (b *background) Go(f func()) {
 
 func (b *background) closed() bool { return b.isClosed.Load() }
 
-// Close marks b closed, signals done, and waits for every tracked goroutine.
-func (b *background) Close() {
+// close marks b closed, signals done, runs stop (which ends goroutines
+// that do not watch done), and waits for every tracked goroutine.
+func (b *background) close(stop func()) {
 	b.mu.Lock()
 	if !b.isClosed.Load() {
 		b.isClosed.Store(true)
 		close(b.done)
 	}
 	b.mu.Unlock()
+	stop()
 	b.wg.Wait()
 }

@@ -105,7 +105,7 @@ func (l *Loader[T]) fill(ctx context.Context, b *redisBudget, rkey, token string
 	var n int
 	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
 		n, err = script.Fill.Run(ctx, l.rdb, []string{rkey}, token, payload,
-			strconv.FormatInt(version, 10), neg, ms(keyTTL), ms(delta), softMS(softTTL)).Int()
+			strconv.FormatInt(version, 10), neg, ms(keyTTL), ms(delta), softMS(softTTL), l.wakeChannel()).Int()
 		return err
 	})
 	if err == nil && n != script.Stored && !tentative {
@@ -126,6 +126,6 @@ func softMS(d time.Duration) int64 {
 // answered.
 func (l *Loader[T]) release(ctx context.Context, b *redisBudget, rkey, token string) bool {
 	return l.redisCall(ctx, b, func(ctx context.Context) error {
-		return script.Release.Run(ctx, l.rdb, []string{rkey}, token).Err()
+		return script.Release.Run(ctx, l.rdb, []string{rkey}, token, l.wakeChannel()).Err()
 	}) == nil
 }

@@ -4,7 +4,8 @@
 -- ARGV[4] '1' for a negative (not found) entry, ARGV[5] key TTL ms (the
 -- value's TTL plus how long it may be served stale), ARGV[6] load duration
 -- ms, ARGV[7] the value's TTL ms: the soft expiry is set that far ahead
--- (0: none)
+-- (0: none), ARGV[8] the channel that wakes waiters on this entry's lease
+-- ('': none; publishing touches no key, so this stays Cluster-safe)
 -- Returns 1 stored; 0 rejected, the lease is no longer ours;
 --        -1 rejected, the stored version is newer.
 local key = KEYS[1]
@@ -44,4 +45,7 @@ else
   redis.call('HDEL', key, 's')
 end
 redis.call('PEXPIRE', key, ARGV[5])
+if ARGV[8] ~= '' then
+  redis.call('PUBLISH', ARGV[8], key)
+end
 return 1
