@@ -1,30 +1,33 @@
 // Command demo shows what the cache does under load, races and outages,
-// with no setup: Redis is an embedded miniredis and the database is an
-// in-memory table with 20 ms of latency per query.
+// next to a textbook cache-aside on the same workload, with no setup:
+// Redis is an embedded miniredis and MySQL is an embedded go-mysql-server
+// reached through go-sql-driver/mysql, like a real one.
 //
-//	cd examples/demo && go run .
-//	go run . -redis 127.0.0.1:6379   # a real Redis (the outage phase is skipped)
+//	cd examples/demo && go run .           # both implementations, ~1 minute
+//	go run . -quick                         # a few seconds per implementation
+//	go run . -impl cache                    # only this library (or naive)
+//	go run . -redis 127.0.0.1:6379 -mysql 'root@tcp(127.0.0.1:3306)/test'
 //
-// Several Loaders, each with its own Redis client, play the part of
-// separate processes of one service. The demo runs five phases:
+// Several processes of one service (each with its own Redis client and
+// cache) run closed-loop clients through five phases:
 //
-//  1. stampede: every process reads one cold key at once; the database
-//     sees one query.
-//  2. warm reads: the same key again; every Get is a Redis hit.
-//  3. stale-set race: a slow reader loads a row, a writer updates it and
-//     invalidates the key before the reader's fill; the fill is rejected.
-//  4. write-through: one call updates the row and Redis.
-//  5. Redis outage: Gets keep answering from the database, a write is
-//     queued for invalidation, and Redis catches up when it is back.
+//  1. cold start: every process asks for the hottest user at once, then
+//     Zipf traffic warms the cache.
+//  2. steady Zipf traffic.
+//  3. a hot key expiring: everyone reads one user whose TTL is 300 ms.
+//  4. writes racing slow readers: SELECTs return late while a writer
+//     renames the hottest users; afterwards, are any served stale?
+//  5. Redis going dark and coming back (embedded Redis only).
 //
-// The demo exits with an error if the cache breaks one of its promises.
+// A status line (requests/s, hit rate, database queries/s, p99, breaker)
+// is updated every tick, each phase ends with a sentence of what happened
+// and why, and demo-report.html charts it all over time.
 package main
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -34,33 +37,76 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
-
-	"github.com/f4df6ac3/cache"
+	"github.com/sirupsen/logrus"
 )
 
 // config says what the demo runs against and how hard it pushes.
 type config struct {
 	RedisAddr  string        // a real Redis; "" starts an embedded miniredis
-	Latency    time.Duration // of every database query
-	Processes  int           // Loaders, each with its own Redis client
-	Goroutines int           // concurrent readers per process in the stampede
-	Readers    int           // concurrent readers per process in the warm phase
-	Reads      int           // Gets per reader in the warm phase
+	MySQLDSN   string        // a real MySQL; "" starts an embedded go-mysql-server
+	Impls      []string      // implementations to run, in order
+	Out        string        // path of the HTML report; "" writes none
+	Latency    time.Duration // added to every database query
+	SlowRead   time.Duration // extra SELECT time while writes race readers
+	WriteEvery time.Duration // pause between writes while writes race readers
+	Processes  int           // each with its own Redis client and cache
+	Workers    int           // closed-loop clients per process
+	Stampede   int           // Gets per process of the cold key at cold start
+	Think      time.Duration // a client's pause between requests
+	Rows       int           // users in the table
+	Phase      time.Duration // length of each phase
+	Tick       time.Duration // status line and chart resolution
+	Live       bool          // print the status line
 }
 
 func defaultConfig() config {
-	return config{Latency: 20 * time.Millisecond, Processes: 8, Goroutines: 100, Readers: 4, Reads: 250}
+	return config{
+		Impls:      []string{implLibrary, implNaive},
+		Out:        "demo-report.html",
+		Latency:    2 * time.Millisecond,
+		SlowRead:   30 * time.Millisecond,
+		WriteEvery: 10 * time.Millisecond,
+		Processes:  8,
+		Workers:    4,
+		Stampede:   32,
+		Think:      5 * time.Millisecond,
+		Rows:       10000,
+		Phase:      5 * time.Second,
+		Tick:       time.Second,
+		Live:       true,
+	}
+}
+
+// quick shortens cfg to a few seconds per implementation.
+func (cfg *config) quick() {
+	cfg.Phase = time.Second
+	cfg.Tick = 200 * time.Millisecond
+	cfg.Rows = 2000
 }
 
 func main() {
 	cfg := defaultConfig()
-	flag.StringVar(&cfg.RedisAddr, "redis", "", "use the Redis at this address instead of an embedded miniredis")
-	flag.DurationVar(&cfg.Latency, "latency", cfg.Latency, "latency of every database query")
+	impl := flag.String("impl", "both", "implementation: cache (this library), naive (textbook cache-aside) or both")
+	quick := flag.Bool("quick", false, "a shortened run (1 s phases)")
+	flag.StringVar(&cfg.RedisAddr, "redis", "", "use the Redis at this address instead of an embedded miniredis (the outage phase is then skipped)")
+	flag.StringVar(&cfg.MySQLDSN, "mysql", "", "use the MySQL/MariaDB at this DSN (go-sql-driver form) instead of an embedded server; a uniquely named table is created and dropped")
+	flag.StringVar(&cfg.Out, "out", cfg.Out, "path of the HTML report")
+	flag.DurationVar(&cfg.Latency, "latency", cfg.Latency, "latency added to every database query")
 	flag.Parse()
+	switch *impl {
+	case "both":
+	case implLibrary, implNaive:
+		cfg.Impls = []string{*impl}
+	default:
+		log.Fatalf("-impl %q: want cache, naive or both", *impl)
+	}
+	if *quick {
+		cfg.quick()
+	}
 	// go-redis logs every failed dial; during the outage phase that is a
-	// wall of text. The Loaders count Redis errors instead.
+	// wall of text. The requests count errors instead.
 	redis.SetLogger(discardLogger{})
-	if err := run(context.Background(), os.Stdout, cfg); err != nil {
+	if _, err := run(context.Background(), os.Stdout, cfg); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -69,154 +115,158 @@ type discardLogger struct{}
 
 func (discardLogger) Printf(context.Context, string, ...any) {}
 
-// run runs the phases against a fresh demo and prints what each one did to
-// w. It returns an error if a phase could not run or saw the cache break a
-// promise.
-func run(ctx context.Context, w io.Writer, cfg config) error {
-	d, err := newDemo(ctx, cfg)
+// env is what every implementation's run shares: the database and Redis.
+type env struct {
+	db *store
+	mr *miniredis.Miniredis // nil when a real Redis is used
+	// addr is Redis's address.
+	addr string
+}
+
+// run runs every implementation in cfg.Impls through the phases, prints
+// what happened to w and writes the report to cfg.Out.
+func run(ctx context.Context, w io.Writer, cfg config) ([]runResult, error) {
+	t0 := time.Now()
+	// go-mysql-server logs every connection through logrus.
+	logrus.SetLevel(logrus.WarnLevel)
+	db, err := openStore(ctx, cfg.MySQLDSN, cfg.Rows, cfg.Latency)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer d.close()
-	fmt.Fprintf(w, "%d processes (Loaders with their own Redis client), database latency %v, Redis: %s\n",
-		cfg.Processes, cfg.Latency, d.redisName())
-
-	phases := []struct {
-		title string
-		run   func(context.Context) (outcome, error)
-	}{
-		{fmt.Sprintf("stampede: %d Gets of one cold key, all at once", cfg.Processes*cfg.Goroutines),
-			func(ctx context.Context) (outcome, error) { return d.stampede(ctx, "1") }},
-		{fmt.Sprintf("warm reads: %d Gets of that key, %d at a time", cfg.Processes*cfg.Readers*cfg.Reads, cfg.Processes*cfg.Readers),
-			func(ctx context.Context) (outcome, error) { return d.warm(ctx, "1") }},
-		{"stale-set race: a slow reader loads a row; a writer updates it and invalidates before the reader's fill",
-			func(ctx context.Context) (outcome, error) { return d.staleSetRace(ctx, "2") }},
-		{"write-through: update the row and Redis in one call",
-			func(ctx context.Context) (outcome, error) { return d.writeThrough(ctx, "3") }},
-		{"Redis outage: stop Redis, read and write, start it again",
-			func(ctx context.Context) (outcome, error) { return d.outage(ctx, "4") }},
-	}
-	var broken []error
-	for i, p := range phases {
-		fmt.Fprintf(w, "\n%d. %s\n", i+1, p.title)
-		if d.mr == nil && i == len(phases)-1 {
-			fmt.Fprintf(w, "   skipped: the demo can only stop its embedded miniredis, not %s\n", cfg.RedisAddr)
-			break
-		}
-		o, err := p.run(ctx)
-		if err != nil {
-			return fmt.Errorf("phase %d: %w", i+1, err)
-		}
-		o.print(w)
-		for _, b := range o.broken() {
-			fmt.Fprintf(w, "   !! %s\n", b)
-			broken = append(broken, fmt.Errorf("phase %d: %s", i+1, b))
-		}
-	}
-	return errors.Join(broken...)
-}
-
-// outcome is what a phase measured.
-type outcome interface {
-	print(w io.Writer)
-	// broken lists the promises the phase saw broken.
-	broken() []string
-}
-
-// demo is the running cast: the fake database, Redis, and one Loader per
-// "process".
-type demo struct {
-	cfg    config
-	db     *fakeDB
-	mr     *miniredis.Miniredis // nil when a real Redis is used
-	prefix string               // of every key this run writes
-	procs  []process
-}
-
-// process is what one process of the service would hold: its own Redis
-// client and its own Loader.
-type process struct {
-	rdb   *redis.Client
-	users *cache.Loader[User]
-}
-
-func newDemo(ctx context.Context, cfg config) (*demo, error) {
-	d := &demo{
-		cfg: cfg,
-		db: newFakeDB(cfg.Latency,
-			User{ID: "1", Name: "Ada Lovelace", Version: 1},
-			User{ID: "2", Name: "Alan Turing", Version: 1},
-			User{ID: "3", Name: "Grace Hopper", Version: 1},
-			User{ID: "4", Name: "Edsger Dijkstra", Version: 1},
-		),
-		prefix: "cache-demo:" + randomHex() + ":",
-	}
-	addr := cfg.RedisAddr
-	if addr == "" {
-		mr, err := miniredis.Run()
-		if err != nil {
+	defer db.close()
+	e := &env{db: db, addr: cfg.RedisAddr}
+	if e.addr == "" {
+		if e.mr, err = miniredis.Run(); err != nil {
 			return nil, err
 		}
-		d.mr, addr = mr, mr.Addr()
+		defer e.mr.Close()
+		e.addr = e.mr.Addr()
 	}
+	mysqlName, redisName := "embedded go-mysql-server", "embedded miniredis"
+	if cfg.MySQLDSN != "" {
+		mysqlName = "MySQL table " + db.table
+	}
+	if cfg.RedisAddr != "" {
+		redisName = "Redis at " + cfg.RedisAddr
+	}
+	fmt.Fprintf(w, "%d processes × %d clients, %d users, Zipf s=1.1, database latency +%v; %s, %s (ready in %v)\n",
+		cfg.Processes, cfg.Workers, cfg.Rows, cfg.Latency, mysqlName, redisName, time.Since(t0).Round(time.Millisecond))
+
+	var results []runResult
+	for _, impl := range cfg.Impls {
+		fmt.Fprintf(w, "\n== %s ==\n", implTitle(impl))
+		r, err := runImpl(ctx, w, cfg, e, impl)
+		if err != nil {
+			return results, fmt.Errorf("%s: %w", impl, err)
+		}
+		results = append(results, r)
+	}
+	if len(results) == 2 {
+		printComparison(w, results)
+	}
+	if cfg.Out != "" {
+		if err := writeReport(cfg.Out, cfg, results); err != nil {
+			return results, err
+		}
+		fmt.Fprintf(w, "\nreport: %s\n", absPath(cfg.Out))
+	}
+	return results, nil
+}
+
+func implTitle(impl string) string {
+	if impl == implLibrary {
+		return "cache: this library (github.com/f4df6ac3/cache, default options)"
+	}
+	return "naive: textbook cache-aside (GET; on a miss SELECT + SET EX; on a write UPDATE + DEL)"
+}
+
+// runImpl starts cfg.Processes processes of impl and runs the phases.
+func runImpl(ctx context.Context, w io.Writer, cfg config, e *env, impl string) (runResult, error) {
+	r := &runner{cfg: cfg, impl: impl, env: e}
+	prefix := "cache-demo:" + randomHex() + ":"
+	defer r.close(prefix)
 	for range cfg.Processes {
-		rdb := newClient(addr)
-		users, err := d.newLoader(rdb, d.db.get)
+		// ContextTimeoutEnabled lets Options.RedisTimeout bound every call.
+		rdb := redis.NewClient(&redis.Options{Addr: e.addr, ContextTimeoutEnabled: true})
+		r.rdbs = append(r.rdbs, rdb)
+		newUsers := newLibrary
+		if impl == implNaive {
+			newUsers = newNaive
+		}
+		u, err := newUsers(rdb, e.db, prefix)
 		if err != nil {
-			rdb.Close()
-			d.close()
-			return nil, err
+			return runResult{}, err
 		}
-		d.procs = append(d.procs, process{rdb: rdb, users: users})
+		r.procs = append(r.procs, u)
 	}
-	// Each process has been running: its connection pool is open.
-	for _, p := range d.procs {
-		if err := p.rdb.Ping(ctx).Err(); err != nil {
-			d.close()
-			return nil, fmt.Errorf("redis at %s: %w", addr, err)
+	r.start = time.Now()
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { r.sampleLoop(sctx, w); close(done) }()
+
+	var (
+		phases []phaseResult
+		err    error
+	)
+	// Print each phase's sentence as it ends: run the phases one by one
+	// through a wrapper that reports.
+	phases, err = r.phases(ctx, func(i int, p phaseResult) {
+		if cfg.Live {
+			fmt.Fprint(w, "\r\033[K")
 		}
+		fmt.Fprintf(w, "%d. %s (%.1fs)\n   %s\n", i+1, p.Name, p.End-p.Start, p.Sentence)
+	})
+	stop()
+	<-done
+	if cfg.Live {
+		fmt.Fprint(w, "\r\033[K")
 	}
-	return d, nil
+	return runResult{Impl: impl, Samples: r.samples, Phases: phases}, err
 }
 
-func newClient(addr string) *redis.Client {
-	// ContextTimeoutEnabled lets Options.RedisTimeout bound every call.
-	return redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
-}
-
-func (d *demo) newLoader(rdb *redis.Client, load cache.LoadFunc[User]) (*cache.Loader[User], error) {
-	return cache.New(rdb, "user", load, &cache.Options{Prefix: d.prefix, TTL: time.Minute})
-}
-
-func (d *demo) redisName() string {
-	if d.mr != nil {
-		return "embedded miniredis"
+// close stops the processes and deletes this run's keys from Redis.
+func (r *runner) close(prefix string) {
+	for _, p := range r.procs {
+		p.Close()
 	}
-	return d.cfg.RedisAddr
-}
-
-// close stops the Loaders, deletes this run's keys and closes Redis.
-func (d *demo) close() {
-	ctx := context.Background()
-	for _, p := range d.procs {
-		p.users.Close()
-	}
-	if d.mr == nil && len(d.procs) > 0 {
-		rdb := d.procs[0].rdb
-		iter := rdb.Scan(ctx, 0, d.prefix+"*", 100).Iterator()
+	if len(r.rdbs) > 0 && r.env.mr == nil {
+		ctx := context.Background()
+		rdb := r.rdbs[0]
+		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
 		for iter.Next(ctx) {
 			rdb.Del(ctx, iter.Val())
 		}
 	}
-	for _, p := range d.procs {
-		p.rdb.Close()
-	}
-	if d.mr != nil {
-		d.mr.Close()
+	for _, c := range r.rdbs {
+		c.Close()
 	}
 }
 
-func show(u User) string { return fmt.Sprintf("v%d %q", u.Version, u.Name) }
+// printComparison prints the two runs' key numbers side by side.
+func printComparison(w io.Writer, rs []runResult) {
+	fmt.Fprintf(w, "\n%-34s %14s %14s\n", "", rs[0].Impl, rs[1].Impl)
+	row := func(name string, f func(runResult) string) {
+		fmt.Fprintf(w, "%-34s %14s %14s\n", name, f(rs[0]), f(rs[1]))
+	}
+	row("cold start: queries for the burst", func(r runResult) string {
+		p := r.phase(phaseCold)
+		return fmt.Sprintf("%d / %d Gets", p.StampedeLoads, p.StampedeGets)
+	})
+	row("steady: hit rate", func(r runResult) string {
+		p := r.phase(phaseSteady)
+		return fmt.Sprintf("%.1f%%", pct(p.Hits, p.Requests))
+	})
+	row("steady: p99", func(r runResult) string { return r.phase(phaseSteady).P99.Round(10 * time.Microsecond).String() })
+	row("hot key: database queries", func(r runResult) string { return fmt.Sprint(r.phase(phaseHot).Queries) })
+	row("race: users served stale after", func(r runResult) string { return fmt.Sprint(r.phase(phaseRace).Stale) })
+	row("outage: failed requests", func(r runResult) string {
+		p := r.phase(phaseOutage)
+		if p.Skipped != "" {
+			return "skipped"
+		}
+		return fmt.Sprintf("%d / %d", p.Errors, p.Requests)
+	})
+}
 
 func randomHex() string {
 	var b [6]byte
