@@ -36,6 +36,7 @@ const (
 	EventRefresh                          // a background refresh started (early refresh or stale-while-revalidate)
 	EventReadBypassOn                     // SetReadBypass(true)
 	EventReadBypassOff                    // SetReadBypass(false)
+	EventStaleEntryFound                  // Reconcile found an entry that differs from the database
 	numEvents
 )
 
@@ -45,7 +46,7 @@ var eventNames = [numEvents]string{
 	"encode_error", "invalidation_queued", "invalidation_retried",
 	"invalidation_dropped", "redis_skipped", "breaker_open",
 	"breaker_half_open", "breaker_closed", "refresh", "read_bypass_on",
-	"read_bypass_off",
+	"read_bypass_off", "stale_entry_found",
 }
 
 // String returns the event's metric label.
@@ -98,6 +99,7 @@ type Stats struct {
 	BreakerOpened        uint64 // times the breaker opened
 	BreakerClosed        uint64 // times the breaker closed again
 	Refreshes            uint64 // background refreshes started
+	StaleEntriesFound    uint64 // entries Reconcile found differing from the database
 	Breaker              BreakerState
 	ReadBypass           bool
 }
@@ -133,6 +135,7 @@ func (c *counters) snapshot() Stats {
 		BreakerOpened:        e(EventBreakerOpen),
 		BreakerClosed:        e(EventBreakerClosed),
 		Refreshes:            e(EventRefresh),
+		StaleEntriesFound:    e(EventStaleEntryFound),
 	}
 }
 

@@ -19,6 +19,8 @@ var (
 	invalidateSrc string
 	//go:embed release.lua
 	releaseSrc string
+	//go:embed evict.lua
+	evictSrc string
 )
 
 // The scripts, wrapped once. Run them with Script.Run (EVALSHA, falling back
@@ -29,6 +31,7 @@ var (
 	Set        = redis.NewScript(setSrc)
 	Invalidate = redis.NewScript(invalidateSrc)
 	Release    = redis.NewScript(releaseSrc)
+	Evict      = redis.NewScript(evictSrc)
 )
 
 // Acquire statuses (the first element of its reply).

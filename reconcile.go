@@ -1,0 +1,230 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/f4df6ac3/cache/internal/entry"
+	"github.com/f4df6ac3/cache/internal/script"
+)
+
+// ReconcileOptions configure Loader.Reconcile. A nil *ReconcileOptions
+// means all defaults.
+type ReconcileOptions struct {
+	// Rate bounds how many entries are compared per second, so that a
+	// reconciliation does not load the database like a cold cache would.
+	// default: 500
+	Rate int
+
+	// ScanCount is the COUNT hint of each SCAN call.
+	// default: 100
+	ScanCount int
+
+	// Progress, when set, is called after every SCAN batch with the totals
+	// so far. It runs on the reconciling goroutine.
+	// default: none
+	Progress func(ReconcileResult)
+}
+
+// ReconcileResult counts what one reconciliation did.
+type ReconcileResult struct {
+	Scanned   int // keys seen under the Loader's prefix
+	Compared  int // values and negative entries compared with the database
+	Divergent int // entries that differed from the database
+	Evicted   int // divergent entries turned into tombstones
+	Errors    int // entries that could not be read, loaded or evicted
+}
+
+// Reconcile walks the Loader's keys in Redis with SCAN (on Redis Cluster,
+// on every master), compares every cached value and negative entry with
+// what the LoadFunc returns now, and evicts the entries that differ with a
+// compare-and-delete: an entry refilled, set or invalidated since it was
+// read is left alone. Tombstones, leases and entries of other loaders are
+// skipped. Divergence is counted as the stale_entry_found event.
+//
+// It finds what invalidations missed: rows changed behind the cache's back
+// (a migration, a manual UPDATE), lost invalidations. Values are compared by
+// their encoding, then, for codecs that do not encode deterministically,
+// decoded with reflect.DeepEqual. It stops, returning what it did and
+// ctx.Err(), when ctx ends.
+func (l *Loader[T]) Reconcile(ctx context.Context, opts *ReconcileOptions) (ReconcileResult, error) {
+	if l.bg.closed() {
+		return ReconcileResult{}, ErrClosed
+	}
+	var o ReconcileOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Rate < 0 || o.ScanCount < 0 {
+		return ReconcileResult{}, errors.New("cache: ReconcileOptions.Rate and ScanCount must not be negative")
+	}
+	o.Rate = or(o.Rate, 500)
+	o.ScanCount = or(o.ScanCount, 100)
+
+	r := reconciler[T]{l: l, o: o, start: time.Now()}
+	scan := func(ctx context.Context, c redis.UniversalClient) error {
+		iter := c.Scan(ctx, 0, globEscape(l.prefix)+"*", int64(o.ScanCount)).Iterator()
+		for iter.Next(ctx) {
+			if err := r.visit(ctx, iter.Val()); err != nil {
+				return err
+			}
+		}
+		return iter.Err()
+	}
+	var err error
+	switch c := l.rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return scan(ctx, m) })
+	case *redis.Ring:
+		err = c.ForEachShard(ctx, func(ctx context.Context, s *redis.Client) error { return scan(ctx, s) })
+	default:
+		err = scan(ctx, l.rdb)
+	}
+	r.progress()
+	return r.result(), err
+}
+
+// reconciler is the state of one Reconcile; visits may run concurrently
+// (one goroutine per Cluster master).
+type reconciler[T any] struct {
+	l     *Loader[T]
+	o     ReconcileOptions
+	start time.Time
+
+	mu  sync.Mutex // protects res and n
+	res ReconcileResult
+	n   int // entries compared, for the rate
+}
+
+func (r *reconciler[T]) result() ReconcileResult {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.res
+}
+
+func (r *reconciler[T]) progress() {
+	if r.o.Progress != nil {
+		r.o.Progress(r.result())
+	}
+}
+
+func (r *reconciler[T]) add(f func(*ReconcileResult)) {
+	r.mu.Lock()
+	f(&r.res)
+	r.mu.Unlock()
+}
+
+// pace waits until comparing one more entry keeps under the rate.
+func (r *reconciler[T]) pace(ctx context.Context) error {
+	r.mu.Lock()
+	due := r.start.Add(time.Duration(float64(r.n) / float64(r.o.Rate) * float64(time.Second)))
+	r.n++
+	r.mu.Unlock()
+	if wait := time.Until(due); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// visit compares one key's entry with the database.
+func (r *reconciler[T]) visit(ctx context.Context, rkey string) error {
+	l := r.l
+	r.add(func(res *ReconcileResult) { res.Scanned++ })
+	if res := r.result(); res.Scanned%r.o.ScanCount == 0 {
+		r.progress()
+	}
+	vals, err := l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.add(func(res *ReconcileResult) { res.Errors++ })
+		return nil
+	}
+	e, err := entry.Decode(vals)
+	if err != nil || !e.Usable() {
+		return nil // gone, a tombstone, a lease, or corrupt (Get replaces those)
+	}
+	if err := r.pace(ctx); err != nil {
+		return err
+	}
+	key := rkey[len(l.prefix):]
+	lctx, cancel := context.WithTimeout(ctx, l.s.loadTimeout)
+	v, lerr := l.load(lctx, key)
+	cancel()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	notFound := errors.Is(lerr, ErrNotFound) || errors.Is(lerr, sql.ErrNoRows)
+	if lerr != nil && !notFound {
+		r.add(func(res *ReconcileResult) { res.Errors++ })
+		return nil
+	}
+	r.add(func(res *ReconcileResult) { res.Compared++ })
+	if r.same(&e, v, notFound) {
+		return nil
+	}
+	r.add(func(res *ReconcileResult) { res.Divergent++ })
+	l.count(EventStaleEntryFound)
+	neg := "0"
+	if e.Negative() {
+		neg = "1"
+	}
+	n, err := script.Evict.Run(ctx, l.rdb, []string{rkey}, strconv.FormatInt(e.Generation, 10),
+		e.Payload, ms(l.s.tombstoneTTL), neg).Int()
+	switch {
+	case err != nil:
+		r.add(func(res *ReconcileResult) { res.Errors++ })
+	case n == 1:
+		r.add(func(res *ReconcileResult) { res.Evicted++ })
+	}
+	return nil
+}
+
+// same reports whether the cached entry agrees with what the database said.
+func (r *reconciler[T]) same(e *entry.Entry, v T, notFound bool) bool {
+	if e.Negative() || notFound {
+		return e.Negative() && notFound
+	}
+	payload, err := r.l.s.codec.Marshal(v)
+	if err != nil {
+		return true // cannot tell; Get would not cache it either
+	}
+	if bytes.Equal(payload, []byte(e.Payload)) {
+		return true
+	}
+	cached, err := r.l.decode(e.Payload)
+	if err != nil {
+		return false
+	}
+	fresh, err := r.l.decode(string(payload))
+	return err == nil && reflect.DeepEqual(cached, fresh)
+}
+
+// globEscape escapes the characters SCAN's MATCH pattern gives a meaning.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
