@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"math"
@@ -68,6 +67,7 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 			if l.refreshDue(&e, now) {
 				l.refresh(ctx, key, rkey, e.SoftExpiry)
 			}
+			l.sampleHit(key, rkey)
 			l.count(EventHit)
 			return v, nil
 		}
@@ -370,7 +370,7 @@ func (l *Loader[T]) callLoad(ctx context.Context, key string) (v T, err error) {
 		}
 		switch {
 		case err == nil:
-		case errors.Is(err, ErrNotFound), errors.Is(err, sql.ErrNoRows):
+		case isNotFound(err):
 			err = ErrNotFound
 		default:
 			l.stats.loadErrors.Add(1)

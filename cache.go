@@ -43,10 +43,12 @@ type Loader[T any] struct {
 
 	refreshing sync.Map // keys with a background refresh running
 	wakeups    wakeups  // lease waiters woken by fills
-	readBypass atomic.Bool
-	pending    pendingSet    // invalidations WriteThrough could not apply
-	wake       chan struct{} // wakes retryLoop: a key was queued, or the breaker changed state
-	bg         background
+	// samplesInFlight counts consistency checks waiting for their delay.
+	samplesInFlight atomic.Int64
+	readBypass      atomic.Bool
+	pending         pendingSet    // invalidations WriteThrough could not apply
+	wake            chan struct{} // wakes retryLoop: a key was queued, or the breaker changed state
+	bg              background
 }
 
 // New returns a Loader for the rows that load reads. name identifies the

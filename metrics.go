@@ -37,6 +37,8 @@ const (
 	EventReadBypassOn                     // SetReadBypass(true)
 	EventReadBypassOff                    // SetReadBypass(false)
 	EventStaleEntryFound                  // Reconcile found an entry that differs from the database
+	EventSampled                          // a sampled hit was checked against the database (Options.SampleRate)
+	EventInconsistent                     // a sampled entry still differed from the database after SampleDelay
 	numEvents
 )
 
@@ -46,7 +48,7 @@ var eventNames = [numEvents]string{
 	"encode_error", "invalidation_queued", "invalidation_retried",
 	"invalidation_dropped", "redis_skipped", "breaker_open",
 	"breaker_half_open", "breaker_closed", "refresh", "read_bypass_on",
-	"read_bypass_off", "stale_entry_found",
+	"read_bypass_off", "stale_entry_found", "sampled", "inconsistent",
 }
 
 // String returns the event's metric label.
@@ -100,6 +102,8 @@ type Stats struct {
 	BreakerClosed        uint64 // times the breaker closed again
 	Refreshes            uint64 // background refreshes started
 	StaleEntriesFound    uint64 // entries Reconcile found differing from the database
+	Sampled              uint64 // sampled hits checked against the database
+	Inconsistent         uint64 // sampled entries that still differed after SampleDelay
 	Breaker              BreakerState
 	ReadBypass           bool
 }
@@ -136,6 +140,8 @@ func (c *counters) snapshot() Stats {
 		BreakerClosed:        e(EventBreakerClosed),
 		Refreshes:            e(EventRefresh),
 		StaleEntriesFound:    e(EventStaleEntryFound),
+		Sampled:              e(EventSampled),
+		Inconsistent:         e(EventInconsistent),
 	}
 }
 

@@ -126,6 +126,18 @@ type Options struct {
 	// default: none (Stats still counts)
 	Recorder Recorder
 
+	// SampleRate is the fraction of hits, in [0, 1], checked against the
+	// database SampleDelay later: an entry that still differs then (not a
+	// write in flight) counts as inconsistent. The inconsistency ratio is
+	// inconsistent / sampled in the metrics. Each check costs two HMGETs and
+	// one load.
+	// default: 0 (no sampling)
+	SampleRate float64
+
+	// SampleDelay is how long after a sampled hit the check runs.
+	// default: 1m
+	SampleDelay time.Duration
+
 	// Logger receives operational messages (dropped invalidations, corrupt
 	// entries); never payloads.
 	// default: discards everything
@@ -148,6 +160,8 @@ type settings struct {
 	maxStale      time.Duration
 	swr           bool
 	staleIfError  bool
+	sampleRate    float64
+	sampleDelay   time.Duration
 	loadTimeout   time.Duration
 	leaseTimeout  time.Duration
 	tombstoneTTL  time.Duration
@@ -179,7 +193,7 @@ func (o *Options) settings() (settings, error) {
 	}{
 		{"TTL", o.TTL}, {"NegativeTTL", o.NegativeTTL}, {"RedisTimeout", o.RedisTimeout},
 		{"LoadTimeout", o.LoadTimeout}, {"LeaseTimeout", o.LeaseTimeout},
-		{"BreakerCooldown", o.BreakerCooldown}, {"MaxStale", o.MaxStale},
+		{"BreakerCooldown", o.BreakerCooldown}, {"MaxStale", o.MaxStale}, {"SampleDelay", o.SampleDelay},
 	} {
 		if d.v < 0 {
 			return settings{}, fmt.Errorf("cache: Options.%s is negative (%v)", d.name, d.v)
@@ -196,6 +210,9 @@ func (o *Options) settings() (settings, error) {
 	}
 	if (o.StaleWhileRevalidate || o.StaleIfError) && o.MaxStale <= 0 {
 		return settings{}, errors.New("cache: StaleWhileRevalidate and StaleIfError need Options.MaxStale > 0 (how stale a value may be served)")
+	}
+	if !(o.SampleRate >= 0 && o.SampleRate <= 1) {
+		return settings{}, fmt.Errorf("cache: Options.SampleRate must be in [0, 1], got %v", o.SampleRate)
 	}
 	if o.MaxValueBytes < 0 {
 		return settings{}, fmt.Errorf("cache: Options.MaxValueBytes is negative (%d)", o.MaxValueBytes)
@@ -214,6 +231,8 @@ func (o *Options) settings() (settings, error) {
 		noEarly:       o.DisableEarlyRefresh,
 		swr:           o.StaleWhileRevalidate,
 		staleIfError:  o.StaleIfError,
+		sampleRate:    o.SampleRate,
+		sampleDelay:   or(o.SampleDelay, time.Minute),
 		loadTimeout:   or(o.LoadTimeout, defaultLoadTimeout),
 		maxValueBytes: or(o.MaxValueBytes, defaultMaxValueBytes),
 		codec:         o.Codec,

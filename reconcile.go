@@ -170,13 +170,13 @@ func (r *reconciler[T]) visit(ctx context.Context, rkey string) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	notFound := errors.Is(lerr, ErrNotFound) || errors.Is(lerr, sql.ErrNoRows)
+	notFound := isNotFound(lerr)
 	if lerr != nil && !notFound {
 		r.add(func(res *ReconcileResult) { res.Errors++ })
 		return nil
 	}
 	r.add(func(res *ReconcileResult) { res.Compared++ })
-	if r.same(&e, v, notFound) {
+	if l.agrees(&e, v, notFound) {
 		return nil
 	}
 	r.add(func(res *ReconcileResult) { res.Divergent++ })
@@ -196,24 +196,31 @@ func (r *reconciler[T]) visit(ctx context.Context, rkey string) error {
 	return nil
 }
 
-// same reports whether the cached entry agrees with what the database said.
-func (r *reconciler[T]) same(e *entry.Entry, v T, notFound bool) bool {
+// agrees reports whether a cached entry agrees with what the database
+// returned (v, or not found): by encoding, then, for codecs that do not
+// encode deterministically, by reflect.DeepEqual of the decoded values.
+func (l *Loader[T]) agrees(e *entry.Entry, v T, notFound bool) bool {
 	if e.Negative() || notFound {
 		return e.Negative() && notFound
 	}
-	payload, err := r.l.s.codec.Marshal(v)
+	payload, err := l.s.codec.Marshal(v)
 	if err != nil {
 		return true // cannot tell; Get would not cache it either
 	}
 	if bytes.Equal(payload, []byte(e.Payload)) {
 		return true
 	}
-	cached, err := r.l.decode(e.Payload)
+	cached, err := l.decode(e.Payload)
 	if err != nil {
 		return false
 	}
-	fresh, err := r.l.decode(string(payload))
+	fresh, err := l.decode(string(payload))
 	return err == nil && reflect.DeepEqual(cached, fresh)
+}
+
+// isNotFound reports whether a LoadFunc's error says the row does not exist.
+func isNotFound(err error) bool {
+	return errors.Is(err, ErrNotFound) || errors.Is(err, sql.ErrNoRows)
 }
 
 // globEscape escapes the characters SCAN's MATCH pattern gives a meaning.

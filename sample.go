@@ -1,0 +1,73 @@
+package cache
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"github.com/f4df6ac3/cache/internal/entry"
+)
+
+// maxSamplesInFlight bounds the consistency checks waiting for their delay.
+const maxSamplesInFlight = 1024
+
+// sampleHit decides whether a hit is checked against the database later
+// (Options.SampleRate) and schedules the check.
+func (l *Loader[T]) sampleHit(key, rkey string) {
+	if l.s.sampleRate <= 0 || rand.Float64() >= l.s.sampleRate {
+		return
+	}
+	if l.samplesInFlight.Add(1) > maxSamplesInFlight {
+		l.samplesInFlight.Add(-1)
+		return
+	}
+	l.bg.Go(func() {
+		defer l.samplesInFlight.Add(-1)
+		t := time.NewTimer(l.s.sampleDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-l.bg.done:
+			return
+		}
+		l.checkSample(key, rkey)
+	})
+}
+
+// checkSample compares key's entry with the database. An entry that is gone,
+// invalidated or changed while the row was read is not judged: only an
+// entry that still differs from the database, SampleDelay after it was
+// served, counts as an inconsistency.
+func (l *Loader[T]) checkSample(key, rkey string) {
+	ctx, cancel := context.WithTimeout(context.Background(), l.s.loadTimeout)
+	defer cancel()
+	read := func() (entry.Entry, bool) {
+		var e entry.Entry
+		err := l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
+			vals, err := l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
+			if err == nil {
+				e, err = entry.Decode(vals)
+			}
+			return err
+		})
+		return e, err == nil && e.Usable()
+	}
+	before, ok := read()
+	if !ok {
+		return
+	}
+	v, err := l.load(ctx, key)
+	notFound := isNotFound(err)
+	if err != nil && !notFound {
+		return
+	}
+	after, ok := read()
+	if !ok || after.Generation != before.Generation || after.Payload != before.Payload {
+		return // changed meanwhile: a write or a fill is at work
+	}
+	if !l.agrees(&after, v, notFound) {
+		l.count(EventInconsistent)
+		l.s.logger.Warn("cache: sampled entry differs from the database", "loader", l.name, "key", rkey)
+	}
+	l.count(EventSampled) // last: once it is counted, the verdict is too
+}
