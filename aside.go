@@ -24,8 +24,9 @@ const (
 	modeRefresh = "2"
 )
 
-// get is the read path: one HMGET, then on a miss one shared flight.
-func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
+// get is the read path: one HMGET, then on a miss one shared flight. hit
+// reports an answer from Redis (a value or a negative entry).
+func (l *Loader[T]) get(ctx context.Context, key string) (_ T, hit bool, _ error) {
 	var zero T
 	rkey := l.Key(key)
 	// The Redis budget of this Get: its read, its flight's lease request
@@ -41,9 +42,9 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 			return l.loadOnly(context.WithoutCancel(ctx), key), nil
 		})
 		if err != nil {
-			return zero, err
+			return zero, false, err
 		}
-		return res.val, res.err
+		return res.val, false, res.err
 	}
 
 	mode := modeMiss
@@ -53,7 +54,7 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 	case err == nil && (e.Usable() || e.Invalidated() && e.HasPayload):
 		if e.Negative() {
 			l.count(EventNegativeHit)
-			return zero, ErrNotFound
+			return zero, true, ErrNotFound
 		}
 		c.gen = e.Generation
 		v, err := l.decode(e.Payload)
@@ -69,14 +70,14 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 			}
 			l.sampleHit(key, rkey)
 			l.count(EventHit)
-			return v, nil
+			return v, true, nil
 		}
 		// Expired or invalidated, and kept for stale serving.
 		if now-e.SoftExpiry <= l.s.maxStale.Milliseconds() {
 			if l.s.swr {
 				l.refresh(ctx, key, rkey, e.SoftExpiry)
 				l.count(EventStale)
-				return v, nil
+				return v, true, nil
 			}
 			stale = new(T) // copied, so that v stays on the stack of hits
 			*stale = v
@@ -87,7 +88,7 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 		l.corrupt(rkey, err)
 		mode = modeReplace
 	case ctx.Err() != nil:
-		return zero, ctx.Err()
+		return zero, false, ctx.Err()
 	}
 
 	left := budget // a copy: budget's address was taken, left's is not
@@ -95,17 +96,17 @@ func (l *Loader[T]) get(ctx context.Context, key string) (T, error) {
 		return l.fetch(context.WithoutCancel(ctx), key, rkey, mode, left, f)
 	})
 	if err != nil {
-		return zero, err
+		return zero, false, err
 	}
 	if shared {
 		l.count(EventCoalesced)
 	}
 	if res.err != nil && stale != nil && l.s.staleIfError && !errors.Is(res.err, ErrNotFound) {
 		l.count(EventStale)
-		return *stale, nil
+		return *stale, false, nil
 	}
 	l.count(EventMiss)
-	return res.val, res.err
+	return res.val, false, res.err
 }
 
 func (l *Loader[T]) decode(payload string) (T, error) {

@@ -113,7 +113,8 @@ func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
 		var zero T
 		return zero, err
 	}
-	return l.get(ctx, key)
+	v, _, err := l.get(ctx, key)
+	return v, err
 }
 
 // Stats returns a snapshot of the Loader's counters and state.
