@@ -191,6 +191,9 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey, mode string, budget re
 		switch a.status {
 		case script.Granted:
 			f.grantGen.Store(a.gen)
+			if r, ok := l.migrateFrom(ctx, key, rkey, token, seq, a, &budget); ok {
+				return r, nil
+			}
 			return l.loadAndFill(ctx, key, rkey, token, seq, a, &budget)
 		case script.Usable:
 			if a.flags&entry.FlagNegative != 0 {

@@ -71,6 +71,9 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	if err != nil {
 		return nil, err
 	}
+	if s.prevPrefix == s.prefix+name+":" {
+		return nil, errors.New("cache: Options.PreviousKeyPrefix is the Loader's own key prefix")
+	}
 	l := &Loader[T]{
 		rdb:    rdb,
 		name:   name,

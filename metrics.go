@@ -39,6 +39,7 @@ const (
 	EventStaleEntryFound                  // Reconcile found an entry that differs from the database
 	EventSampled                          // a sampled hit was checked against the database (Options.SampleRate)
 	EventInconsistent                     // a sampled entry still differed from the database after SampleDelay
+	EventMigrated                         // a miss was answered from the previous key format (Options.PreviousKeyPrefix)
 	numEvents
 )
 
@@ -49,6 +50,7 @@ var eventNames = [numEvents]string{
 	"invalidation_dropped", "redis_skipped", "breaker_open",
 	"breaker_half_open", "breaker_closed", "refresh", "read_bypass_on",
 	"read_bypass_off", "stale_entry_found", "sampled", "inconsistent",
+	"migrated",
 }
 
 // String returns the event's metric label.
@@ -104,6 +106,7 @@ type Stats struct {
 	StaleEntriesFound    uint64 // entries Reconcile found differing from the database
 	Sampled              uint64 // sampled hits checked against the database
 	Inconsistent         uint64 // sampled entries that still differed after SampleDelay
+	Migrated             uint64 // misses answered from the previous key format
 	Breaker              BreakerState
 	ReadBypass           bool
 }
@@ -142,6 +145,7 @@ func (c *counters) snapshot() Stats {
 		StaleEntriesFound:    e(EventStaleEntryFound),
 		Sampled:              e(EventSampled),
 		Inconsistent:         e(EventInconsistent),
+		Migrated:             e(EventMigrated),
 	}
 }
 

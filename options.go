@@ -126,6 +126,23 @@ type Options struct {
 	// default: none (Stats still counts)
 	Recorder Recorder
 
+	// PreviousKeyPrefix names the key format this Loader replaces: entries
+	// were at PreviousKeyPrefix + key (e.g. "v1:sim:" when the new format is
+	// "v2:sim:"). A miss in the new format whose entry there is absent (not
+	// a tombstone) first reads the previous entry: a fresh value is
+	// converted with Migrate, stored in the new format with the previous
+	// entry's remaining TTL, and counted as migrated — so a rollout that
+	// changes the key format keeps its hit rate. Invalidate, Set and
+	// WriteThrough also invalidate the previous entry, for the processes
+	// still on it.
+	// default: "" (no previous format)
+	PreviousKeyPrefix string
+
+	// Migrate converts an encoded value of the previous format into this
+	// Loader's encoding; an error means "load it from the database".
+	// default: nil (the encoding did not change)
+	Migrate func(old []byte) ([]byte, error)
+
 	// SampleRate is the fraction of hits, in [0, 1], checked against the
 	// database SampleDelay later: an entry that still differs then (not a
 	// write in flight) counts as inconsistent. The inconsistency ratio is
@@ -160,6 +177,8 @@ type settings struct {
 	maxStale      time.Duration
 	swr           bool
 	staleIfError  bool
+	prevPrefix    string
+	migrate       func([]byte) ([]byte, error)
 	sampleRate    float64
 	sampleDelay   time.Duration
 	loadTimeout   time.Duration
@@ -231,6 +250,8 @@ func (o *Options) settings() (settings, error) {
 		noEarly:       o.DisableEarlyRefresh,
 		swr:           o.StaleWhileRevalidate,
 		staleIfError:  o.StaleIfError,
+		prevPrefix:    o.PreviousKeyPrefix,
+		migrate:       o.Migrate,
 		sampleRate:    o.SampleRate,
 		sampleDelay:   or(o.SampleDelay, time.Minute),
 		loadTimeout:   or(o.LoadTimeout, defaultLoadTimeout),

@@ -61,6 +61,16 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 	if n != script.Stored {
 		l.count(EventStaleSetPrevented)
 	}
+	if l.s.prevPrefix != "" {
+		// Processes still on the previous key format must not serve the
+		// value this write replaced.
+		err = l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
+			return script.Invalidate.Run(ctx, l.rdb, []string{l.s.prevPrefix + key}, ms(l.s.tombstoneTTL), "0").Err()
+		})
+		if err != nil {
+			return fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
+		}
+	}
 	return nil
 }
 
@@ -80,10 +90,21 @@ func (l *Loader[T]) Invalidate(ctx context.Context, keys ...string) error {
 	return err
 }
 
-// invalidate returns the keys it could not invalidate with the error.
+// invalidate returns the keys it could not invalidate with the error. With
+// a previous key format configured, the keys' entries in that format are
+// invalidated too: processes still on it must not serve what changed.
 func (l *Loader[T]) invalidate(ctx context.Context, keys []string) ([]string, error) {
 	if len(keys) == 0 {
 		return nil, nil
+	}
+	rkeys := make([]string, 0, 2*len(keys))
+	for _, k := range keys {
+		rkeys = append(rkeys, l.Key(k))
+	}
+	if l.s.prevPrefix != "" {
+		for _, k := range keys {
+			rkeys = append(rkeys, l.s.prevPrefix+k)
+		}
 	}
 	tomb := ms(l.s.tombstoneTTL)
 	keep := "0"
@@ -92,13 +113,13 @@ func (l *Loader[T]) invalidate(ctx context.Context, keys []string) ([]string, er
 	}
 	var cmds []*redis.Cmd
 	err := l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
-		if len(keys) == 1 {
-			return script.Invalidate.Run(ctx, l.rdb, []string{l.Key(keys[0])}, tomb, keep).Err()
+		if len(rkeys) == 1 {
+			return script.Invalidate.Run(ctx, l.rdb, rkeys, tomb, keep).Err()
 		}
 		var err error
-		cmds, err = l.invalidatePipeline(ctx, keys, tomb, keep, false)
+		cmds, err = l.invalidatePipeline(ctx, rkeys, tomb, keep, false)
 		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			cmds, err = l.invalidatePipeline(ctx, keys, tomb, keep, true)
+			cmds, err = l.invalidatePipeline(ctx, rkeys, tomb, keep, true)
 		}
 		return err
 	})
@@ -108,25 +129,27 @@ func (l *Loader[T]) invalidate(ctx context.Context, keys []string) ([]string, er
 	failed := keys
 	if cmds != nil {
 		failed = nil
+		seen := make(map[string]bool)
 		for i, c := range cmds {
-			if c.Err() != nil {
-				failed = append(failed, keys[i])
+			if k := keys[i%len(keys)]; c.Err() != nil && !seen[k] {
+				seen[k] = true
+				failed = append(failed, k)
 			}
 		}
 	}
 	return failed, fmt.Errorf("cache: invalidate %q: %w", failed, err)
 }
 
-// invalidatePipeline sends one invalidate per key in one round trip, by
-// script hash or, when the server lacks the script, by source.
-func (l *Loader[T]) invalidatePipeline(ctx context.Context, keys []string, tomb int64, keep string, bySource bool) ([]*redis.Cmd, error) {
+// invalidatePipeline sends one invalidate per Redis key in one round trip,
+// by script hash or, when the server lacks the script, by source.
+func (l *Loader[T]) invalidatePipeline(ctx context.Context, rkeys []string, tomb int64, keep string, bySource bool) ([]*redis.Cmd, error) {
 	pipe := l.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(keys))
-	for i, k := range keys {
+	cmds := make([]*redis.Cmd, len(rkeys))
+	for i, k := range rkeys {
 		if bySource {
-			cmds[i] = script.Invalidate.Eval(ctx, pipe, []string{l.Key(k)}, tomb, keep)
+			cmds[i] = script.Invalidate.Eval(ctx, pipe, []string{k}, tomb, keep)
 		} else {
-			cmds[i] = script.Invalidate.EvalSha(ctx, pipe, []string{l.Key(k)}, tomb, keep)
+			cmds[i] = script.Invalidate.EvalSha(ctx, pipe, []string{k}, tomb, keep)
 		}
 	}
 	_, err := pipe.Exec(ctx)

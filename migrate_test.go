@@ -1,0 +1,143 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+)
+
+type userV1 struct {
+	Name string `json:"name"`
+}
+
+type userV2 struct {
+	FullName string `json:"full_name"`
+}
+
+// migrateUser converts a v1 payload into v2's shape.
+func migrateUser(old []byte) ([]byte, error) {
+	var u userV1
+	if err := json.Unmarshal(old, &u); err != nil {
+		return nil, err
+	}
+	if u.Name == "" {
+		return nil, errors.New("no name")
+	}
+	return json.Marshal(userV2{FullName: u.Name})
+}
+
+// TestKeyFormatMigrationKeepsHitRate: a rollout moves users from
+// "v1:user:" (shape v1) to "v2:user:" (shape v2); the first pass over the
+// warmed v1 namespace is answered from it, not from the database.
+func TestKeyFormatMigrationKeepsHitRate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rdb  func(t *testing.T) redis.UniversalClient
+	}{
+		{"miniredis", func(t *testing.T) redis.UniversalClient { _, r := fakeRedis(t); return r }},
+		{"redis", func(t *testing.T) redis.UniversalClient { return realRedis(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rdb := tc.rdb(t)
+			base := uniquePrefix(t, rdb)
+			ctx := context.Background()
+			v1, err := New(rdb, "user", func(_ context.Context, k string) (userV1, error) {
+				return userV1{Name: "user " + k}, nil
+			}, &Options{Prefix: base + "v1:", TTL: time.Hour})
+			require.NoError(t, err)
+			defer v1.Close()
+			for i := range 100 {
+				_, err := v1.Get(ctx, strconv.Itoa(i))
+				require.NoError(t, err)
+			}
+
+			var loads atomic.Int64
+			v2, err := New(rdb, "user", func(_ context.Context, k string) (userV2, error) {
+				loads.Add(1)
+				return userV2{FullName: "user " + k}, nil
+			}, &Options{Prefix: base + "v2:", TTL: time.Hour, PreviousKeyPrefix: base + "v1:user:", Migrate: migrateUser})
+			require.NoError(t, err)
+			defer v2.Close()
+
+			for i := range 100 {
+				u, err := v2.Get(ctx, strconv.Itoa(i))
+				require.NoError(t, err)
+				require.Equal(t, userV2{FullName: "user " + strconv.Itoa(i)}, u)
+			}
+			s := v2.Stats()
+			t.Logf("first pass: %d migrated, %d database loads", s.Migrated, loads.Load())
+			require.GreaterOrEqual(t, 100-loads.Load(), int64(95), "hit rate of the first pass ≥ 95%")
+			require.EqualValues(t, 100, s.Migrated)
+			ttl := rdb.PTTL(ctx, v2.Key("7")).Val()
+			require.Greater(t, ttl, 50*time.Minute, "the previous entry's remaining TTL carries over")
+			require.LessOrEqual(t, ttl, 66*time.Minute)
+
+			for i := range 100 {
+				_, err := v2.Get(ctx, strconv.Itoa(i))
+				require.NoError(t, err)
+			}
+			require.EqualValues(t, 100, v2.Stats().Hits, "the second pass hits the new format")
+		})
+	}
+}
+
+func TestKeyFormatMigrationDeclines(t *testing.T) {
+	_, rdb := fakeRedis(t)
+	ctx := context.Background()
+	v1, err := New(rdb, "user", func(_ context.Context, k string) (userV1, error) {
+		if k == "nameless" {
+			return userV1{}, nil
+		}
+		return userV1{Name: "old " + k}, nil
+	}, &Options{Prefix: "v1:"})
+	require.NoError(t, err)
+	defer v1.Close()
+	for _, k := range []string{"a", "b", "nameless"} {
+		_, err := v1.Get(ctx, k)
+		require.NoError(t, err)
+	}
+	var loads atomic.Int64
+	v2, err := New(rdb, "user", func(_ context.Context, k string) (userV2, error) {
+		loads.Add(1)
+		return userV2{FullName: "db " + k}, nil
+	}, &Options{Prefix: "v2:", PreviousKeyPrefix: "v1:user:", Migrate: migrateUser})
+	require.NoError(t, err)
+	defer v2.Close()
+
+	// A tombstone in the new format: the previous entry may predate the
+	// invalidation, so it is not used. Invalidate also reached it.
+	require.NoError(t, v2.Invalidate(ctx, "a"))
+	require.Equal(t, "2", rdb.HGet(ctx, "v1:user:a", "f").Val(), "the previous format is invalidated too")
+	u, err := v2.Get(ctx, "a")
+	require.NoError(t, err)
+	require.Equal(t, "db a", u.FullName)
+
+	u, err = v2.Get(ctx, "nameless") // Migrate fails: load
+	require.NoError(t, err)
+	require.Equal(t, "db nameless", u.FullName)
+
+	u, err = v2.Get(ctx, "c") // nothing in the previous format: load
+	require.NoError(t, err)
+	require.Equal(t, "db c", u.FullName)
+
+	u, err = v2.Get(ctx, "b")
+	require.NoError(t, err)
+	require.Equal(t, "old b", u.FullName)
+	require.EqualValues(t, 3, loads.Load())
+	require.EqualValues(t, 1, v2.Stats().Migrated)
+
+	// Writes in the new format invalidate the previous one.
+	require.NoError(t, v2.Set(ctx, "b", userV2{FullName: "new b"}))
+	require.Equal(t, "2", rdb.HGet(ctx, "v1:user:b", "f").Val())
+
+	_, err = New(rdb, "user", func(context.Context, string) (userV2, error) { return userV2{}, nil },
+		&Options{Prefix: "v2:", PreviousKeyPrefix: "v2:user:"})
+	require.ErrorContains(t, err, "PreviousKeyPrefix")
+}
