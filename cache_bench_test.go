@@ -213,3 +213,35 @@ func BenchmarkBlackhole(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkGetMany100 compares reading 100 cached keys with GetMany (one
+// pipelined round trip) and with 100 sequential Gets.
+func BenchmarkGetMany100(b *testing.B) {
+	l, _ := benchLoader(b)
+	ctx := context.Background()
+	keys := make([]string, 100)
+	for i := range keys {
+		keys[i] = "m" + strconv.Itoa(i)
+		if _, err := l.Get(ctx, keys[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("GetMany", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if got, err := l.GetMany(ctx, keys); err != nil || len(got) != len(keys) {
+				b.Fatal(err, len(got))
+			}
+		}
+	})
+	b.Run("100 Gets", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, k := range keys {
+				if _, err := l.Get(ctx, k); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
