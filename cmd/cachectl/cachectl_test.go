@@ -1,0 +1,449 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/f4df6ac3/cache"
+	"github.com/redis/go-redis/v9"
+)
+
+// The tests drive run against the real Redis (CACHE_REDIS_ADDR, default
+// 127.0.0.1:6379) and MariaDB (CACHE_MYSQL_DSN, default
+// root@tcp(127.0.0.1:3306)/test). They skip when a server is unreachable,
+// except under CI or with CACHE_REQUIRE_SERVERS=1. They never flush: keys
+// live under a unique prefix and tables have unique names, both removed at
+// the end.
+
+func requireServers() bool {
+	return os.Getenv("CI") != "" || os.Getenv("CACHE_REQUIRE_SERVERS") == "1"
+}
+
+func unreachable(t *testing.T, what string, err error) {
+	t.Helper()
+	if requireServers() {
+		t.Fatalf("%s unreachable (required under CI): %v", what, err)
+	}
+	t.Skipf("%s unreachable: %v (set CACHE_REQUIRE_SERVERS=1 to fail instead)", what, err)
+}
+
+func redisAddr() string {
+	if a := os.Getenv("CACHE_REDIS_ADDR"); a != "" {
+		return a
+	}
+	return "127.0.0.1:6379"
+}
+
+func mysqlDSN() string {
+	if d := os.Getenv("CACHE_MYSQL_DSN"); d != "" {
+		return d
+	}
+	return "root@tcp(127.0.0.1:3306)/test"
+}
+
+func realRedis(t *testing.T) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr(), ContextTimeoutEnabled: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		unreachable(t, "redis at "+redisAddr(), err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+func realMySQL(t *testing.T) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("mysql", mysqlDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		unreachable(t, "mysql at "+mysqlDSN(), err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// uniquePrefix returns a key prefix nothing else uses; its keys are deleted
+// when the test ends.
+func uniquePrefix(t *testing.T, rdb *redis.Client) string {
+	p := "cachectltest:" + randHex(6) + ":"
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		iter := rdb.Scan(ctx, 0, p+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			rdb.Del(ctx, iter.Val())
+		}
+	})
+	return p
+}
+
+// User is a versioned row of the test table.
+type User struct {
+	ID      int64
+	Name    string
+	Version int64
+}
+
+func (u User) CacheVersion() int64 { return u.Version }
+
+// fixture is a users table and a Loader of it with a unique key prefix.
+type fixture struct {
+	rdb    *redis.Client
+	db     *sql.DB
+	table  string
+	users  *cache.Loader[User]
+	prefix string // full key prefix: Options.Prefix + "user:"
+}
+
+func newFixture(t *testing.T, opts cache.Options) *fixture {
+	t.Helper()
+	rdb := realRedis(t)
+	db := realMySQL(t)
+	f := &fixture{rdb: rdb, db: db, table: "cachectl_users_" + randHex(4)}
+	t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS " + f.table) })
+	if _, err := db.Exec("CREATE TABLE " + f.table + " (id BIGINT PRIMARY KEY, name VARCHAR(64) NOT NULL, version BIGINT NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	opts.Prefix = uniquePrefix(t, rdb)
+	var err error
+	f.users, err = cache.New(rdb, "user", func(ctx context.Context, id string) (User, error) {
+		var u User
+		err := db.QueryRowContext(ctx, "SELECT id, name, version FROM "+f.table+" WHERE id = ?", id).Scan(&u.ID, &u.Name, &u.Version)
+		return u, err
+	}, &opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.users.Close() })
+	f.prefix = opts.Prefix + "user:"
+	return f
+}
+
+func (f *fixture) insert(t *testing.T, id int64, name string, version int64) {
+	t.Helper()
+	if _, err := f.db.Exec("INSERT INTO "+f.table+" (id, name, version) VALUES (?, ?, ?)", id, name, version); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// get loads id through the cache and waits until its entry is stored.
+func (f *fixture) get(t *testing.T, id string) {
+	t.Helper()
+	ctx := context.Background()
+	_, err := f.users.Get(ctx, id)
+	if err != nil && !errors.Is(err, cache.ErrNotFound) {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		vals, _ := f.rdb.HMGet(ctx, f.users.Key(id), "p", "f").Result()
+		if len(vals) == 2 && (vals[0] != nil || vals[1] != nil) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("entry of %s never stored", id)
+}
+
+// cachectl runs the command in-process with the test's Redis.
+func cachectl(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run(context.Background(), append([]string{"-redis", redisAddr()}, args...), &o, &e)
+	return o.String(), e.String(), code
+}
+
+// cachectlJSON runs the command with -json and decodes its output into v.
+func cachectlJSON(t *testing.T, v any, args ...string) {
+	t.Helper()
+	out, errOut, code := cachectl(t, append([]string{"-json"}, args...)...)
+	if code != exitOK {
+		t.Fatalf("cachectl %v: exit %d: %s%s", args, code, errOut, out)
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("cachectl %v: %v in %s", args, err, out)
+	}
+}
+
+func TestInspect(t *testing.T) {
+	f := newFixture(t, cache.Options{TTL: time.Minute, DisableJitter: true})
+	f.insert(t, 1, "Ada", 3)
+	f.get(t, "1")
+	key := f.users.Key("1")
+
+	var r entryReport
+	cachectlJSON(t, &r, "inspect", key)
+	if !r.Exists || r.State != "value" || r.Version != 3 || r.Flags != 0 || r.Negative || r.Invalidated || !r.Fresh {
+		t.Fatalf("inspect: %+v", r)
+	}
+	if r.HardTTLMs <= 50_000 || r.HardTTLMs > 60_000 {
+		t.Errorf("hard TTL %dms, want about 60s", r.HardTTLMs)
+	}
+	if r.SoftTTLMs == nil || *r.SoftTTLMs <= 50_000 || *r.SoftTTLMs > 60_000 {
+		t.Errorf("soft TTL %v, want about 60s", r.SoftTTLMs)
+	}
+	if r.Generation == 0 || r.LeaseHolder != "" || !r.HasPayload || !strings.Contains(r.Preview, `"Ada"`) || r.PayloadBytes == 0 {
+		t.Errorf("inspect: %+v", r)
+	}
+
+	// Human output, with -json after the key meaning JSON again.
+	out, errOut, code := cachectl(t, "inspect", key)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"state:       value", "version:     3", "flags:       0 (none)", "hard TTL:    5", "soft TTL:    5", `"Name":"Ada"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect output lacks %q:\n%s", want, out)
+		}
+	}
+	var r2 entryReport
+	out, _, _ = cachectl(t, "inspect", key, "-json")
+	if err := json.Unmarshal([]byte(out), &r2); err != nil || r2.Version != 3 {
+		t.Errorf("inspect KEY -json: %v %s", err, out)
+	}
+
+	// A missing row: a negative entry.
+	f.get(t, "404")
+	cachectlJSON(t, &r, "inspect", f.users.Key("404"))
+	if !r.Exists || !r.Negative || r.Flags != 1 || r.HasPayload || !r.Fresh {
+		t.Errorf("negative entry: %+v", r)
+	}
+	out, _, _ = cachectl(t, "inspect", f.users.Key("404"))
+	if !strings.Contains(out, "flags:       1 (negative)") {
+		t.Errorf("negative entry output:\n%s", out)
+	}
+
+	// Not an entry: error, exit 1.
+	str := f.prefix + "not-an-entry"
+	f.rdb.Set(context.Background(), str, "x", time.Minute)
+	if _, errOut, code := cachectl(t, "inspect", str); code != exitError || !strings.Contains(errOut, "not a cache entry") {
+		t.Errorf("string key: exit %d, %s", code, errOut)
+	}
+}
+
+func TestInvalidate(t *testing.T) {
+	f := newFixture(t, cache.Options{TTL: time.Minute})
+	f.insert(t, 1, "Ada", 3)
+	f.get(t, "1")
+	key := f.users.Key("1")
+
+	out, errOut, code := cachectl(t, "invalidate", "-tombstone", "7s", key, f.users.Key("never-read"))
+	if code != exitOK || !strings.Contains(out, "invalidated "+key) {
+		t.Fatalf("exit %d: %s%s", code, out, errOut)
+	}
+	var r entryReport
+	cachectlJSON(t, &r, "inspect", key)
+	if !r.Invalidated || r.Flags != 2 || r.HasPayload || r.Fresh || r.Version != 3 || r.State != "tombstone" {
+		t.Errorf("after invalidate: %+v", r)
+	}
+	if r.HardTTLMs <= 0 || r.HardTTLMs > 7000 {
+		t.Errorf("tombstone TTL %dms, want <= 7s", r.HardTTLMs)
+	}
+	cachectlJSON(t, &r, "inspect", f.users.Key("never-read"))
+	if !r.Invalidated {
+		t.Errorf("an absent key gets a tombstone too: %+v", r)
+	}
+
+	// The next Get loads the row again: change it behind the cache's back.
+	if _, err := f.db.Exec("UPDATE " + f.table + " SET name = 'Grace', version = 4 WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	u, err := f.users.Get(context.Background(), "1")
+	if err != nil || u.Name != "Grace" {
+		t.Errorf("Get after invalidate: %+v, %v", u, err)
+	}
+
+	// Keys that are not entries are refused unless -force.
+	str := f.prefix + "session"
+	f.rdb.Set(context.Background(), str, "x", time.Minute)
+	if _, _, code := cachectl(t, "invalidate", str); code != exitError {
+		t.Errorf("string key: exit %d, want 1", code)
+	}
+	if v, _ := f.rdb.Get(context.Background(), str).Result(); v != "x" {
+		t.Errorf("refused key changed: %q", v)
+	}
+	if _, errOut, code := cachectl(t, "invalidate", "-force", str); code != exitOK {
+		t.Errorf("-force: exit %d: %s", code, errOut)
+	}
+}
+
+func TestCompare(t *testing.T) {
+	f := newFixture(t, cache.Options{TTL: time.Minute})
+	f.insert(t, 1, "Ada", 3)
+	f.get(t, "1")
+	key := f.users.Key("1")
+	query := "SELECT id, name, version FROM " + f.table + " WHERE id = ?"
+	compare := func() compareReport {
+		var r compareReport
+		cachectlJSON(t, &r, "compare", key, "-dsn", mysqlDSN(), "-query", query, "-arg", "1")
+		return r
+	}
+
+	r := compare()
+	if !r.Agree || r.Newer != "" || len(r.Fields) != 3 || r.RowVersion == nil || *r.RowVersion != 3 {
+		t.Fatalf("fresh entry: %+v", r)
+	}
+	out, errOut, code := cachectl(t, "compare", key, "-dsn", mysqlDSN(), "-query", query, "-arg", "1")
+	if code != exitOK || !strings.Contains(out, "verdict:   agree (version 3)") || !strings.Contains(out, `"name":"Ada"`) {
+		t.Errorf("human compare: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// Changed behind the cache's back with a version bump.
+	if _, err := f.db.Exec("UPDATE " + f.table + " SET name = 'Grace', version = 4 WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	r = compare()
+	if r.Agree || r.Newer != "database" || !strings.Contains(r.Verdict, "database is newer") {
+		t.Errorf("row newer: %+v", r)
+	}
+	out, _, _ = cachectl(t, "compare", key, "-dsn", mysqlDSN(), "-query", query, "-arg", "1")
+	if !strings.Contains(out, `differs: name: database "Grace", cache "Ada"`) {
+		t.Errorf("human compare lacks the field:\n%s", out)
+	}
+
+	// Changed without a version bump: fields decide.
+	if _, err := f.db.Exec("UPDATE " + f.table + " SET name = 'Ada', version = 3 WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	f.db.Exec("UPDATE " + f.table + " SET name = 'Eve' WHERE id = 1")
+	r = compare()
+	if r.Agree || !strings.Contains(r.Verdict, "fields differ") {
+		t.Errorf("same version, other name: %+v", r)
+	}
+
+	// After an invalidation there is nothing stale left.
+	if err := f.users.Invalidate(context.Background(), "1"); err != nil {
+		t.Fatal(err)
+	}
+	if r = compare(); !r.Agree {
+		t.Errorf("tombstone: %+v", r)
+	}
+
+	// Missing flags: usage error.
+	if _, _, code := cachectl(t, "compare", key); code != exitUsage {
+		t.Errorf("compare without -dsn: exit %d, want 2", code)
+	}
+}
+
+func TestTTLSynchronizedExpiry(t *testing.T) {
+	ctx := context.Background()
+	fill := func(opts cache.Options) string {
+		f := newFixture(t, opts)
+		for i := range 50 {
+			if err := f.users.Set(ctx, fmt.Sprint(i), User{ID: int64(i), Name: "u", Version: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return f.prefix + "*"
+	}
+	synced := fill(cache.Options{TTL: time.Hour, DisableJitter: true})
+	spread := fill(cache.Options{TTL: time.Hour, Jitter: 0.1})
+
+	var r ttlReport
+	cachectlJSON(t, &r, "ttl", synced, "-sample", "100")
+	if r.Sampled != 50 || !r.Synced || r.PeakCount < 45 {
+		t.Errorf("no jitter: %+v", r)
+	}
+	out, _, code := cachectl(t, "ttl", synced)
+	if code != exitOK || !strings.Contains(out, "WARNING: synchronized expiry") || !strings.Contains(out, "jitter") {
+		t.Errorf("no jitter, human: exit %d\n%s", code, out)
+	}
+
+	cachectlJSON(t, &r, "ttl", spread, "-sample", "100")
+	if r.Sampled != 50 || r.Synced || r.PeakCount > 10 {
+		t.Errorf("with jitter: %+v", r)
+	}
+	out, _, _ = cachectl(t, "ttl", spread)
+	if strings.Contains(out, "WARNING") || !strings.Contains(out, "no synchronized expiry") {
+		t.Errorf("with jitter, human:\n%s", out)
+	}
+
+	// -sample bounds the sample.
+	cachectlJSON(t, &r, "ttl", synced, "-sample", "10")
+	if r.Sampled > 10 {
+		t.Errorf("-sample 10 sampled %d", r.Sampled)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	rdb := realRedis(t)
+	policy, err := rdb.ConfigGet(context.Background(), "maxmemory-policy").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r healthReport
+	cachectlJSON(t, &r, "health", "-pings", "3")
+	if r.MaxmemoryPol != policy["maxmemory-policy"] || r.PingMinMs > r.PingMaxMs || r.Clients < 1 || r.UsedMemory <= 0 {
+		t.Errorf("health: %+v", r)
+	}
+	out, errOut, code := cachectl(t, "health")
+	if code != exitOK || !strings.Contains(out, "maxmemory-policy: "+policy["maxmemory-policy"]) || !strings.Contains(out, "latency:") {
+		t.Errorf("health: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+func TestWarmCheck(t *testing.T) {
+	f := newFixture(t, cache.Options{TTL: time.Minute})
+	f.insert(t, 1, "Ada", 3)
+	f.get(t, "1")
+	stdin = strings.NewReader("# keys\n" + f.users.Key("1") + "\n\n" + f.users.Key("2") + "\n")
+	defer func() { stdin = os.Stdin }()
+	var r warmReport
+	cachectlJSON(t, &r, "warm", "-all")
+	if r.Total != 2 || r.Fresh != 1 || r.Cold != 1 || len(r.Keys) != 2 || r.Keys[1].State != "missing" {
+		t.Errorf("warm: %+v", r)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"nosuch"},
+		{"inspect"},
+		{"inspect", "a", "b"},
+		{"ttl", "x", "-sample", "0"},
+		{"invalidate"},
+		{"-timeout", "0", "health"},
+	} {
+		var o, e bytes.Buffer
+		if code := run(context.Background(), args, &o, &e); code != exitUsage {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+	var o, e bytes.Buffer
+	if code := run(context.Background(), []string{"help", "inspect"}, &o, &e); code != exitOK || !strings.Contains(o.String(), "soft TTL") {
+		t.Errorf("help inspect: %d %s", code, o.String())
+	}
+	// An unreachable Redis is an error, not a hang.
+	start := time.Now()
+	if code := run(context.Background(), []string{"-redis", "127.0.0.1:1", "-timeout", "2s", "health"}, &o, &e); code != exitError {
+		t.Errorf("unreachable redis: exit %d, want 1", code)
+	}
+	if time.Since(start) > 3*time.Second {
+		t.Errorf("unreachable redis took %s", time.Since(start))
+	}
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var healthCmd = &command{
+	name:    "health",
+	args:    "[-pings N]",
+	summary: "Redis latency, eviction policy, evictions, hit ratio, memory, clients",
+	help: `The diagnosis playbook in one command. Warnings:
+  - maxmemory-policy allkeys-*: under memory pressure Redis may evict any key,
+    including cache leases and tombstones (weakening the stale-set guard) and
+    locks or sessions that share the instance;
+  - evicted_keys > 0: memory pressure has already evicted keys;
+  - mem_fragmentation_ratio > 1.5 (with at least 64 MiB used);
+  - keyspace hit ratio < 50% (over the server's lifetime, all clients).`,
+	minArgs: 0, maxArgs: 0,
+	flags: func(fs *flag.FlagSet) runFunc {
+		pings := fs.Int("pings", 5, "how many PINGs to time")
+		return func(ctx context.Context, e *env, args []string) error {
+			if *pings < 1 {
+				return usagef("-pings must be at least 1")
+			}
+			return health(ctx, e, *pings)
+		}
+	},
+}
+
+type healthReport struct {
+	Addr           string   `json:"addr"`
+	RedisVersion   string   `json:"redis_version"`
+	PingMinMs      float64  `json:"ping_min_ms"`
+	PingAvgMs      float64  `json:"ping_avg_ms"`
+	PingMaxMs      float64  `json:"ping_max_ms"`
+	MaxmemoryPol   string   `json:"maxmemory_policy"` // "" when CONFIG GET is not allowed
+	Maxmemory      int64    `json:"maxmemory"`
+	UsedMemory     int64    `json:"used_memory"`
+	UsedMemoryHum  string   `json:"used_memory_human"`
+	Fragmentation  float64  `json:"mem_fragmentation_ratio"`
+	EvictedKeys    int64    `json:"evicted_keys"`
+	ExpiredKeys    int64    `json:"expired_keys"`
+	KeyspaceHits   int64    `json:"keyspace_hits"`
+	KeyspaceMisses int64    `json:"keyspace_misses"`
+	HitRatio       *float64 `json:"hit_ratio,omitempty"` // nil before the first lookup
+	Clients        int64    `json:"connected_clients"`
+	BlockedClients int64    `json:"blocked_clients"`
+	Warnings       []string `json:"warnings"`
+}
+
+func health(ctx context.Context, e *env, pings int) error {
+	r := healthReport{Addr: e.rdb.Options().Addr, Warnings: []string{}}
+	var total, lo, hi time.Duration
+	for i := range pings {
+		t := time.Now()
+		if err := e.rdb.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("redis at %s: %w", r.Addr, err)
+		}
+		d := time.Since(t)
+		total += d
+		if i == 0 || d < lo {
+			lo = d
+		}
+		hi = max(hi, d)
+	}
+	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	r.PingMinMs, r.PingMaxMs, r.PingAvgMs = msf(lo), msf(hi), msf(total/time.Duration(pings))
+
+	info, err := e.rdb.Info(ctx, "server", "clients", "memory", "stats").Result()
+	if err != nil {
+		return fmt.Errorf("redis INFO: %w", err)
+	}
+	kv := parseInfo(info)
+	num := func(k string) int64 { n, _ := strconv.ParseInt(kv[k], 10, 64); return n }
+	r.RedisVersion = kv["redis_version"]
+	r.UsedMemory, r.UsedMemoryHum = num("used_memory"), kv["used_memory_human"]
+	r.Maxmemory = num("maxmemory")
+	r.Fragmentation, _ = strconv.ParseFloat(kv["mem_fragmentation_ratio"], 64)
+	r.EvictedKeys, r.ExpiredKeys = num("evicted_keys"), num("expired_keys")
+	r.KeyspaceHits, r.KeyspaceMisses = num("keyspace_hits"), num("keyspace_misses")
+	r.Clients, r.BlockedClients = num("connected_clients"), num("blocked_clients")
+	if n := r.KeyspaceHits + r.KeyspaceMisses; n > 0 {
+		h := float64(r.KeyspaceHits) / float64(n)
+		r.HitRatio = &h
+	}
+	// INFO memory carries the policy since Redis 4; CONFIG GET may be
+	// renamed or forbidden on managed services.
+	r.MaxmemoryPol = kv["maxmemory_policy"]
+	if r.MaxmemoryPol == "" {
+		if m, err := e.rdb.ConfigGet(ctx, "maxmemory-policy").Result(); err == nil {
+			r.MaxmemoryPol = m["maxmemory-policy"]
+		}
+	}
+
+	switch {
+	case r.MaxmemoryPol == "":
+		r.Warnings = append(r.Warnings, "maxmemory-policy unknown (CONFIG GET refused): check it with your provider")
+	case strings.HasPrefix(r.MaxmemoryPol, "allkeys-"):
+		r.Warnings = append(r.Warnings, fmt.Sprintf("maxmemory-policy %s can evict any key: cache leases and tombstones (a stale set can then land) and any locks or sessions sharing this instance; use volatile-* or a separate instance for them", r.MaxmemoryPol))
+	case r.MaxmemoryPol == "noeviction" && r.Maxmemory > 0:
+		r.Warnings = append(r.Warnings, "maxmemory-policy noeviction with a maxmemory: when full, every cache fill and invalidation fails (reads fail open to the database)")
+	}
+	if r.EvictedKeys > 0 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("%d keys evicted since start: memory pressure", r.EvictedKeys))
+	}
+	if r.Fragmentation > 1.5 && r.UsedMemory >= 64<<20 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("mem_fragmentation_ratio %.2f > 1.5: consider activedefrag or a restart", r.Fragmentation))
+	}
+	if r.HitRatio != nil && *r.HitRatio < 0.5 && r.KeyspaceHits+r.KeyspaceMisses >= 1000 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("keyspace hit ratio %.1f%% (all clients since start): a key-format change or a flush?", 100**r.HitRatio))
+	}
+
+	if e.json {
+		return writeJSON(e.stdout, r)
+	}
+	w := e.stdout
+	fmt.Fprintf(w, "redis:            %s (version %s)\n", r.Addr, r.RedisVersion)
+	fmt.Fprintf(w, "latency:          min %.2fms  avg %.2fms  max %.2fms (%d PINGs)\n", r.PingMinMs, r.PingAvgMs, r.PingMaxMs, pings)
+	pol := r.MaxmemoryPol
+	if pol == "" {
+		pol = "unknown"
+	}
+	maxmem := "unlimited"
+	if r.Maxmemory > 0 {
+		maxmem = strconv.FormatInt(r.Maxmemory, 10) + " bytes"
+	}
+	fmt.Fprintf(w, "maxmemory-policy: %s (maxmemory %s)\n", pol, maxmem)
+	fmt.Fprintf(w, "memory:           used %s, fragmentation %.2f\n", r.UsedMemoryHum, r.Fragmentation)
+	fmt.Fprintf(w, "evicted keys:     %d (expired %d)\n", r.EvictedKeys, r.ExpiredKeys)
+	if r.HitRatio != nil {
+		fmt.Fprintf(w, "hit ratio:        %.1f%% (%d hits, %d misses, all clients since start)\n", 100**r.HitRatio, r.KeyspaceHits, r.KeyspaceMisses)
+	} else {
+		fmt.Fprintf(w, "hit ratio:        - (no lookups yet)\n")
+	}
+	fmt.Fprintf(w, "clients:          %d connected, %d blocked\n", r.Clients, r.BlockedClients)
+	for _, s := range r.Warnings {
+		fmt.Fprintf(w, "WARNING: %s\n", s)
+	}
+	if len(r.Warnings) == 0 {
+		fmt.Fprintln(w, "no warnings")
+	}
+	return nil
+}
+
+// parseInfo reads INFO's "key:value" lines.
+func parseInfo(s string) map[string]string {
+	m := make(map[string]string)
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			m[k] = v
+		}
+	}
+	return m
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/f4df6ac3/cache/internal/script"
+)
+
+var invalidateCmd = &command{
+	name:    "invalidate",
+	args:    "[-tombstone D] [-force] KEY ...",
+	summary: "turn entries into tombstones, exactly as Loader.Invalidate does",
+	help: `Runs the library's own invalidate script on each full key: any lease is
+dropped (an in-flight fill of older data is rejected), the version is kept
+(older writes stay refused), the generation is bumped, and the key becomes
+a tombstone for -tombstone (default 10s = the library's default
+LeaseTimeout + LoadTimeout; use at least your loaders' value). The next
+Get of the key loads from the database. Absent keys get a tombstone too.
+
+Keys that hold something other than a cache entry (another type, or a hash
+without a generation field) are refused unless -force: the script would
+replace them.`,
+	minArgs: 1, maxArgs: -1,
+	flags: func(fs *flag.FlagSet) runFunc {
+		tomb := fs.Duration("tombstone", 10*time.Second, "how long the tombstone lives")
+		keep := fs.Bool("keep-stale", false, "keep the payload for stale serving (loaders with MaxStale > 0)")
+		force := fs.Bool("force", false, "also invalidate keys that are not cache entries (they are replaced)")
+		return func(ctx context.Context, e *env, args []string) error {
+			if *tomb < time.Millisecond {
+				return usagef("-tombstone must be at least 1ms")
+			}
+			return invalidate(ctx, e, args, *tomb, *keep, *force)
+		}
+	},
+}
+
+type invalidateResult struct {
+	Key         string `json:"key"`
+	Invalidated bool   `json:"invalidated"`
+	Error       string `json:"error,omitempty"`
+}
+
+func invalidate(ctx context.Context, e *env, keys []string, tomb time.Duration, keep, force bool) error {
+	keepArg := "0"
+	if keep {
+		keepArg = "1"
+	}
+	var res []invalidateResult
+	failed := 0
+	for _, k := range keys {
+		r := invalidateResult{Key: k}
+		if err := checkEntryKey(ctx, e, k); err != nil && !force {
+			r.Error = err.Error()
+		} else if err := script.Invalidate.Run(ctx, e.rdb, []string{k}, tomb.Milliseconds(), keepArg).Err(); err != nil {
+			r.Error = "redis: " + err.Error()
+		} else {
+			r.Invalidated = true
+		}
+		if r.Error != "" {
+			failed++
+		}
+		res = append(res, r)
+	}
+	if e.json {
+		if err := writeJSON(e.stdout, res); err != nil {
+			return err
+		}
+	} else {
+		for _, r := range res {
+			if r.Invalidated {
+				fmt.Fprintf(e.stdout, "invalidated %s (tombstone for %s)\n", r.Key, tomb)
+			} else {
+				fmt.Fprintf(e.stdout, "NOT invalidated %s: %s\n", r.Key, r.Error)
+			}
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d keys not invalidated", failed, len(keys))
+	}
+	return nil
+}
+
+// checkEntryKey refuses keys that exist and are not cache entries.
+func checkEntryKey(ctx context.Context, e *env, key string) error {
+	pipe := e.rdb.Pipeline()
+	typ := pipe.Type(ctx, key)
+	gen := pipe.HExists(ctx, key, "g")
+	_, _ = pipe.Exec(ctx)
+	if err := typ.Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	switch typ.Val() {
+	case "none":
+		return nil
+	case "hash":
+		if gen.Err() == nil && gen.Val() {
+			return nil
+		}
+		return fmt.Errorf("%s is a hash without a generation field, not a cache entry (-force to replace it)", key)
+	}
+	return fmt.Errorf("%s is a %s, not a cache entry (-force to replace it)", key, typ.Val())
+}
