@@ -135,7 +135,10 @@ func ExampleNewPrometheus() {
 		fmt.Println(f.GetName())
 	}
 	// Output:
+	// cache_breaker_state
+	// cache_events_total
 	// cache_load_duration_seconds
 	// cache_loads_total
+	// cache_read_bypass
 	// cache_requests_total
 }

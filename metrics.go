@@ -2,6 +2,7 @@ package cache
 
 import (
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -169,6 +170,10 @@ type Prometheus struct {
 	duration *prometheus.HistogramVec
 	breaker  *prometheus.GaugeVec
 	bypass   *prometheus.GaugeVec
+	// loaders holds the names seen: each loader's series are created at 0
+	// when it first reports, so that rate() and increase() see its first
+	// event and the gauges read 0 rather than nothing.
+	loaders sync.Map
 }
 
 // NewPrometheus registers the cache metrics with reg (never the global
@@ -238,8 +243,32 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 	return c, err
 }
 
+// seen creates loader's series at 0 the first time it reports.
+func (p *Prometheus) seen(loader string) {
+	if _, ok := p.loaders.Load(loader); ok {
+		return
+	}
+	if _, loaded := p.loaders.LoadOrStore(loader, true); loaded {
+		return
+	}
+	for e := range numEvents {
+		if e.isRequest() {
+			p.requests.WithLabelValues(loader, e.String())
+		} else {
+			p.events.WithLabelValues(loader, e.String())
+		}
+	}
+	for _, r := range []string{"ok", "not_found", "error"} {
+		p.loads.WithLabelValues(loader, r)
+	}
+	p.duration.WithLabelValues(loader)
+	p.breaker.WithLabelValues(loader)
+	p.bypass.WithLabelValues(loader)
+}
+
 // Count implements Recorder.
 func (p *Prometheus) Count(loader string, e Event) {
+	p.seen(loader)
 	if e.isRequest() {
 		p.requests.WithLabelValues(loader, e.String()).Inc()
 		return
@@ -261,6 +290,7 @@ func (p *Prometheus) Count(loader string, e Event) {
 
 // ObserveLoad implements Recorder.
 func (p *Prometheus) ObserveLoad(loader string, d time.Duration, err error) {
+	p.seen(loader)
 	result := "ok"
 	switch {
 	case errors.Is(err, ErrNotFound):
