@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/f4df6ac3/cache/internal/faultproxy"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // The fault-injection suite of DESIGN P4 on the real Redis: the Loader's
@@ -75,15 +76,7 @@ func newFaultEnv(t *testing.T, redisAddr string, opts Options) *faultEnv {
 // realRedisAt is realRedis for another address.
 func realRedisAt(t *testing.T, addr string) *redis.Client {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
-		unreachable(t, "redis at "+addr, err)
-	}
-	t.Cleanup(func() { rdb.Close() })
-	return rdb
+	return testenv.Redis(t, addr)
 }
 
 // getAll reads every key from conc goroutines, rounds times, and requires

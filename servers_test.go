@@ -2,113 +2,54 @@ package cache
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"os"
 	"reflect"
 	"testing"
-	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/go-sql-driver/mysql"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
-// Integration tests reach the real servers named by CACHE_REDIS_ADDR
-// (default 127.0.0.1:6379) and CACHE_MYSQL_DSN (default
-// root@tcp(127.0.0.1:3306)/test). When a server cannot be reached they skip,
-// except under CI (CI set) or with CACHE_REQUIRE_SERVERS=1, where they fail.
-
-func requireServers() bool {
-	return os.Getenv("CI") != "" || os.Getenv("CACHE_REQUIRE_SERVERS") == "1"
-}
+// Integration tests reach the real servers through internal/testenv:
+// CACHE_REDIS_ADDR and CACHE_MYSQL_DSN name them; unreachable, a test
+// skips, or fails under CI (CI set) or with CACHE_REQUIRE_SERVERS=1.
 
 func unreachable(t testing.TB, what string, err error) {
 	t.Helper()
-	if requireServers() {
-		t.Fatalf("%s unreachable (required under CI): %v", what, err)
-	}
-	t.Skipf("%s unreachable: %v (set CACHE_REQUIRE_SERVERS=1 to fail instead)", what, err)
+	testenv.Unreachable(t, what, err)
 }
 
-func redisAddr() string {
-	if a := os.Getenv("CACHE_REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
+func redisAddr() string { return testenv.RedisAddr() }
 
-// realRedis returns a new client of the real Redis, closed with the test.
-// Every call returns a separate client (a separate connection pool), as a
-// separate process would have.
+func mysqlDSN() string { return testenv.MySQLDSN() }
+
+// realRedis returns a new client of the real Redis, closed with the test,
+// as a separate process would have.
 func realRedis(t testing.TB) *redis.Client {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr(), ContextTimeoutEnabled: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
-		unreachable(t, "redis at "+redisAddr(), err)
-	}
-	t.Cleanup(func() { rdb.Close() })
-	return rdb
+	return testenv.Redis(t, "")
 }
 
-// uniquePrefix returns a key prefix no other test (or run) uses; the keys
-// under it are deleted when the test ends.
+// uniquePrefix returns a key prefix no other test uses, cleaned up after.
 func uniquePrefix(t testing.TB, rdb redis.UniversalClient) string {
 	t.Helper()
-	var b [6]byte
-	rand.Read(b[:])
-	p := "cachetest:" + hex.EncodeToString(b[:]) + ":"
-	t.Cleanup(func() {
-		// Bounded: the test may have left Redis unreachable.
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		iter := rdb.Scan(ctx, 0, p+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
-		}
-	})
-	return p
+	return testenv.Prefix(t, rdb, "cachetest:")
 }
 
-func mysqlDSN() string {
-	if d := os.Getenv("CACHE_MYSQL_DSN"); d != "" {
-		return d
-	}
-	return "root@tcp(127.0.0.1:3306)/test"
-}
-
-// realMySQL returns a connection pool to the real MariaDB/MySQL.
+// realMySQL returns a pool of the real MariaDB/MySQL.
 func realMySQL(t testing.TB) *sql.DB {
 	t.Helper()
-	db, err := sql.Open("mysql", mysqlDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		unreachable(t, "mysql at "+mysqlDSN(), err)
-	}
-	db.SetMaxOpenConns(64)
-	db.SetMaxIdleConns(64)
-	t.Cleanup(func() { db.Close() })
-	return db
+	return testenv.MySQL(t)
 }
 
-// uniqueTable returns a table name no other test uses; the table is dropped
-// when the test ends.
+// uniqueTable returns a table name no other test uses, dropped after.
 func uniqueTable(t testing.TB, db *sql.DB, base string) string {
 	t.Helper()
-	var b [4]byte
-	rand.Read(b[:])
-	name := base + "_" + hex.EncodeToString(b[:])
-	t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS " + name) })
-	return name
+	return testenv.Table(t, db, base)
 }
 
 // fakeRedis returns an in-process Redis and a client of it.

@@ -3,9 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,8 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/f4df6ac3/cache"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/f4df6ac3/cache"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // The tests drive run against the real Redis (CACHE_REDIS_ADDR, default
@@ -25,81 +25,34 @@ import (
 // live under a unique prefix and tables have unique names, both removed at
 // the end.
 
-func requireServers() bool {
-	return os.Getenv("CI") != "" || os.Getenv("CACHE_REQUIRE_SERVERS") == "1"
-}
-
-func unreachable(t *testing.T, what string, err error) {
+func unreachable(t testing.TB, what string, err error) {
 	t.Helper()
-	if requireServers() {
-		t.Fatalf("%s unreachable (required under CI): %v", what, err)
-	}
-	t.Skipf("%s unreachable: %v (set CACHE_REQUIRE_SERVERS=1 to fail instead)", what, err)
+	testenv.Unreachable(t, what, err)
 }
 
-func redisAddr() string {
-	if a := os.Getenv("CACHE_REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
+func redisAddr() string { return testenv.RedisAddr() }
 
-func mysqlDSN() string {
-	if d := os.Getenv("CACHE_MYSQL_DSN"); d != "" {
-		return d
-	}
-	return "root@tcp(127.0.0.1:3306)/test"
-}
+func mysqlDSN() string { return testenv.MySQLDSN() }
 
-func realRedis(t *testing.T) *redis.Client {
+// realRedis returns a new client of the real Redis, closed with the test.
+func realRedis(t testing.TB) *redis.Client {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr(), ContextTimeoutEnabled: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
-		unreachable(t, "redis at "+redisAddr(), err)
-	}
-	t.Cleanup(func() { rdb.Close() })
-	return rdb
+	return testenv.Redis(t, "")
 }
 
-func realMySQL(t *testing.T) *sql.DB {
+// uniquePrefix returns a key prefix no other test uses, cleaned up after.
+func uniquePrefix(t testing.TB, rdb redis.UniversalClient) string {
 	t.Helper()
-	db, err := sql.Open("mysql", mysqlDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		unreachable(t, "mysql at "+mysqlDSN(), err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
+	return testenv.Prefix(t, rdb, "cachectltest:")
 }
 
-func randHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
+// realMySQL returns a pool of the real MariaDB/MySQL.
+func realMySQL(t testing.TB) *sql.DB {
+	t.Helper()
+	return testenv.MySQL(t)
 }
 
-// uniquePrefix returns a key prefix nothing else uses; its keys are deleted
-// when the test ends.
-func uniquePrefix(t *testing.T, rdb *redis.Client) string {
-	p := "cachectltest:" + randHex(6) + ":"
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		iter := rdb.Scan(ctx, 0, p+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
-		}
-	})
-	return p
-}
+func randHex(n int) string { return testenv.Random(n) }
 
 // User is a versioned row of the test table.
 type User struct {

@@ -1,19 +1,15 @@
 package main
 
 import (
-	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
-	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/f4df6ac3/cache"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // These tests need a real Redis and MySQL/MariaDB: CACHE_REDIS_ADDR
@@ -97,62 +93,12 @@ func TestBadTableName(t *testing.T) {
 	require.Error(t, err)
 }
 
-// servers returns connections to the real servers, a fresh table (dropped
-// at the end) and a fresh Redis key prefix (its keys deleted at the end).
+// servers returns connections to the real servers (see internal/testenv:
+// skipped when unreachable, failed under CI), a fresh table (dropped at the
+// end) and a fresh Redis key prefix (its keys deleted at the end).
 func servers(t *testing.T) (*sql.DB, *redis.Client, string, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-
-	rdb := redis.NewClient(&redis.Options{Addr: env("CACHE_REDIS_ADDR", "127.0.0.1:6379"), ContextTimeoutEnabled: true})
-	t.Cleanup(func() { rdb.Close() })
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		unreachable(t, "redis", err)
-	}
-	db, err := sql.Open("mysql", env("CACHE_MYSQL_DSN", "root@tcp(127.0.0.1:3306)/test"))
-	require.NoError(t, err)
-	t.Cleanup(func() { db.Close() })
-	if err := db.PingContext(ctx); err != nil {
-		unreachable(t, "mysql", err)
-	}
-
-	id := randomHex(t)
-	table := "users_example_" + id
-	prefix := "cache-example-test:" + id + ":"
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS "+table); err != nil {
-			t.Errorf("drop %s: %v", table, err)
-		}
-		iter := rdb.Scan(ctx, 0, prefix+"*", 100).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
-		}
-		if err := iter.Err(); err != nil {
-			t.Errorf("delete keys %s*: %v", prefix, err)
-		}
-	})
-	return db, rdb, table, prefix
-}
-
-func unreachable(t *testing.T, what string, err error) {
-	t.Helper()
-	if os.Getenv("CI") != "" || os.Getenv("CACHE_REQUIRE_SERVERS") == "1" {
-		t.Fatalf("%s unreachable (required under CI or CACHE_REQUIRE_SERVERS=1): %v", what, err)
-	}
-	t.Skipf("%s unreachable: %v (set CACHE_REQUIRE_SERVERS=1 to fail instead)", what, err)
-}
-
-func env(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func randomHex(t *testing.T) string {
-	var b [6]byte
-	_, err := rand.Read(b[:])
-	require.NoError(t, err)
-	return hex.EncodeToString(b[:])
+	rdb := testenv.Redis(t, "")
+	db := testenv.MySQL(t)
+	return db, rdb, testenv.Table(t, db, "users_example"), testenv.Prefix(t, rdb, "cache-example-test:")
 }
