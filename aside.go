@@ -191,8 +191,8 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey, mode string, budget re
 		switch a.status {
 		case script.Granted:
 			f.grantGen.Store(a.gen)
-			if r, ok := l.migrateFrom(ctx, key, rkey, token, seq, a, &budget); ok {
-				return r, nil
+			if r, store, ok := l.migrateFrom(ctx, key, rkey, token, seq, a, &budget); ok {
+				return r, store
 			}
 			return l.loadAndFill(ctx, key, rkey, token, seq, a, &budget)
 		case script.Usable:
