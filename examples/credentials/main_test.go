@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/f4df6ac3/cache"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // These tests need a real Redis and MySQL/MariaDB: CACHE_REDIS_ADDR
@@ -260,12 +260,12 @@ func servers(t *testing.T) (*sql.DB, *redis.Client, string, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 
-	rdb := newRedisClient(env("CACHE_REDIS_ADDR", "127.0.0.1:6379"))
+	rdb := newRedisClient(testenv.RedisAddr())
 	t.Cleanup(func() { rdb.Close() })
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		unreachable(t, "redis", err)
 	}
-	db, err := sql.Open("mysql", env("CACHE_MYSQL_DSN", "root@tcp(127.0.0.1:3306)/test"))
+	db, err := sql.Open("mysql", testenv.MySQLDSN())
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
 	if err := db.PingContext(ctx); err != nil {
@@ -285,15 +285,5 @@ func servers(t *testing.T) (*sql.DB, *redis.Client, string, string) {
 
 func unreachable(t *testing.T, what string, err error) {
 	t.Helper()
-	if os.Getenv("CI") != "" || os.Getenv("CACHE_REQUIRE_SERVERS") == "1" {
-		t.Fatalf("%s unreachable (required under CI or CACHE_REQUIRE_SERVERS=1): %v", what, err)
-	}
-	t.Skipf("%s unreachable: %v (set CACHE_REQUIRE_SERVERS=1 to fail instead)", what, err)
-}
-
-func env(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
+	testenv.Unreachable(t, what, err)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/f4df6ac3/cache"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // These tests need a real Redis and MySQL/MariaDB: CACHE_REDIS_ADDR
@@ -197,12 +197,12 @@ func servers(t *testing.T) (*sql.DB, *redis.Client, string, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 
-	rdb := redis.NewClient(&redis.Options{Addr: env("CACHE_REDIS_ADDR", "127.0.0.1:6379"), ContextTimeoutEnabled: true})
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(), ContextTimeoutEnabled: true})
 	t.Cleanup(func() { rdb.Close() })
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		unreachable(t, "redis", err)
 	}
-	db, err := sql.Open("mysql", env("CACHE_MYSQL_DSN", "root@tcp(127.0.0.1:3306)/test"))
+	db, err := sql.Open("mysql", testenv.MySQLDSN())
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
 	if err := db.PingContext(ctx); err != nil {
@@ -226,15 +226,5 @@ func servers(t *testing.T) (*sql.DB, *redis.Client, string, string) {
 
 func unreachable(t *testing.T, what string, err error) {
 	t.Helper()
-	if os.Getenv("CI") != "" || os.Getenv("CACHE_REQUIRE_SERVERS") == "1" {
-		t.Fatalf("%s unreachable (required under CI or CACHE_REQUIRE_SERVERS=1): %v", what, err)
-	}
-	t.Skipf("%s unreachable: %v (set CACHE_REQUIRE_SERVERS=1 to fail instead)", what, err)
-}
-
-func env(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
+	testenv.Unreachable(t, what, err)
 }
