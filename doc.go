@@ -60,6 +60,16 @@
 // Options.StaleIfError serves them when the load fails.
 // [Loader.SetReadBypass] turns Redis reads off at run time.
 //
+// # Operating it
+//
+// [Loader.GetMany] reads many keys in one pipelined round trip.
+// [Loader.Reconcile] finds and evicts entries that differ from the database
+// (what invalidations missed); Options.SampleRate measures that disagreement
+// on live traffic. Options.PreviousKeyPrefix keeps the hit rate through a
+// key-format change, and [Loader.Warm] fills a set of keys ahead of traffic.
+// Package outbox makes invalidations durable across process crashes;
+// cmd/cachectl inspects entries from a shell.
+//
 // # Go-redis configuration
 //
 // Build the client with ContextTimeoutEnabled: true; New refuses go-redis
