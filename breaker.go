@@ -26,6 +26,7 @@ const (
 	BreakerOpen                         // Redis is not called
 )
 
+// String returns "closed", "half-open" or "open".
 func (s BreakerState) String() string {
 	switch s {
 	case BreakerClosed:

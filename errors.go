@@ -29,6 +29,7 @@ type PanicError struct {
 	Stack []byte // the stack of the panicking goroutine
 }
 
+// Error returns the panic value and the stack.
 func (p *PanicError) Error() string {
 	return fmt.Sprintf("cache: load panicked: %v\n\n%s", p.Value, p.Stack)
 }
