@@ -97,10 +97,18 @@ func Prefix(t testing.TB, rdb redis.UniversalClient, base string) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		iter := rdb.Scan(ctx, 0, p+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
+		del := func(ctx context.Context, c redis.UniversalClient) error {
+			iter := c.Scan(ctx, 0, p+"*", 1000).Iterator()
+			for iter.Next(ctx) {
+				c.Del(ctx, iter.Val())
+			}
+			return iter.Err()
 		}
+		if cc, ok := rdb.(*redis.ClusterClient); ok { // SCAN sees one node
+			cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return del(ctx, m) })
+			return
+		}
+		del(ctx, rdb)
 	})
 	return p
 }
