@@ -2,8 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -387,6 +385,7 @@ type clusterRaceLib struct {
 func newClusterRaceLib(t *testing.T, base *redis.ClusterClient, db *raceDB) *clusterRaceLib {
 	t.Helper()
 	lib := &clusterRaceLib{raceLib: &raceLib{db: db, writes: raceInvalidate}, crdb: clusterClient(t, base)}
+	lib.rdb = lib.crdb // raceLib.cached reads through it
 	lib.prefix = uniquePrefix(t, lib.crdb)
 	for range raceLoaders {
 		l, err := New(clusterClient(t, base), "items", func(ctx context.Context, key string) (raceRow, error) {
@@ -401,28 +400,4 @@ func newClusterRaceLib(t *testing.T, base *redis.ClusterClient, db *raceDB) *clu
 		lib.loaders = append(lib.loaders, l)
 	}
 	return lib
-}
-
-// cached is raceLib.cached through the cluster client.
-func (lib *clusterRaceLib) cached(ctx context.Context, id int) (raceRow, bool, error) {
-	h, err := lib.crdb.HGetAll(ctx, lib.loaders[0].Key(strconv.Itoa(id))).Result()
-	if err != nil || len(h) == 0 {
-		return raceRow{}, false, err
-	}
-	flags, _ := strconv.ParseInt(h[entry.Flags], 10, 64)
-	if flags&entry.FlagInvalidated != 0 {
-		return raceRow{}, false, nil
-	}
-	if flags&entry.FlagNegative != 0 {
-		return raceRow{ID: id, Val: "<negative entry>"}, true, nil
-	}
-	p, ok := h[entry.Payload]
-	if !ok {
-		return raceRow{}, false, nil
-	}
-	var r raceRow
-	if err := json.Unmarshal([]byte(p), &r); err != nil {
-		return raceRow{}, false, fmt.Errorf("key %d: payload %q: %w", id, p, err)
-	}
-	return r, true, nil
 }

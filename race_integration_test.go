@@ -281,7 +281,7 @@ func (h *raceHarness) round(t *testing.T, seed uint64, writes int) raceOutcome {
 type raceLib struct {
 	db      *raceDB
 	loaders []*Loader[raceRow]
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	prefix  string
 	writes  raceWriteMode
 }
