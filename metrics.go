@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/f4df6ac3/cache/internal/promreg"
 )
 
 // Event is something a Loader counts.
@@ -210,37 +212,25 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 		}, []string{"loader"}),
 	}
 	var err error
-	if p.requests, err = register(reg, p.requests); err != nil {
+	if p.requests, err = promreg.Register(reg, p.requests); err != nil {
 		return nil, err
 	}
-	if p.events, err = register(reg, p.events); err != nil {
+	if p.events, err = promreg.Register(reg, p.events); err != nil {
 		return nil, err
 	}
-	if p.loads, err = register(reg, p.loads); err != nil {
+	if p.loads, err = promreg.Register(reg, p.loads); err != nil {
 		return nil, err
 	}
-	if p.duration, err = register(reg, p.duration); err != nil {
+	if p.duration, err = promreg.Register(reg, p.duration); err != nil {
 		return nil, err
 	}
-	if p.breaker, err = register(reg, p.breaker); err != nil {
+	if p.breaker, err = promreg.Register(reg, p.breaker); err != nil {
 		return nil, err
 	}
-	if p.bypass, err = register(reg, p.bypass); err != nil {
+	if p.bypass, err = promreg.Register(reg, p.bypass); err != nil {
 		return nil, err
 	}
 	return p, nil
-}
-
-// register registers c, or returns the identical collector already there.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, err
 }
 
 // seen creates loader's series at 0 the first time it reports.

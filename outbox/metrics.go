@@ -3,12 +3,13 @@ package outbox
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/f4df6ac3/cache/internal/promreg"
 )
 
 // Stats is a snapshot of a Relay's counters and gauges.
@@ -131,15 +132,9 @@ func newPromMetrics(reg prometheus.Registerer) (*promMetrics, error) {
 	return p, nil
 }
 
-// register registers c, or returns the identical collector already there.
+// register registers c through promreg, naming the package in errors.
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
+	c, err := promreg.Register(reg, c)
 	if err != nil {
 		return c, fmt.Errorf("outbox: registering %w", err)
 	}
