@@ -26,6 +26,7 @@ type Loader[T any] struct {
 	name   string
 	prefix string // Options.Prefix + name + ":"
 	load   LoadFunc[T]
+	batch  BatchLoadFunc[T] // nil unless built by NewBatch
 	s      settings
 
 	stats   counters
@@ -86,6 +87,43 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	l.reads.seed = maphash.MakeSeed()
 	l.bg.init()
 	l.bg.Go(l.retryLoop)
+	return l, nil
+}
+
+// NewBatch returns a Loader whose source reads many rows in one call, such
+// as one SELECT … WHERE id IN (…): GetMany loads all its misses through it,
+// and Get calls it with one key. Otherwise it is New.
+//
+// A GetMany's misses are loaded under the same rules as Get's, key by key:
+// a key already being loaded in this process is joined rather than loaded
+// again (unless that load began before an invalidation the GetMany must
+// respect); the others take their leases in one pipelined round, load calls
+// load once for every key whose lease was granted (and for those Redis could
+// not be asked about), and the results are filled in one pipelined round
+// with the same versioned, lease-checked fill as Get's. Keys whose lease
+// another process holds wait for its fill like Get, each loading alone if
+// the wait runs out. Misses are taken 500 at a time: load is never called
+// with more keys, and the rounds of one GetMany run concurrently.
+//
+// Each call of load counts as one load in Stats and in the Recorder's load
+// latency; the hits, misses and coalesced waits are counted per key as Get
+// counts them. A panic in load fails its keys with a *PanicError and
+// releases their leases.
+//
+// GetMany sends misses through Get's path one at a time, as with New, when
+// read bypass is on, for keys whose invalidation is queued, for corrupt
+// entries, for values that may be served stale (Options.MaxStale with
+// StaleWhileRevalidate or StaleIfError), and for every miss while
+// Options.PreviousKeyPrefix is set.
+func NewBatch[T any](rdb redis.UniversalClient, name string, load BatchLoadFunc[T], opts *Options) (*Loader[T], error) {
+	if load == nil {
+		return nil, errors.New("cache: nil BatchLoadFunc")
+	}
+	l, err := New(rdb, name, loadOneOf(load), opts)
+	if err != nil {
+		return nil, err
+	}
+	l.batch = load
 	return l, nil
 }
 

@@ -11,16 +11,27 @@ import (
 	"github.com/f4df6ac3/cache/internal/entry"
 )
 
-// getManyConcurrency bounds the misses of one GetMany loaded at once.
+// getManyConcurrency bounds the misses of one GetMany loaded at once
+// through Get's path.
 const getManyConcurrency = 16
 
 // GetMany returns the values of keys that exist: the hits from one
-// pipelined round of HMGETs (one round trip per Redis node), and the misses
-// each through Get's path (singleflight, leases, fills), 16 at a time. Keys
+// pipelined round of HMGETs (one round trip per Redis node), and the
+// misses loaded with the same guarantees as Get (singleflight, leases,
+// versioned fills, no stale read after a completed invalidation). Keys
 // whose row does not exist are absent from the map; duplicate keys are read
 // once. The error joins the failures of individual loads (each wrapping its
 // key) — the map still holds every value that could be had. When Redis
 // fails, every key is loaded (fail-open), as with Get.
+//
+// With a Loader built by New, the misses each go through Get's path, 16 at
+// a time. With a Loader built by NewBatch, the misses take their leases in
+// pipelined rounds and those granted are loaded by one BatchLoadFunc call
+// per 500 keys and filled in one pipelined round; see NewBatch.
+//
+// When ctx ends first, GetMany returns what it has with an error matching
+// ctx.Err(); loads already started go on for the other callers waiting on
+// them and still fill Redis.
 func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, error) {
 	uniq := make([]string, 0, len(keys))
 	seen := make(map[string]bool, len(keys))
@@ -33,13 +44,16 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 			uniq = append(uniq, k)
 		}
 	}
-	out := make(map[string]T, len(uniq))
+	res := &manyResult[T]{out: make(map[string]T, len(uniq))}
 	if len(uniq) == 0 {
-		return out, nil
+		return res.out, nil
 	}
 
+	// Taken before the reads are sent: whatever this process issues later
+	// reflects every invalidation completed before GetMany began (P3b).
+	seq := l.seq.Add(1)
 	// One pipeline of reads, sent after GetMany began: what it returns
-	// reflects every invalidation completed before (DESIGN P3b).
+	// reflects every invalidation completed before, too.
 	var cmds []*redis.SliceCmd
 	budget := redisBudget{left: l.s.redisTimeout}
 	if !l.readBypass.Load() {
@@ -56,21 +70,52 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	var misses []string
+
+	batching := l.batch != nil && !l.readBypass.Load() && l.s.prevPrefix == ""
+	var (
+		misses []string   // through Get's path
+		batch  []batchKey // through the batch load
+	)
 	now := l.clock.serverNow()
 	for i, k := range uniq {
-		if cmds == nil || l.pending.has(k) {
-			misses = append(misses, k)
+		// perKey sends k through Get's path, which knows what to do with
+		// bypassed keys, corrupt entries and values kept for stale serving.
+		perKey := func() { misses = append(misses, k) }
+		miss := func(gen int64) {
+			if batching {
+				batch = append(batch, batchKey{key: k, c: caller{seq: seq, gen: gen}})
+			} else {
+				perKey()
+			}
+		}
+		if l.pending.has(k) || l.readBypass.Load() {
+			perKey()
+			continue
+		}
+		if cmds == nil {
+			miss(0)
 			continue
 		}
 		vals, err := cmds[i].Result()
-		if err != nil {
-			misses = append(misses, k)
+		switch {
+		case isWrongType(err):
+			perKey()
+			continue
+		case err != nil:
+			miss(0)
 			continue
 		}
 		e, err := entry.Decode(vals)
-		if err != nil || !e.Usable() || !e.FreshAt(now) {
-			misses = append(misses, k)
+		switch {
+		case err != nil:
+			perKey() // corrupt: Get counts and replaces it
+			continue
+		case e.Usable() && e.FreshAt(now):
+		case e.HasPayload && l.s.maxStale > 0 && (l.s.swr || l.s.staleIfError):
+			perKey() // Get decides whether to serve it stale
+			continue
+		default:
+			miss(e.Generation) // 0 when the key is absent: unknown
 			continue
 		}
 		if e.Negative() {
@@ -79,37 +124,61 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 		}
 		v, err := l.decode(e.Payload)
 		if err != nil {
-			misses = append(misses, k) // corrupt: Get counts and replaces it
+			perKey() // corrupt: Get counts and replaces it
 			continue
 		}
 		l.count(EventHit)
-		out[k] = v
+		res.out[k] = v
 	}
 
+	var wg sync.WaitGroup
+	wg.Go(func() { l.getEach(ctx, misses, res) })
+	rejected, unanswered := l.getBatch(ctx, budget, batch, res)
+	wg.Wait()
+	if unanswered > 0 {
+		res.errs = append(res.errs, fmt.Errorf("cache: GetMany %s: %d keys unanswered: %w", l.name, unanswered, ctx.Err()))
+		return res.out, errors.Join(res.errs...)
+	}
+	// Keys whose in-process flight turned out older than what this
+	// GetMany observed: read and load them again, like Get.
+	l.getEach(ctx, rejected, res)
+	return res.out, errors.Join(res.errs...)
+}
+
+// manyResult collects the answers of one GetMany.
+type manyResult[T any] struct {
+	mu   sync.Mutex // protects out and errs
+	out  map[string]T
+	errs []error
+}
+
+// add records the outcome of one key: a value, not found, or an error.
+func (r *manyResult[T]) add(key string, v T, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case err == nil:
+		r.out[key] = v
+	case errors.Is(err, ErrNotFound):
+	default:
+		r.errs = append(r.errs, fmt.Errorf("%q: %w", key, err))
+	}
+}
+
+// getEach answers keys each through Get's path, getManyConcurrency at a
+// time.
+func (l *Loader[T]) getEach(ctx context.Context, keys []string, res *manyResult[T]) {
 	var (
-		mu   sync.Mutex // protects out and errs
-		errs []error
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, getManyConcurrency)
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, getManyConcurrency)
 	)
-	for _, k := range misses {
-		wg.Add(1)
+	for _, k := range keys {
 		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			defer func() { <-sem }()
 			v, _, err := l.get(ctx, k)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				out[k] = v
-			case errors.Is(err, ErrNotFound):
-			default:
-				errs = append(errs, fmt.Errorf("%q: %w", k, err))
-			}
-		}()
+			res.add(k, v, err)
+		})
 	}
 	wg.Wait()
-	return out, errors.Join(errs...)
 }
