@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"fmt"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -20,6 +19,9 @@ import (
 type readGroup struct {
 	seed   maphash.Seed
 	shards [64]readShard
+	// pipe sends the reads of different keys, pipelined when many are
+	// asked for at once.
+	pipe readPipe
 }
 
 type readShard struct {
@@ -98,20 +100,4 @@ func (l *Loader[T]) readDone(sh *readShard, rkey string) {
 		close(next.done)
 		l.readDone(sh, rkey)
 	})
-}
-
-// readOnce fetches and decodes key's entry in one round trip.
-func (l *Loader[T]) readOnce(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
-	var vals []any
-	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
-		vals, err = l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
-		return err
-	})
-	if err != nil {
-		if isWrongType(err) {
-			return entry.Entry{}, fmt.Errorf("%w: %v", entry.ErrCorrupt, err)
-		}
-		return entry.Entry{}, err
-	}
-	return entry.Decode(vals)
 }
