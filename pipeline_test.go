@@ -330,3 +330,75 @@ func TestPipelineBreakerOpen(t *testing.T) {
 	wg.Wait()
 	require.Empty(t, f.hook.taken(), "no pipeline sent while open")
 }
+
+// countingCodec is JSON counting its decodings.
+type countingCodec struct {
+	JSON
+	decodes atomic.Int64
+}
+
+func (c *countingCodec) Unmarshal(data []byte, v any) error {
+	c.decodes.Add(1)
+	return c.JSON.Unmarshal(data, v)
+}
+
+// coalescedWaiting waits until n Gets wait for the next read of rkey.
+func coalescedWaiting[T any](t *testing.T, l *Loader[T], rkey string, n int) {
+	t.Helper()
+	sh := l.reads.shard(rkey)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sh.mu.Lock()
+		w := 0
+		if b := sh.m[rkey]; b != nil {
+			w = b.waiting
+		}
+		sh.mu.Unlock()
+		if w == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d Gets wait for the next read of %s, want %d", w, rkey, n)
+		}
+		runtime.Gosched()
+	}
+}
+
+// TestCoalescedGetsShareOneDecoding: the Gets of a hot key that share one
+// Redis read share one decoding of its payload (and so the same value, as
+// Gets sharing a load do).
+func TestCoalescedGetsShareOneDecoding(t *testing.T) {
+	codec := &countingCodec{}
+	f := newPipeFixture(t, 1, &Options{RedisTimeout: resRelaxed, Codec: codec})
+	f.hook.hold = make(chan struct{})
+	before := codec.decodes.Load()
+
+	const waiters = 6
+	var wg sync.WaitGroup
+	get := func() {
+		defer wg.Done()
+		v, err := f.l.Get(context.Background(), "k0")
+		require.NoError(t, err)
+		require.Equal(t, "v0", v.Val)
+	}
+	wg.Add(1)
+	go get() // its read is held
+	deadline := time.Now().Add(10 * time.Second)
+	for f.hook.singles.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("first read never sent")
+		}
+		runtime.Gosched()
+	}
+	for range waiters {
+		wg.Add(1)
+		go get()
+	}
+	coalescedWaiting(t, f.l, f.l.Key("k0"), waiters)
+	close(f.hook.hold)
+	wg.Wait()
+
+	require.EqualValues(t, 2, f.hook.singles.Load(), "the held read and one shared by the waiters")
+	require.EqualValues(t, 2, codec.decodes.Load()-before, "one decoding per read")
+	require.EqualValues(t, 1+waiters, f.l.Stats().Hits)
+}
