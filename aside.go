@@ -49,7 +49,7 @@ func (l *Loader[T]) get(ctx context.Context, key string) (_ T, hit bool, _ error
 
 	mode := modeMiss
 	var stale *T // a value this Get may answer with if the load fails
-	e, err := l.read(ctx, &budget, rkey)
+	e, batch, err := l.read(ctx, &budget, rkey)
 	switch {
 	case err == nil && (e.Usable() || e.Invalidated() && e.HasPayload):
 		if e.Negative() {
@@ -57,7 +57,7 @@ func (l *Loader[T]) get(ctx context.Context, key string) (_ T, hit bool, _ error
 			return zero, true, ErrNotFound
 		}
 		c.gen = e.Generation
-		v, err := l.decode(e.Payload)
+		v, err := l.decodeShared(batch, e.Payload)
 		if err != nil {
 			l.corrupt(rkey, err)
 			mode = modeReplace
@@ -275,7 +275,7 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 		backoff = min(backoff*3/2, maxPollInterval)
 
 		seq := l.seq.Add(1)
-		e, err := l.read(ctx, &redisBudget{left: l.s.redisTimeout}, rkey)
+		e, batch, err := l.read(ctx, &redisBudget{left: l.s.redisTimeout}, rkey)
 		switch {
 		case errors.Is(err, entry.ErrCorrupt):
 			return result[T]{}, lapsed // acquire replaces it
@@ -290,7 +290,7 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 		case e.Usable() && e.Negative():
 			return result[T]{err: ErrNotFound, seq: seq, gen: e.Generation}, filled
 		case e.Usable():
-			if v, err := l.decode(e.Payload); err == nil {
+			if v, err := l.decodeShared(batch, e.Payload); err == nil {
 				return result[T]{val: v, seq: seq, gen: e.Generation}, filled
 			}
 			return result[T]{}, lapsed // corrupt: acquire replaces it

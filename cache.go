@@ -149,6 +149,10 @@ func (l *Loader[T]) Name() string { return l.name }
 //
 // When Redis fails, Get answers from the LoadFunc and returns no Redis
 // error. A missing row yields an error matching ErrNotFound.
+//
+// Concurrent Gets of key may return the same value (one load, or one
+// Redis read decoded once, shared between them): treat what T's slices,
+// maps and pointers reference as read-only.
 func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
 	if err := l.check(key); err != nil {
 		var zero T

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"fmt"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -20,6 +19,9 @@ import (
 type readGroup struct {
 	seed   maphash.Seed
 	shards [64]readShard
+	// pipe sends the reads of different keys, pipelined when many are
+	// asked for at once.
+	pipe readPipe
 }
 
 type readShard struct {
@@ -34,8 +36,14 @@ type readShard struct {
 type readBatch struct {
 	done     chan struct{} // closed when e and err are set
 	deadline time.Time     // the earliest budget of the Gets waiting
+	waiting  int           // Gets waiting, under the shard's lock
 	e        entry.Entry
 	err      error
+
+	// The Gets that share the read share one decoding of its payload
+	// (see Loader.decodeShared).
+	decodeOnce sync.Once
+	decoded    any // a decodedValue[T]
 }
 
 func (g *readGroup) shard(key string) *readShard {
@@ -43,8 +51,9 @@ func (g *readGroup) shard(key string) *readShard {
 }
 
 // read returns key's entry: from a read of its own when no read of key is
-// in flight, else from the next read. It spends from b what it waited.
-func (l *Loader[T]) read(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
+// in flight, else from the next read, which it returns too (nil when the
+// read was its own). It spends from b what it waited.
+func (l *Loader[T]) read(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, *readBatch, error) {
 	sh := l.reads.shard(rkey)
 	sh.mu.Lock()
 	if sh.m == nil {
@@ -56,21 +65,22 @@ func (l *Loader[T]) read(ctx context.Context, b *redisBudget, rkey string) (entr
 		sh.mu.Unlock()
 		e, err := l.readOnce(ctx, b, rkey)
 		l.readDone(sh, rkey)
-		return e, err
+		return e, nil, err
 	}
 	if next == nil {
 		next = &readBatch{done: make(chan struct{}), deadline: time.Now().Add(b.left)}
 		sh.m[rkey] = next
 	}
+	next.waiting++
 	sh.mu.Unlock()
 
 	start := time.Now()
 	defer func() { b.left -= time.Since(start) }()
 	select {
 	case <-next.done:
-		return next.e, next.err
+		return next.e, next, next.err
 	case <-ctx.Done():
-		return entry.Entry{}, callerGone{ctx.Err()}
+		return entry.Entry{}, nil, callerGone{ctx.Err()}
 	}
 }
 
@@ -100,18 +110,23 @@ func (l *Loader[T]) readDone(sh *readShard, rkey string) {
 	})
 }
 
-// readOnce fetches and decodes key's entry in one round trip.
-func (l *Loader[T]) readOnce(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
-	var vals []any
-	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
-		vals, err = l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
-		return err
-	})
-	if err != nil {
-		if isWrongType(err) {
-			return entry.Entry{}, fmt.Errorf("%w: %v", entry.ErrCorrupt, err)
-		}
-		return entry.Entry{}, err
+// decodedValue is a payload decoded once for the Gets sharing a read.
+type decodedValue[T any] struct {
+	v   T
+	err error
+}
+
+// decodeShared decodes payload, which came from batch: once for all the
+// Gets that shared that read, which then hold the same value (as the Gets
+// that share a load do). Without a batch, the read was the Get's own.
+func (l *Loader[T]) decodeShared(batch *readBatch, payload string) (T, error) {
+	if batch == nil {
+		return l.decode(payload)
 	}
-	return entry.Decode(vals)
+	batch.decodeOnce.Do(func() {
+		v, err := l.decode(payload)
+		batch.decoded = decodedValue[T]{v, err}
+	})
+	d := batch.decoded.(decodedValue[T])
+	return d.v, d.err
 }

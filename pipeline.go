@@ -1,0 +1,161 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/f4df6ac3/cache/internal/entry"
+)
+
+// maxReadBatches bounds the reads (single HMGETs or pipelines of them) a
+// Loader has in flight at once; reads asked for beyond it queue and are
+// sent together as one pipeline when a read in flight returns.
+const maxReadBatches = 2
+
+// maxReadBatch bounds the HMGETs of one pipeline; the rest of the queue
+// waits for the next.
+const maxReadBatch = 256
+
+// readPipe writes the entry reads of concurrent Gets of different keys to
+// Redis as pipelines. While fewer than maxReadBatches reads are in flight a
+// Get sends its own HMGET at once, on its own goroutine, so that a lone
+// Get's latency is a plain HMGET's: no timer, no hand-off. Beyond that,
+// reads queue, and each read in flight that returns sends the queue as one
+// pipeline: one write and one read of the socket for many Gets, where
+// the connection pool would otherwise serve them one round trip at a time.
+// A queued read is sent after its Get arrived, so it reflects every
+// invalidation completed before the Get began (DESIGN P3b).
+type readPipe struct {
+	mu       sync.Mutex // protects inFlight and queue
+	inFlight int
+	queue    []*pipedRead
+}
+
+// pipedRead is one queued entry read.
+type pipedRead struct {
+	rkey     string
+	deadline time.Time     // when the Get's Redis budget runs out
+	done     chan struct{} // closed when e and err are set
+	e        entry.Entry
+	err      error
+}
+
+// readOnce fetches and decodes key's entry: directly when the Loader has
+// room for another read in flight, else as part of the next pipeline. It
+// spends from b what it waited.
+func (l *Loader[T]) readOnce(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
+	p := &l.reads.pipe
+	p.mu.Lock()
+	if p.inFlight < maxReadBatches {
+		p.inFlight++
+		p.mu.Unlock()
+		e, err := l.readDirect(ctx, b, rkey)
+		l.readReturned()
+		return e, err
+	}
+	if b.left <= 0 {
+		p.mu.Unlock()
+		return entry.Entry{}, ErrRedisUnavailable
+	}
+	r := &pipedRead{rkey: rkey, deadline: time.Now().Add(b.left), done: make(chan struct{})}
+	p.queue = append(p.queue, r)
+	p.mu.Unlock()
+
+	start := time.Now()
+	defer func() { b.left -= time.Since(start) }()
+	select {
+	case <-r.done:
+		return r.e, r.err
+	case <-ctx.Done():
+		// The read is still sent with the others; its answer is dropped.
+		return entry.Entry{}, callerGone{ctx.Err()}
+	}
+}
+
+// readReturned ends a read in flight: the queued reads, if any, take its
+// place as one pipeline sent on a goroutine of its own (so the Get that
+// returned is not held up).
+func (l *Loader[T]) readReturned() {
+	p := &l.reads.pipe
+	p.mu.Lock()
+	if len(p.queue) == 0 {
+		p.inFlight--
+		p.mu.Unlock()
+		return
+	}
+	batch := p.queue
+	if len(batch) > maxReadBatch {
+		batch = batch[:maxReadBatch:maxReadBatch]
+		p.queue = p.queue[maxReadBatch:]
+	} else {
+		p.queue = nil
+	}
+	p.mu.Unlock()
+	l.bg.Go(func() {
+		l.sendReads(batch)
+		l.readReturned()
+	})
+}
+
+// sendReads sends a batch of queued reads as one pipeline, bounded by the
+// earliest budget among them (so that none waits past its own), and
+// answers each.
+func (l *Loader[T]) sendReads(batch []*pipedRead) {
+	deadline := batch[0].deadline
+	for _, r := range batch[1:] {
+		if r.deadline.Before(deadline) {
+			deadline = r.deadline
+		}
+	}
+	b := redisBudget{left: time.Until(deadline)}
+	if len(batch) == 1 {
+		r := batch[0]
+		r.e, r.err = l.readDirect(context.Background(), &b, r.rkey)
+		close(r.done)
+		return
+	}
+	cmds := make([]*redis.SliceCmd, len(batch))
+	err := l.redisCall(context.Background(), &b, func(ctx context.Context) error {
+		pipe := l.rdb.Pipeline()
+		for i, r := range batch {
+			cmds[i] = pipe.HMGet(ctx, r.rkey, entry.Fields...)
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	})
+	for i, r := range batch {
+		switch {
+		case cmds[i] == nil: // the breaker or the budget refused the call
+			r.err = err
+		default:
+			r.e, r.err = decodeRead(cmds[i].Result())
+		}
+		close(r.done)
+	}
+}
+
+// readDirect fetches and decodes key's entry in one round trip of its own.
+func (l *Loader[T]) readDirect(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
+	var vals []any
+	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
+		vals, err = l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
+		return err
+	})
+	return decodeRead(vals, err)
+}
+
+// decodeRead decodes the reply of an entry's HMGET; a key that holds
+// another type is a corrupt entry.
+func decodeRead(vals []any, err error) (entry.Entry, error) {
+	if err != nil {
+		if isWrongType(err) {
+			return entry.Entry{}, fmt.Errorf("%w: %v", entry.ErrCorrupt, err)
+		}
+		return entry.Entry{}, err
+	}
+	return entry.Decode(vals)
+}

@@ -1,0 +1,404 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+)
+
+// pipeHook records the entry reads of a client: single HMGETs, which it
+// can hold until released, and pipelines of HMGETs with their keys.
+type pipeHook struct {
+	hold    chan struct{} // while open, single HMGETs wait for it to close
+	singles atomic.Int64
+
+	mu        sync.Mutex // protects pipelines
+	pipelines [][]string
+}
+
+func (h *pipeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *pipeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "hmget" {
+			h.singles.Add(1)
+			if h.hold != nil {
+				select {
+				case <-h.hold:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *pipeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		var keys []string
+		for _, c := range cmds {
+			if c.Name() == "hmget" {
+				keys = append(keys, fmt.Sprint(c.Args()[1]))
+			}
+		}
+		if len(keys) > 0 {
+			h.mu.Lock()
+			h.pipelines = append(h.pipelines, keys)
+			h.mu.Unlock()
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (h *pipeHook) taken() [][]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.pipelines)
+}
+
+// queued waits until n reads are queued in l's read pipe.
+func queued[T any](t *testing.T, l *Loader[T], n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.reads.pipe.mu.Lock()
+		q := len(l.reads.pipe.queue)
+		l.reads.pipe.mu.Unlock()
+		if q == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reads queued, want %d", q, n)
+		}
+		runtime.Gosched()
+	}
+}
+
+// pipeFixture is a Loader whose first maxReadBatches reads are held, so
+// that the Gets after them queue.
+type pipeFixture struct {
+	l    *Loader[row]
+	tb   *table
+	hook *pipeHook
+	rdb  *redis.Client
+	held sync.WaitGroup // the Gets whose reads are held
+}
+
+func newPipeFixture(t *testing.T, keys int, opts *Options) *pipeFixture {
+	t.Helper()
+	_, rdb := fakeRedis(t)
+	f := &pipeFixture{tb: newTable(), hook: &pipeHook{}, rdb: rdb}
+	for i := range keys {
+		f.tb.put(fmt.Sprint("k", i), fmt.Sprint("v", i))
+	}
+	if opts == nil {
+		opts = &Options{RedisTimeout: resRelaxed}
+	}
+	f.l = newLoader(t, rdb, f.tb, opts)
+	// Fill every key, then hold the reads.
+	for i := range keys {
+		_, err := f.l.Get(context.Background(), fmt.Sprint("k", i))
+		require.NoError(t, err)
+	}
+	rdb.AddHook(f.hook)
+	return f
+}
+
+// holdReads starts maxReadBatches Gets of hold-keys whose reads are held
+// by the hook until release is called.
+func (f *pipeFixture) holdReads(t *testing.T) (release func()) {
+	t.Helper()
+	f.hook.hold = make(chan struct{})
+	for i := range maxReadBatches {
+		f.held.Add(1)
+		go func() {
+			defer f.held.Done()
+			f.l.Get(context.Background(), fmt.Sprint("hold", i))
+		}()
+	}
+	want := int64(maxReadBatches)
+	deadline := time.Now().Add(10 * time.Second)
+	for f.hook.singles.Load() < want {
+		if time.Now().After(deadline) {
+			t.Fatal("held reads never sent")
+		}
+		runtime.Gosched()
+	}
+	return func() { close(f.hook.hold); f.held.Wait() }
+}
+
+// TestPipelineQueuedReadsShareOnePipeline: Gets of different keys that
+// arrive while the Loader's reads are in flight are sent as one pipeline
+// when a read returns, and each gets its own key's value.
+func TestPipelineQueuedReadsShareOnePipeline(t *testing.T) {
+	const n = 20
+	f := newPipeFixture(t, n, nil)
+	release := f.holdReads(t)
+
+	var wg sync.WaitGroup
+	got := make([]row, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = f.l.Get(context.Background(), fmt.Sprint("k", i))
+		}()
+	}
+	queued(t, f.l, n)
+	release()
+	wg.Wait()
+
+	for i := range n {
+		require.NoError(t, errs[i])
+		require.Equal(t, fmt.Sprint("v", i), got[i].Val)
+	}
+	pipes := f.hook.taken()
+	require.Len(t, pipes, 1, "the %d queued reads are one pipeline", n)
+	require.Len(t, pipes[0], n)
+	require.EqualValues(t, n, f.l.Stats().Hits, "every queued read is a hit")
+	require.EqualValues(t, n+maxReadBatches, f.tb.loads.Load(), "no load but the fills' and the held Gets'")
+}
+
+// TestPipelineSequentialGetsSendSingleReads: a lone Get never waits for
+// a pipeline; it sends its own HMGET.
+func TestPipelineSequentialGetsSendSingleReads(t *testing.T) {
+	f := newPipeFixture(t, 10, nil)
+	for i := range 10 {
+		v, err := f.l.Get(context.Background(), fmt.Sprint("k", i))
+		require.NoError(t, err)
+		require.Equal(t, fmt.Sprint("v", i), v.Val)
+	}
+	require.EqualValues(t, 10, f.hook.singles.Load())
+	require.Empty(t, f.hook.taken())
+}
+
+// TestPipelineReadSentAfterInvalidation: a Get queued after an
+// invalidation completed reads what the invalidation left (DESIGN P3b):
+// its read is sent after it arrived.
+func TestPipelineReadSentAfterInvalidation(t *testing.T) {
+	f := newPipeFixture(t, 2, nil)
+	release := f.holdReads(t)
+
+	f.tb.put("k0", "v0-new")
+	require.NoError(t, f.l.Invalidate(context.Background(), "k0"))
+	done := make(chan row)
+	go func() {
+		v, err := f.l.Get(context.Background(), "k0")
+		require.NoError(t, err)
+		done <- v
+	}()
+	queued(t, f.l, 1)
+	release()
+	require.Equal(t, "v0-new", (<-done).Val)
+}
+
+// TestPipelineQueuedCallerLeaves: a Get whose context ends while its read
+// is queued returns the context's error at once; the others are answered.
+func TestPipelineQueuedCallerLeaves(t *testing.T) {
+	f := newPipeFixture(t, 3, nil)
+	release := f.holdReads(t)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	left := make(chan error)
+	go func() {
+		_, err := f.l.Get(ctx, "k0")
+		left <- err
+	}()
+	stay := make(chan row)
+	go func() {
+		v, err := f.l.Get(context.Background(), "k1")
+		require.NoError(t, err)
+		stay <- v
+	}()
+	queued(t, f.l, 2)
+	cancel()
+	require.ErrorIs(t, <-left, context.Canceled)
+	release()
+	require.Equal(t, "v1", (<-stay).Val)
+}
+
+// TestPipelinePerKeyFailures: a key holding another type inside a
+// pipeline is that Get's corrupt entry (replaced); the other keys of the
+// pipeline are hits.
+func TestPipelinePerKeyFailures(t *testing.T) {
+	f := newPipeFixture(t, 3, nil)
+	require.NoError(t, f.rdb.Set(context.Background(), f.l.Key("k1"), "not a hash", 0).Err())
+	release := f.holdReads(t)
+
+	var wg sync.WaitGroup
+	got := make([]row, 3)
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := f.l.Get(context.Background(), fmt.Sprint("k", i))
+			require.NoError(t, err)
+			got[i] = v
+		}()
+	}
+	queued(t, f.l, 3)
+	release()
+	wg.Wait()
+	for i := range 3 {
+		require.Equal(t, fmt.Sprint("v", i), got[i].Val)
+	}
+	require.EqualValues(t, 1, f.l.Stats().CorruptEntries)
+	require.EqualValues(t, 3+maxReadBatches+1, f.tb.loads.Load(), "only the corrupt key is loaded again (and the held Gets)")
+	typ, err := f.rdb.Type(context.Background(), f.l.Key("k1")).Result()
+	require.NoError(t, err)
+	require.Equal(t, "hash", typ, "the corrupt entry is replaced")
+}
+
+// TestPipelineFailsOpen: when the pipeline fails (Redis unreachable), the
+// queued Gets load from the database and answer; no error reaches them.
+func TestPipelineFailsOpen(t *testing.T) {
+	f := newPipeFixture(t, 4, &Options{RedisTimeout: resRelaxed, DisableBreaker: true})
+	var fail atomic.Bool
+	f.rdb.AddHook(&resHook{before: func(name, _ string) error {
+		if fail.Load() {
+			return errResUnreachable
+		}
+		return nil
+	}})
+	release := f.holdReads(t)
+
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := f.l.Get(context.Background(), fmt.Sprint("k", i))
+			require.NoError(t, err)
+			require.Equal(t, fmt.Sprint("v", i), v.Val)
+		}()
+	}
+	queued(t, f.l, 4)
+	fail.Store(true)
+	release()
+	wg.Wait()
+	require.EqualValues(t, 4+maxReadBatches+4, f.tb.loads.Load(), "each queued Get loaded")
+	require.Positive(t, f.l.Stats().RedisErrors)
+}
+
+// TestPipelineInFlightTimesOut: when the reads in flight time out, the
+// queued Get is still answered (from what budget it has left, or from the
+// database), without error.
+func TestPipelineInFlightTimesOut(t *testing.T) {
+	f := newPipeFixture(t, 2, &Options{RedisTimeout: 50 * time.Millisecond, DisableBreaker: true})
+	release := f.holdReads(t)
+	defer release()
+
+	v, err := f.l.Get(context.Background(), "k0")
+	require.NoError(t, err)
+	require.Equal(t, "v0", v.Val)
+}
+
+// TestPipelineBreakerOpen: queued reads are not sent while the breaker is
+// open; their Gets load.
+func TestPipelineBreakerOpen(t *testing.T) {
+	f := newPipeFixture(t, 3, &Options{RedisTimeout: resRelaxed, BreakerFailures: 1, BreakerCooldown: time.Hour})
+	release := f.holdReads(t)
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := f.l.Get(context.Background(), fmt.Sprint("k", i))
+			require.NoError(t, err)
+			require.Equal(t, fmt.Sprint("v", i), v.Val)
+		}()
+	}
+	queued(t, f.l, 3)
+	// Open the breaker by a failed call of another client's command path.
+	err := f.l.redisCall(context.Background(), &redisBudget{left: time.Second}, func(context.Context) error {
+		return errors.New("redis down")
+	})
+	require.Error(t, err)
+	require.Equal(t, BreakerOpen, f.l.BreakerState())
+	release()
+	wg.Wait()
+	require.Empty(t, f.hook.taken(), "no pipeline sent while open")
+}
+
+// countingCodec is JSON counting its decodings.
+type countingCodec struct {
+	JSON
+	decodes atomic.Int64
+}
+
+func (c *countingCodec) Unmarshal(data []byte, v any) error {
+	c.decodes.Add(1)
+	return c.JSON.Unmarshal(data, v)
+}
+
+// coalescedWaiting waits until n Gets wait for the next read of rkey.
+func coalescedWaiting[T any](t *testing.T, l *Loader[T], rkey string, n int) {
+	t.Helper()
+	sh := l.reads.shard(rkey)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sh.mu.Lock()
+		w := 0
+		if b := sh.m[rkey]; b != nil {
+			w = b.waiting
+		}
+		sh.mu.Unlock()
+		if w == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d Gets wait for the next read of %s, want %d", w, rkey, n)
+		}
+		runtime.Gosched()
+	}
+}
+
+// TestCoalescedGetsShareOneDecoding: the Gets of a hot key that share one
+// Redis read share one decoding of its payload (and so the same value, as
+// Gets sharing a load do).
+func TestCoalescedGetsShareOneDecoding(t *testing.T) {
+	codec := &countingCodec{}
+	f := newPipeFixture(t, 1, &Options{RedisTimeout: resRelaxed, Codec: codec})
+	f.hook.hold = make(chan struct{})
+	before := codec.decodes.Load()
+
+	const waiters = 6
+	var wg sync.WaitGroup
+	get := func() {
+		defer wg.Done()
+		v, err := f.l.Get(context.Background(), "k0")
+		require.NoError(t, err)
+		require.Equal(t, "v0", v.Val)
+	}
+	wg.Add(1)
+	go get() // its read is held
+	deadline := time.Now().Add(10 * time.Second)
+	for f.hook.singles.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("first read never sent")
+		}
+		runtime.Gosched()
+	}
+	for range waiters {
+		wg.Add(1)
+		go get()
+	}
+	coalescedWaiting(t, f.l, f.l.Key("k0"), waiters)
+	close(f.hook.hold)
+	wg.Wait()
+
+	require.EqualValues(t, 2, f.hook.singles.Load(), "the held read and one shared by the waiters")
+	require.EqualValues(t, 2, codec.decodes.Load()-before, "one decoding per read")
+	require.EqualValues(t, 1+waiters, f.l.Stats().Hits)
+}
