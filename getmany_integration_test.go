@@ -42,7 +42,7 @@ type manyDB struct {
 }
 
 // newManyDB creates a table with rows 1..n (val "v<id>", version 1).
-func newManyDB(t *testing.T, n int) *manyDB {
+func newManyDB(t testing.TB, n int) *manyDB {
 	t.Helper()
 	db := realMySQL(t)
 	m := &manyDB{db: db, table: uniqueTable(t, db, "getmany")}
@@ -93,6 +93,15 @@ func (m *manyDB) load(ctx context.Context, keys []string) (map[string]manyRow, e
 	return out, rows.Err()
 }
 
+// loadOne is a LoadFunc: one SELECT … WHERE id = ?.
+func (m *manyDB) loadOne(ctx context.Context, key string) (manyRow, error) {
+	m.calls.Add(1)
+	m.keys.Add(1)
+	var r manyRow
+	err := m.db.QueryRowContext(ctx, "SELECT id, val, version FROM "+m.table+" WHERE id = ?", key).Scan(&r.ID, &r.Val, &r.Ver)
+	return r, err
+}
+
 // update commits a new val for id and returns the new version.
 func (m *manyDB) update(ctx context.Context, id string) (int64, error) {
 	res, err := m.db.ExecContext(ctx, "UPDATE "+m.table+
@@ -121,7 +130,7 @@ func (m *manyDB) versions(ctx context.Context) (map[string]int64, error) {
 	return out, rows.Err()
 }
 
-func newManyLoader(t *testing.T, rdb redis.UniversalClient, m *manyDB, prefix string) *Loader[manyRow] {
+func newManyLoader(t testing.TB, rdb redis.UniversalClient, m *manyDB, prefix string) *Loader[manyRow] {
 	t.Helper()
 	l, err := NewBatch(rdb, "row", m.load, &Options{Prefix: prefix, RedisTimeout: time.Second})
 	require.NoError(t, err)
