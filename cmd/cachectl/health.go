@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 var healthCmd = &command{
@@ -20,7 +22,8 @@ var healthCmd = &command{
     locks or sessions that share the instance;
   - evicted_keys > 0: memory pressure has already evicted keys;
   - mem_fragmentation_ratio > 1.5 (with at least 64 MiB used);
-  - keyspace hit ratio < 50% (over the server's lifetime, all clients).`,
+  - keyspace hit ratio < 50% (over the server's lifetime, all clients).
+On Redis Cluster every master is reported on (with -json: a list).`,
 	minArgs: 0, maxArgs: 0,
 	flags: func(fs *flag.FlagSet) runFunc {
 		pings := fs.Int("pings", 5, "how many PINGs to time")
@@ -55,12 +58,38 @@ type healthReport struct {
 }
 
 func health(ctx context.Context, e *env, pings int) error {
-	r := healthReport{Addr: e.rdb.Options().Addr, Warnings: []string{}}
+	var reports []*healthReport
+	err := forEachNode(ctx, e.rdb, func(ctx context.Context, node redis.UniversalClient, addr string) error {
+		r, err := nodeHealth(ctx, node, addr, pings)
+		reports = append(reports, r)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if e.json {
+		if _, ok := e.rdb.(*redis.ClusterClient); ok {
+			return writeJSON(e.stdout, reports)
+		}
+		return writeJSON(e.stdout, reports[0])
+	}
+	for i, r := range reports {
+		if i > 0 {
+			fmt.Fprintln(e.stdout)
+		}
+		printHealth(e, r, pings)
+	}
+	return nil
+}
+
+// nodeHealth measures one server.
+func nodeHealth(ctx context.Context, rdb redis.UniversalClient, addr string, pings int) (*healthReport, error) {
+	r := &healthReport{Addr: addr, Warnings: []string{}}
 	var total, lo, hi time.Duration
 	for i := range pings {
 		t := time.Now()
-		if err := e.rdb.Ping(ctx).Err(); err != nil {
-			return fmt.Errorf("redis at %s: %w", r.Addr, err)
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return nil, fmt.Errorf("redis at %s: %w", r.Addr, err)
 		}
 		d := time.Since(t)
 		total += d
@@ -72,9 +101,9 @@ func health(ctx context.Context, e *env, pings int) error {
 	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	r.PingMinMs, r.PingMaxMs, r.PingAvgMs = msf(lo), msf(hi), msf(total/time.Duration(pings))
 
-	info, err := e.rdb.Info(ctx, "server", "clients", "memory", "stats").Result()
+	info, err := rdb.Info(ctx, "server", "clients", "memory", "stats").Result()
 	if err != nil {
-		return fmt.Errorf("redis INFO: %w", err)
+		return nil, fmt.Errorf("redis INFO at %s: %w", r.Addr, err)
 	}
 	kv := parseInfo(info)
 	num := func(k string) int64 { n, _ := strconv.ParseInt(kv[k], 10, 64); return n }
@@ -93,7 +122,7 @@ func health(ctx context.Context, e *env, pings int) error {
 	// renamed or forbidden on managed services.
 	r.MaxmemoryPol = kv["maxmemory_policy"]
 	if r.MaxmemoryPol == "" {
-		if m, err := e.rdb.ConfigGet(ctx, "maxmemory-policy").Result(); err == nil {
+		if m, err := rdb.ConfigGet(ctx, "maxmemory-policy").Result(); err == nil {
 			r.MaxmemoryPol = m["maxmemory-policy"]
 		}
 	}
@@ -116,9 +145,11 @@ func health(ctx context.Context, e *env, pings int) error {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("keyspace hit ratio %.1f%% (all clients since start): a key-format change or a flush?", 100**r.HitRatio))
 	}
 
-	if e.json {
-		return writeJSON(e.stdout, r)
-	}
+	return r, nil
+}
+
+// printHealth prints one server's report.
+func printHealth(e *env, r *healthReport, pings int) {
 	w := e.stdout
 	fmt.Fprintf(w, "redis:            %s (version %s)\n", r.Addr, r.RedisVersion)
 	fmt.Fprintf(w, "latency:          min %.2fms  avg %.2fms  max %.2fms (%d PINGs)\n", r.PingMinMs, r.PingAvgMs, r.PingMaxMs, pings)
@@ -145,7 +176,6 @@ func health(ctx context.Context, e *env, pings int) error {
 	if len(r.Warnings) == 0 {
 		fmt.Fprintln(w, "no warnings")
 	}
-	return nil
 }
 
 // parseInfo reads INFO's "key:value" lines.

@@ -69,9 +69,21 @@ type entryReport struct {
 
 // readEntry reads key's entry, its PTTL, its type and the server time in
 // one round trip (a pipeline, so the soft TTL is measured against the
-// server clock of the same moment). A key that is not an entry (another type) is an error; a
+// server clock of the same moment; on a cluster, the clock of the master
+// serving key). A key that is not an entry (another type) is an error; a
 // hash whose fields do not decode is reported with Corrupt set.
 func readEntry(ctx context.Context, rdb redis.UniversalClient, key string, preview int) (*entryReport, error) {
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		// TIME has no key: sent through the cluster client it would reach
+		// any node. The soft TTL is judged by the clock of the master that
+		// serves the key (the library's scripts read that one), so the
+		// whole pipeline goes to it.
+		m, err := cc.MasterForKey(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("redis cluster: %w", err)
+		}
+		rdb = m
+	}
 	pipe := rdb.Pipeline()
 	typ := pipe.Type(ctx, key)
 	pttl := pipe.PTTL(ctx, key)

@@ -9,7 +9,7 @@
 //
 // Usage:
 //
-//	cachectl [-redis ADDR] [-json] [-timeout D] COMMAND [flags] ARGS
+//	cachectl [-redis ADDR[,ADDR...]] [-cluster] [-json] [-timeout D] COMMAND [flags] ARGS
 //
 //	inspect KEY                       the decoded entry at the full Redis key
 //	compare KEY -dsn DSN -query Q -arg A ...
@@ -24,6 +24,10 @@
 // $CACHE_REDIS_ADDR, else 127.0.0.1:6379. Every command takes -json for
 // machine-readable output.
 //
+// Redis Cluster: give several comma-separated seed addresses, or -cluster
+// with one. Keys are then routed to the master that serves them; ttl
+// SCANs every master, and health reports on every master.
+//
 // Exit status: 0 the command ran (warnings included), 1 an error (Redis or
 // MySQL unreachable, a key that is not a cache entry), 2 a usage error.
 package main
@@ -37,7 +41,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -57,10 +63,11 @@ func main() {
 	os.Exit(code)
 }
 
-// env is what every command gets: the global flags, a Redis client and the
-// output streams.
+// env is what every command gets: the global flags, a Redis client (a
+// *redis.Client, or a *redis.ClusterClient for a cluster) and the output
+// streams.
 type env struct {
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	json    bool
 	timeout time.Duration
 	stdin   io.Reader
@@ -104,7 +111,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if defAddr == "" {
 		defAddr = "127.0.0.1:6379"
 	}
-	addr := global.String("redis", defAddr, "Redis `address` (host:port; env CACHE_REDIS_ADDR)")
+	addr := global.String("redis", defAddr, "Redis `address` (host:port; env CACHE_REDIS_ADDR); several, comma-separated, for a cluster")
+	cluster := global.Bool("cluster", false, "Redis Cluster: -redis names seed nodes (implied by several addresses)")
 	jsonOut := global.Bool("json", false, "machine-readable JSON output")
 	timeout := global.Duration("timeout", 5*time.Second, "bound of the whole command")
 	global.Usage = func() { mainUsage(stderr, global) }
@@ -160,12 +168,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	rdb := redis.NewClient(&redis.Options{
-		Addr:                  *addr,
-		ContextTimeoutEnabled: true,
-		MaxRetries:            -1, // a diagnosis tool reports failures, it does not hide them
-		PoolSize:              4,
-	})
+	var addrs []string
+	for a := range strings.SplitSeq(*addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		fmt.Fprintln(stderr, "cachectl: -redis names no address")
+		return exitUsage
+	}
+	rdb := newClient(addrs, *cluster)
 	defer rdb.Close()
 	e := &env{rdb: rdb, json: *jsonOut || *cmdJSON, timeout: *timeout, stdin: stdin, stdout: stdout, stderr: stderr}
 	if err := do(ctx, e, pos); err != nil {
@@ -179,6 +192,59 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	return exitOK
+}
+
+// newClient returns a client of the Redis at addrs: a cluster client when
+// there are several or cluster is set, else a plain one. Both bound every
+// call by the command's context, and neither retries: a diagnosis tool
+// reports failures, it does not hide them (a cluster client still follows
+// MOVED and ASK redirections).
+func newClient(addrs []string, cluster bool) redis.UniversalClient {
+	if cluster || len(addrs) > 1 {
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:                 addrs,
+			ContextTimeoutEnabled: true,
+			MaxRetries:            -1,
+			PoolSize:              4,
+		})
+	}
+	return redis.NewClient(&redis.Options{
+		Addr:                  addrs[0],
+		ContextTimeoutEnabled: true,
+		MaxRetries:            -1,
+		PoolSize:              4,
+	})
+}
+
+// forEachNode calls fn with each master of a cluster client in turn (one
+// at a time: fn needs no locking), or once with any other client.
+func forEachNode(ctx context.Context, rdb redis.UniversalClient, fn func(ctx context.Context, node redis.UniversalClient, addr string) error) error {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		addr := ""
+		if c, ok := rdb.(*redis.Client); ok {
+			addr = c.Options().Addr
+		}
+		return fn(ctx, rdb, addr)
+	}
+	var masters []*redis.Client
+	var mu sync.Mutex // ForEachMaster calls on many goroutines
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		mu.Lock()
+		masters = append(masters, m)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("redis cluster: %w", err)
+	}
+	slices.SortFunc(masters, func(a, b *redis.Client) int { return strings.Compare(a.Options().Addr, b.Options().Addr) })
+	for _, m := range masters {
+		if err := fn(ctx, m, m.Options().Addr); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func lookup(name string) *command {
@@ -230,7 +296,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 func mainUsage(w io.Writer, global *flag.FlagSet) {
-	fmt.Fprintln(w, "usage: cachectl [-redis ADDR] [-json] [-timeout D] COMMAND [flags] ARGS")
+	fmt.Fprintln(w, "usage: cachectl [-redis ADDR[,ADDR...]] [-cluster] [-json] [-timeout D] COMMAND [flags] ARGS")
 	fmt.Fprintln(w, "\nKEY is the full Redis key (Options.Prefix + loader name + \":\" + key), e.g. app:user:42.")
 	fmt.Fprintln(w, "\ncommands:")
 	for _, c := range commands {

@@ -20,7 +20,8 @@ var ttlCmd = &command{
 more than -threshold of the sampled keys with an expiry expire within one
 -window (default 20% within 1s): they will miss together and hit the
 database together. The fix is TTL jitter (Options.Jitter, on by default;
-DisableJitter turns it off). On Redis Cluster, run it against each master.`,
+DisableJitter turns it off). On Redis Cluster (-cluster, or several -redis
+addresses) every master is scanned, and the sample spread over them.`,
 	minArgs: 1, maxArgs: 1,
 	flags: func(fs *flag.FlagSet) runFunc {
 		sample := fs.Int("sample", 1000, "how many keys to sample at most")
@@ -45,6 +46,7 @@ type ttlBucket struct {
 
 type ttlReport struct {
 	Pattern   string      `json:"pattern"`
+	Nodes     []string    `json:"nodes"` // the servers scanned: every master of a cluster
 	Sampled   int         `json:"sampled"`
 	NoExpiry  int         `json:"no_expiry"`
 	Gone      int         `json:"gone"` // expired between SCAN and PTTL
@@ -69,24 +71,11 @@ var ttlEdges = []struct {
 }
 
 func ttlHistogram(ctx context.Context, e *env, pattern string, sample int, window time.Duration, threshold float64, minKeys int) error {
-	var keys []string
-	var cursor uint64
-	for len(keys) < sample {
-		batch, next, err := e.rdb.Scan(ctx, cursor, pattern, 1000).Result()
-		if err != nil {
-			return fmt.Errorf("redis SCAN: %w", err)
-		}
-		keys = append(keys, batch...)
-		cursor = next
-		if cursor == 0 {
-			break
-		}
+	keys, nodes, err := scanSample(ctx, e.rdb, pattern, sample)
+	if err != nil {
+		return err
 	}
-	keys = slices.Compact(slices.Sorted(slices.Values(keys))) // SCAN may repeat keys
-	if len(keys) > sample {
-		keys = keys[:sample]
-	}
-	r := ttlReport{Pattern: pattern, WindowMs: window.Milliseconds(), Warnings: []string{}}
+	r := ttlReport{Pattern: pattern, Nodes: nodes, WindowMs: window.Milliseconds(), Warnings: []string{}}
 	var ttls []int64 // ms, keys with an expiry
 	for chunk := range slices.Chunk(keys, 500) {
 		pipe := e.rdb.Pipeline()
@@ -158,6 +147,9 @@ func ttlHistogram(ctx context.Context, e *env, pattern string, sample int, windo
 	}
 	w := e.stdout
 	fmt.Fprintf(w, "pattern %s: %d keys sampled, %d with an expiry, %d without\n", pattern, r.Sampled, len(ttls), r.NoExpiry)
+	if len(nodes) > 1 {
+		fmt.Fprintf(w, "scanned %d masters: %s\n", len(nodes), strings.Join(nodes, ", "))
+	}
 	if len(ttls) > 0 {
 		fmt.Fprintf(w, "TTL min %s, max %s\n", msDur(r.MinMs), msDur(r.MaxMs))
 		for _, b := range r.Buckets {
@@ -173,4 +165,60 @@ func ttlHistogram(ctx context.Context, e *env, pattern string, sample int, windo
 		fmt.Fprintln(w, "expiries are spread: no synchronized expiry")
 	}
 	return nil
+}
+
+// scanSample returns up to sample distinct keys matching pattern, found
+// with SCAN (never KEYS), and the servers it scanned. SCAN only sees the
+// keys of the server it runs on, so on a cluster every master is scanned,
+// each for an equal share of the sample (a master with fewer keys leaves
+// its share to the next).
+func scanSample(ctx context.Context, rdb redis.UniversalClient, pattern string, sample int) ([]string, []string, error) {
+	var keys, nodes []string
+	var masters []redis.UniversalClient
+	err := forEachNode(ctx, rdb, func(ctx context.Context, node redis.UniversalClient, addr string) error {
+		masters = append(masters, node)
+		nodes = append(nodes, addr)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, node := range masters {
+		want := (sample - len(keys)) / (len(masters) - i) // this node's share of what is left
+		if i == len(masters)-1 {
+			want = sample - len(keys)
+		}
+		got, err := scanNode(ctx, node, pattern, want)
+		if err != nil {
+			return nil, nil, fmt.Errorf("redis SCAN %s: %w", nodes[i], err)
+		}
+		keys = append(keys, got...)
+	}
+	return keys, nodes, nil
+}
+
+// scanNode returns up to n distinct keys matching pattern on one server.
+func scanNode(ctx context.Context, node redis.UniversalClient, pattern string, n int) ([]string, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	var keys []string
+	var cursor uint64
+	for len(keys) < n {
+		batch, next, err := node.Scan(ctx, cursor, pattern, 1000).Result()
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, batch...)
+		cursor = next
+		if cursor == 0 {
+			break
+		}
+		keys = slices.Compact(slices.Sorted(slices.Values(keys))) // SCAN may repeat keys
+	}
+	keys = slices.Compact(slices.Sorted(slices.Values(keys)))
+	if len(keys) > n {
+		keys = keys[:n]
+	}
+	return keys, nil
 }
