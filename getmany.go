@@ -127,6 +127,10 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 			perKey() // corrupt: Get counts and replaces it
 			continue
 		}
+		if l.refreshDue(&e, now) {
+			l.refresh(ctx, k, l.Key(k), e.SoftExpiry) // as Get does
+		}
+		l.sampleHit(k, l.Key(k))
 		l.count(EventHit)
 		res.out[k] = v
 	}

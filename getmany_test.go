@@ -628,3 +628,26 @@ func TestGetManyBatchFilledBeforeLease(t *testing.T) {
 	require.Equal(t, [][]string{{"b"}}, bt.takeCalls(), "only the other process loaded")
 	require.EqualValues(t, 2, l.Stats().Misses)
 }
+
+// GetMany's hits are hits like Get's: one near its expiry starts an early
+// refresh, and hits are sampled for consistency.
+func TestGetManyHitsRefreshAndSample(t *testing.T) {
+	_, rdb := fakeRedis(t)
+	tb := newTable()
+	ev := &events{}
+	refreshed := ev.on(EventRefresh)
+	sampled := ev.on(EventSampled)
+	l := newLoader(t, rdb, tb, &Options{TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed,
+		SampleRate: 1, SampleDelay: time.Millisecond, Recorder: ev})
+	resSeed(t, l, "a", tb.put("a", "a1"))
+	resSeed(t, l, "b", tb.put("b", "b1"))
+	resNearExpiry(t, l, "a")
+
+	got, err := l.GetMany(context.Background(), []string{"a", "b"})
+	require.NoError(t, err)
+	require.Equal(t, "a1", got["a"].Val)
+	require.Equal(t, "b1", got["b"].Val)
+	wait(t, refreshed, "the early refresh of a")
+	wait(t, sampled, "a sampled hit")
+	require.EqualValues(t, 1, l.Stats().Refreshes, "only a is near its expiry")
+}
