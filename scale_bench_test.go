@@ -81,7 +81,11 @@ func runScale(b *testing.B, rdb *redis.Client, goroutines int, hot bool, get fun
 	if per < 1 || goroutines == 1 {
 		per = 1
 	}
+	// Start every run without the garbage of the ones before (the fills
+	// of the setup, the other implementation).
+	runtime.GC()
 	cpu0, rcpu0 := processCPU(), redisCPU(b, rdb)
+	b.ResetTimer()
 	if goroutines == 1 {
 		i := rand.IntN(scaleKeys)
 		for b.Loop() {
