@@ -118,28 +118,76 @@ type redisBudget struct{ left time.Duration }
 // ErrRedisUnavailable, without calling fn, while the breaker is open or b
 // is spent; it counts Redis failures.
 func (l *Loader[T]) redisCall(ctx context.Context, b *redisBudget, fn func(ctx context.Context) error) error {
+	return l.call(ctx, b, l.breaker, fn)
+}
+
+// redisCallPastBreaker is redisCall without the breaker: fn is called
+// whatever its state, and its outcome is not reported to it. It is for
+// Close's last try at the queued invalidations, which must not be skipped
+// because the breaker has not yet noticed that Redis is back.
+func (l *Loader[T]) redisCallPastBreaker(ctx context.Context, b *redisBudget, fn func(ctx context.Context) error) error {
+	return l.call(ctx, b, nil, fn)
+}
+
+func (l *Loader[T]) call(ctx context.Context, b *redisBudget, br *gobreaker.CircuitBreaker[struct{}], fn func(ctx context.Context) error) error {
 	left := b.left
 	if left <= 0 {
 		return ErrRedisUnavailable
 	}
 	start := time.Now()
 	var err error
-	if l.breaker == nil {
+	if br == nil {
 		err = l.countRedisErr(callWithTimeout(ctx, left, fn))
 	} else {
-		_, err = l.breaker.Execute(func() (struct{}, error) {
+		_, err = br.Execute(func() (struct{}, error) {
 			return struct{}{}, callWithTimeout(ctx, left, fn)
 		})
 		l.flushBreakerChanges()
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 			l.count(EventRedisSkipped)
-			err = ErrRedisUnavailable
-		} else {
-			err = l.countRedisErr(err)
+			b.left -= time.Since(start)
+			return ErrRedisUnavailable
 		}
+		err = l.countRedisErr(err)
 	}
 	b.left -= time.Since(start)
+	switch {
+	case err == nil:
+		// Redis answers: queued invalidations need not wait out their
+		// backoff.
+		if l.pending.n.Load() > 0 {
+			l.nudgeRetrier()
+		}
+	case !answered(err) && !callerLeft(err):
+		l.reloadTopology(ctx)
+	}
 	return err
+}
+
+const (
+	// topologyReloadEvery rate-limits the slot map reloads that failed
+	// calls on a Redis Cluster client ask for, per Loader.
+	topologyReloadEvery = 250 * time.Millisecond
+)
+
+// reloadTopology asks a Redis Cluster client to reload its slot map, at
+// most once per topologyReloadEvery. A master that crashed sends no MOVED,
+// so without this go-redis would go on calling its dead address for the
+// failed-over slots until its ClusterStateReloadInterval (60s by default)
+// runs out. The reload is lazy (go-redis runs it on a goroutine of its own,
+// one at a time, asking each known node in turn for CLUSTER SLOTS), so it
+// costs the caller nothing; until the replica is promoted it finds the old
+// map, and the next failure asks again.
+func (l *Loader[T]) reloadTopology(ctx context.Context) {
+	if l.reloadState == nil {
+		return
+	}
+	now := int64(l.elapsed())
+	last := l.lastReload.Load()
+	if now-last < int64(topologyReloadEvery) || !l.lastReload.CompareAndSwap(last, now) {
+		return
+	}
+	l.reloadState(context.WithoutCancel(ctx))
 }
 
 func callWithTimeout(ctx context.Context, d time.Duration, fn func(ctx context.Context) error) error {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
@@ -48,8 +49,25 @@ type Loader[T any] struct {
 	samplesInFlight atomic.Int64
 	readBypass      atomic.Bool
 	pending         pendingSet    // invalidations WriteThrough could not apply
-	wake            chan struct{} // wakes retryLoop: a key was queued, or the breaker changed state
-	bg              background
+	wake            chan struct{} // wakes retryLoop: a key was queued, the breaker changed state, or Redis answered
+	// retrying is set while retryLoop applies the queue, and lastRetry is
+	// when it last finished (elapsed): see nudgeRetrier.
+	retrying  atomic.Bool
+	lastRetry atomic.Int64
+	// retryWait bounds retryLoop's backoff: retryBackoff and
+	// retryMaxBackoff, but in tests.
+	retryWait struct{ first, max time.Duration }
+	bg        background
+
+	// reloadState reloads the slot map of a Redis Cluster client (nil for
+	// other clients); lastReload is when it was last called (elapsed). See
+	// reloadTopology.
+	reloadState func(ctx context.Context)
+	lastReload  atomic.Int64
+	// elapsed is monotonic time since New, for rate limits. Tests replace
+	// it (and reloadState, retryWait) before the Loader is first used:
+	// retryLoop reads them only once woken.
+	elapsed func() time.Duration
 }
 
 // New returns a Loader for the rows that load reads. name identifies the
@@ -84,6 +102,14 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 		wake:   make(chan struct{}, 1),
 	}
 	l.breaker = newBreaker(name, &l.s, &l.breakerChanges)
+	born := time.Now()
+	l.elapsed = func() time.Duration { return time.Since(born) }
+	l.lastReload.Store(-int64(topologyReloadEvery))
+	l.lastRetry.Store(-int64(retryBackoff))
+	l.retryWait.first, l.retryWait.max = retryBackoff, retryMaxBackoff
+	if c, ok := rdb.(interface{ ReloadState(context.Context) }); ok { // *redis.ClusterClient
+		l.reloadState = c.ReloadState
+	}
 	l.reads.seed = maphash.MakeSeed()
 	l.bg.init()
 	l.bg.Go(l.retryLoop)
@@ -218,8 +244,9 @@ func checkClient(rdb redis.UniversalClient) error {
 }
 
 // Close stops the Loader's background work and waits for it: loads whose
-// callers have left, and queued invalidations (given one last try). Methods
-// called after Close return ErrClosed.
+// callers have left, and queued invalidations (given one last try, bounded
+// by RedisTimeout, even while the circuit breaker is open). Methods called
+// after Close return ErrClosed.
 func (l *Loader[T]) Close() error {
 	l.bg.close(l.wakeups.close)
 	return nil

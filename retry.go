@@ -13,7 +13,8 @@ const (
 	// retryQueueSize bounds the invalidations waiting for Redis.
 	retryQueueSize = 4096
 	// Queued invalidations are retried with backoff from retryBackoff up
-	// to retryMaxBackoff, and at once when the circuit breaker closes.
+	// to retryMaxBackoff, and sooner when the circuit breaker closes or
+	// another Redis call succeeds (see nudgeRetrier).
 	retryBackoff    = 50 * time.Millisecond
 	retryMaxBackoff = 5 * time.Second
 )
@@ -56,6 +57,26 @@ func (p *pendingSet) add(key string) bool {
 	return true
 }
 
+// snapshotOf returns those of keys that are queued, with their enqueue
+// sequence numbers, or nil.
+func (p *pendingSet) snapshotOf(keys []string) map[string]uint64 {
+	if p.n.Load() == 0 {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var snap map[string]uint64
+	for _, k := range keys {
+		if seq, ok := p.keys[k]; ok {
+			if snap == nil {
+				snap = make(map[string]uint64)
+			}
+			snap[k] = seq
+		}
+	}
+	return snap
+}
+
 // snapshot returns the queued keys with their enqueue sequence numbers.
 func (p *pendingSet) snapshot() map[string]uint64 {
 	p.mu.Lock()
@@ -94,20 +115,40 @@ func (l *Loader[T]) wakeRetrier() {
 	}
 }
 
+// nudgeRetrier wakes retryLoop after a Redis call succeeded while
+// invalidations are queued: Redis may be back before the breaker (or the
+// backoff) says so, and other processes read the stale entries until the
+// queue lands. It does so no sooner than retryBackoff after the last try
+// ended, and not during one: with Redis partly down (a Cluster master
+// lost, its keys the ones queued) other calls keep succeeding, and each
+// Loader then retries its queue at most every retryBackoff, one pipeline
+// of the keys still queued, each bounded by RedisTimeout.
+func (l *Loader[T]) nudgeRetrier() {
+	if l.retrying.Load() || l.elapsed()-time.Duration(l.lastRetry.Load()) < retryBackoff {
+		return
+	}
+	l.wakeRetrier()
+}
+
 // retryLoop applies queued invalidations in batches, with exponential
-// backoff while Redis keeps failing and at once when the breaker closes,
-// until Close; then it gives them one last try.
+// backoff while Redis keeps failing and sooner when the breaker closes or
+// other calls succeed, until Close; then it gives them one last try, past
+// the breaker.
 func (l *Loader[T]) retryLoop() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	backoff := retryBackoff
+	var backoff time.Duration // the next wait after a failed try, 0 until one
 	for {
 		select {
 		case <-l.wake:
 		case <-timer.C:
 		case <-l.bg.done:
-			l.applyPending()
+			// The breaker may still be open (or about to let one probe
+			// through) although Redis is back: asking it would drop the
+			// queue without a try. One call, bounded by RedisTimeout as
+			// every try is.
+			l.applyPending(l.redisCallPastBreaker)
 			if snap := l.pending.snapshot(); len(snap) > 0 {
 				for range snap {
 					l.count(EventInvalidationDropped)
@@ -118,29 +159,46 @@ func (l *Loader[T]) retryLoop() {
 			}
 			return
 		}
-		if l.applyPending() {
-			backoff = retryBackoff
+		if l.applyPending(l.redisCall) {
+			backoff = 0
 			continue
 		}
+		backoff = min(max(2*backoff, l.retryWait.first), l.retryWait.max)
 		timer.Reset(backoff)
-		backoff = min(2*backoff, retryMaxBackoff)
 	}
 }
 
-// applyPending invalidates the queued keys and reports whether none is left.
-func (l *Loader[T]) applyPending() bool {
+// applyPending invalidates the queued keys through call and reports
+// whether none is left.
+func (l *Loader[T]) applyPending(call redisCaller) bool {
 	snap := l.pending.snapshot()
 	if len(snap) == 0 {
 		return true
 	}
+	l.retrying.Store(true)
+	defer func() {
+		l.lastRetry.Store(int64(l.elapsed()))
+		l.retrying.Store(false)
+	}()
 	keys := slices.Collect(maps.Keys(snap))
-	failed, _ := l.invalidate(context.Background(), keys)
+	failed, _ := l.invalidateWith(context.Background(), keys, call)
+	l.dequeue(snap, failed)
+	return len(failed) == 0
+}
+
+// dequeue drops from the queue the enqueues in snap, taken before an
+// invalidation of their keys was sent, that it applied (all but failed):
+// an invalidation that landed after a queued one was enqueued covers it.
+// Enqueues made since snap stay queued.
+func (l *Loader[T]) dequeue(snap map[string]uint64, failed []string) {
 	for _, k := range failed {
 		delete(snap, k)
+	}
+	if len(snap) == 0 {
+		return
 	}
 	l.pending.remove(snap)
 	for range snap {
 		l.count(EventInvalidationRetried)
 	}
-	return len(failed) == 0
 }

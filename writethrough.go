@@ -79,21 +79,42 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 // returned can store what it loaded. Call it after the database commit.
 // All keys go to Redis in one pipeline; the error names the keys that
 // could not be invalidated (while the circuit breaker is open, all of them,
-// at once: ErrRedisUnavailable).
+// at once: ErrRedisUnavailable). Invalidations of the keys that WriteThrough
+// queued are applied with it.
 func (l *Loader[T]) Invalidate(ctx context.Context, keys ...string) error {
 	for _, k := range keys {
 		if err := l.check(k); err != nil {
 			return err
 		}
 	}
-	_, err := l.invalidate(ctx, keys)
+	_, err := l.invalidateQueued(ctx, keys)
 	return err
 }
+
+// invalidateQueued is invalidate that also takes off the queue the keys'
+// queued invalidations it covers: those enqueued before it was sent, for
+// the keys it applied.
+func (l *Loader[T]) invalidateQueued(ctx context.Context, keys []string) ([]string, error) {
+	snap := l.pending.snapshotOf(keys)
+	failed, err := l.invalidate(ctx, keys)
+	if snap != nil {
+		l.dequeue(snap, failed)
+	}
+	return failed, err
+}
+
+// redisCaller is redisCall or redisCallPastBreaker.
+type redisCaller func(ctx context.Context, b *redisBudget, fn func(ctx context.Context) error) error
 
 // invalidate returns the keys it could not invalidate with the error. With
 // a previous key format configured, the keys' entries in that format are
 // invalidated too: processes still on it must not serve what changed.
 func (l *Loader[T]) invalidate(ctx context.Context, keys []string) ([]string, error) {
+	return l.invalidateWith(ctx, keys, l.redisCall)
+}
+
+// invalidateWith is invalidate with its Redis call made by call.
+func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, call redisCaller) ([]string, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
@@ -112,7 +133,7 @@ func (l *Loader[T]) invalidate(ctx context.Context, keys []string) ([]string, er
 		keep = "1"
 	}
 	var cmds []*redis.Cmd
-	err := l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
+	err := call(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
 		if len(rkeys) == 1 {
 			return script.Invalidate.Run(ctx, l.rdb, rkeys, tomb, keep).Err()
 		}
@@ -191,8 +212,14 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	}
 	rctx := context.WithoutCancel(ctx)
 	if l.pending.has(key) {
-		// An older invalidation of key is still queued: keep the order.
-		l.enqueueInvalidation(key)
+		// An older invalidation of key is still queued: keep the order,
+		// storing nothing before it lands. One invalidation sent now
+		// covers both commits, so try it rather than wait for the
+		// retrier (whose backoff may run to seconds); queue only if it
+		// fails.
+		if _, err := l.invalidateQueued(rctx, []string{key}); err != nil {
+			l.enqueueInvalidation(key)
+		}
 		return v, nil
 	}
 	if genErr != nil {
