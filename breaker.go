@@ -145,6 +145,11 @@ func (l *Loader[T]) call(ctx context.Context, b *redisBudget, br *gobreaker.Circ
 		l.flushBreakerChanges()
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 			l.count(EventRedisSkipped)
+			// The calls that opened the breaker failed; keep the slot map
+			// current meanwhile, so that the probe and the calls after it
+			// go to a promoted replica rather than fail on the dead master
+			// (tripping the breaker again) until a failure asks again.
+			l.reloadTopology(ctx)
 			b.left -= time.Since(start)
 			return ErrRedisUnavailable
 		}
@@ -171,13 +176,15 @@ const (
 )
 
 // reloadTopology asks a Redis Cluster client to reload its slot map, at
-// most once per topologyReloadEvery. A master that crashed sends no MOVED,
-// so without this go-redis would go on calling its dead address for the
-// failed-over slots until its ClusterStateReloadInterval (60s by default)
-// runs out. The reload is lazy (go-redis runs it on a goroutine of its own,
-// one at a time, asking each known node in turn for CLUSTER SLOTS), so it
-// costs the caller nothing; until the replica is promoted it finds the old
-// map, and the next failure asks again.
+// most once per topologyReloadEvery; calls that failed for want of an
+// answer (not error replies, not callers leaving) and calls skipped by the
+// open breaker ask for it. A master that crashed sends no MOVED, so without
+// this go-redis would go on calling its dead address for the failed-over
+// slots until its ClusterStateReloadInterval (60s by default) runs out. The
+// reload is lazy (go-redis runs it on a goroutine of its own, one at a
+// time, asking the known nodes in turn for CLUSTER SLOTS), so it costs the
+// caller nothing; until the replica is promoted it finds the old map, and
+// the next failure asks again.
 func (l *Loader[T]) reloadTopology(ctx context.Context) {
 	if l.reloadState == nil {
 		return

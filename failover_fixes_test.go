@@ -100,18 +100,32 @@ func TestFailoverFailedCallReloadsClusterStateRateLimited(t *testing.T) {
 	require.EqualValues(t, 4, reloads.Load())
 }
 
-func TestFailoverFailedCallsSkippedByOpenBreakerDoNotReload(t *testing.T) {
+func TestFailoverOpenBreakerKeepsReloadingClusterState(t *testing.T) {
 	_, rdb := fakeRedis(t)
-	rdb.AddHook(&resHook{before: func(string, string) error { return errResUnreachable }})
+	var calls atomic.Int64
+	rdb.AddHook(&resHook{before: func(string, string) error {
+		calls.Add(1)
+		return errResUnreachable
+	}})
 	l := newLoader(t, rdb, newTable(), &Options{BreakerFailures: 1, BreakerCooldown: time.Hour})
 	now := fakeElapsed(l)
 	var reloads atomic.Int64
 	l.reloadState = func(context.Context) { reloads.Add(1) }
-	require.Error(t, l.Invalidate(context.Background(), "a"))
+	ctx := context.Background()
+	require.Error(t, l.Invalidate(ctx, "a"))
 	require.Equal(t, BreakerOpen, l.BreakerState())
-	now.Store(int64(time.Hour))
-	require.ErrorIs(t, l.Invalidate(context.Background(), "a"), ErrRedisUnavailable)
-	require.EqualValues(t, 1, reloads.Load(), "no call was made, so nothing to learn")
+	require.EqualValues(t, 1, reloads.Load())
+	sent := calls.Load()
+
+	// Skipped calls keep the slot map current, rate-limited as failures.
+	require.ErrorIs(t, l.Invalidate(ctx, "a"), ErrRedisUnavailable)
+	require.EqualValues(t, 1, reloads.Load(), "not again within the interval")
+	now.Store(int64(topologyReloadEvery))
+	for range 3 {
+		require.ErrorIs(t, l.Invalidate(ctx, "a"), ErrRedisUnavailable)
+	}
+	require.EqualValues(t, 2, reloads.Load())
+	require.Equal(t, sent, calls.Load(), "Redis was not called")
 }
 
 // retrierFixture is a Loader whose retrier's backoff never runs out in a
