@@ -27,6 +27,19 @@ const (
 // get is the read path: one HMGET, then on a miss one shared flight. hit
 // reports an answer from Redis (a value or a negative entry).
 func (l *Loader[T]) get(ctx context.Context, key string) (_ T, hit bool, _ error) {
+	return l.getFrom(ctx, key, nil)
+}
+
+// preRead is key's entry as read for a Get before the Get was called (by
+// GetMany's pipeline), by a read sent after seq was taken.
+type preRead struct {
+	seq uint64
+	e   entry.Entry
+}
+
+// getFrom is get, starting from pre instead of a read of its own when pre
+// is not nil: the Get is then as old as pre's seq.
+func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T, hit bool, _ error) {
 	var zero T
 	rkey := l.Key(key)
 	// The Redis budget of this Get: its read, its flight's lease request
@@ -35,6 +48,9 @@ func (l *Loader[T]) get(ctx context.Context, key string) (_ T, hit bool, _ error
 	// Taken before the read is sent: whatever this process issues later
 	// reflects every invalidation completed before this Get began.
 	c := caller{seq: l.seq.Add(1)}
+	if pre != nil {
+		c.seq = pre.seq
+	}
 
 	if l.bypassing(key) {
 		l.count(EventBypass)
@@ -49,7 +65,16 @@ func (l *Loader[T]) get(ctx context.Context, key string) (_ T, hit bool, _ error
 
 	mode := modeMiss
 	var stale *T // a value this Get may answer with if the load fails
-	e, batch, err := l.read(ctx, &budget, rkey)
+	var (
+		e     entry.Entry
+		batch *readBatch
+		err   error
+	)
+	if pre != nil {
+		e = pre.e
+	} else {
+		e, batch, err = l.read(ctx, &budget, rkey)
+	}
 	switch {
 	case err == nil && (e.Usable() || e.Invalidated() && e.HasPayload):
 		if e.Negative() {

@@ -73,19 +73,28 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 
 	batching := l.batch != nil && !l.readBypass.Load() && l.s.prevPrefix == ""
 	var (
-		misses []string   // through Get's path
+		misses []manyMiss // through Get's path
 		batch  []batchKey // through the batch load
 	)
 	now := l.clock.serverNow()
 	for i, k := range uniq {
 		// perKey sends k through Get's path, which knows what to do with
 		// bypassed keys, corrupt entries and values kept for stale serving.
-		perKey := func() { misses = append(misses, k) }
+		perKey := func() { misses = append(misses, manyMiss{key: k}) }
 		miss := func(gen int64) {
 			if batching {
 				batch = append(batch, batchKey{key: k, c: caller{seq: seq, gen: gen}})
 			} else {
 				perKey()
+			}
+		}
+		// missRead is a miss whose entry was read: Get's path starts from
+		// it instead of reading it again.
+		missRead := func(e entry.Entry) {
+			if batching {
+				miss(e.Generation)
+			} else {
+				misses = append(misses, manyMiss{key: k, pre: &preRead{seq: seq, e: e}})
 			}
 		}
 		if l.pending.has(k) || l.readBypass.Load() {
@@ -115,7 +124,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 			perKey() // Get decides whether to serve it stale
 			continue
 		default:
-			miss(e.Generation) // 0 when the key is absent: unknown
+			missRead(e)
 			continue
 		}
 		if e.Negative() {
@@ -145,7 +154,11 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 	}
 	// Keys whose in-process flight turned out older than what this
 	// GetMany observed: read and load them again, like Get.
-	l.getEach(ctx, rejected, res)
+	again := make([]manyMiss, len(rejected))
+	for i, k := range rejected {
+		again[i] = manyMiss{key: k}
+	}
+	l.getEach(ctx, again, res)
 	return res.out, errors.Join(res.errs...)
 }
 
@@ -169,9 +182,16 @@ func (r *manyResult[T]) add(key string, v T, err error) {
 	}
 }
 
+// manyMiss is a key of a GetMany for Get's path, with its entry when
+// GetMany's read of it can stand for Get's.
+type manyMiss struct {
+	key string
+	pre *preRead // nil: Get reads the entry itself
+}
+
 // getEach answers keys each through Get's path, getManyConcurrency at a
 // time.
-func (l *Loader[T]) getEach(ctx context.Context, keys []string, res *manyResult[T]) {
+func (l *Loader[T]) getEach(ctx context.Context, keys []manyMiss, res *manyResult[T]) {
 	var (
 		wg  sync.WaitGroup
 		sem = make(chan struct{}, getManyConcurrency)
@@ -180,8 +200,8 @@ func (l *Loader[T]) getEach(ctx context.Context, keys []string, res *manyResult[
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			v, _, err := l.get(ctx, k)
-			res.add(k, v, err)
+			v, _, err := l.getFrom(ctx, k.key, k.pre)
+			res.add(k.key, v, err)
 		})
 	}
 	wg.Wait()

@@ -651,3 +651,33 @@ func TestGetManyHitsRefreshAndSample(t *testing.T) {
 	wait(t, sampled, "a sampled hit")
 	require.EqualValues(t, 1, l.Stats().Refreshes, "only a is near its expiry")
 }
+
+// Without a batch load, GetMany's misses go through Get's path starting
+// from GetMany's own read: each key is read once.
+func TestGetManyMissesReadOnce(t *testing.T) {
+	_, rdb := fakeRedis(t)
+	tb := newTable()
+	for i := range 5 {
+		tb.put(fmt.Sprint("k", i), fmt.Sprint("v", i))
+	}
+	l := newLoader(t, rdb, tb, &Options{RedisTimeout: resRelaxed})
+	hook := &pipeHook{}
+	rdb.AddHook(hook)
+
+	keys := []string{"k0", "k1", "k2", "k3", "k4"}
+	got, err := l.GetMany(context.Background(), keys)
+	require.NoError(t, err)
+	require.Len(t, got, 5)
+	for i, k := range keys {
+		require.Equal(t, fmt.Sprint("v", i), got[k].Val)
+	}
+	require.Zero(t, hook.singles.Load(), "no key read again on its own")
+	require.Equal(t, [][]string{{l.Key("k0"), l.Key("k1"), l.Key("k2"), l.Key("k3"), l.Key("k4")}}, hook.taken())
+	require.EqualValues(t, 5, tb.loads.Load())
+	require.EqualValues(t, 5, l.Stats().Misses)
+
+	// And they were filled: the next GetMany is all hits.
+	_, err = l.GetMany(context.Background(), keys)
+	require.NoError(t, err)
+	require.EqualValues(t, 5, l.Stats().Hits)
+}
