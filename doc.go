@@ -60,9 +60,20 @@
 // Options.StaleIfError serves them when the load fails.
 // [Loader.SetReadBypass] turns Redis reads off at run time.
 //
+// # Under load
+//
+// Concurrent Gets of one key share Redis reads — a Get only shares a read
+// sent after it arrived, so the no-stale-read promise holds — and the
+// decoding of the reply; concurrent Gets of different keys are written to
+// Redis as pipelines while earlier reads are in flight (a lone Get sends
+// its own HMGET at once). Concurrent Gets of a key may therefore return the
+// same value: treat what it references as read-only.
+// [Loader.GetMany] reads many keys in one pipelined round trip; with
+// [NewBatch] its misses are loaded by one call (e.g. WHERE id IN (…)),
+// their leases and fills pipelined. A *redis.ClusterClient works as is.
+//
 // # Operating it
 //
-// [Loader.GetMany] reads many keys in one pipelined round trip.
 // [Loader.Reconcile] finds and evicts entries that differ from the database
 // (what invalidations missed); Options.SampleRate measures that disagreement
 // on live traffic. Options.PreviousKeyPrefix keeps the hit rate through a
