@@ -137,6 +137,7 @@ func ExampleNewPrometheus() {
 	// Output:
 	// cache_breaker_state
 	// cache_events_total
+	// cache_invalidations_pending
 	// cache_load_duration_seconds
 	// cache_loads_total
 	// cache_read_bypass

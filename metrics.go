@@ -77,6 +77,14 @@ type Recorder interface {
 	ObserveLoad(loader string, d time.Duration, err error)
 }
 
+// PendingRecorder is implemented by Recorders that also track how many
+// invalidations a Loader has queued for retry (see WriteThrough): the
+// Loader calls InvalidationsPending with the number queued whenever it
+// changes. Prometheus implements it as cache_invalidations_pending.
+type PendingRecorder interface {
+	InvalidationsPending(loader string, n int)
+}
+
 type nopRecorder struct{}
 
 func (nopRecorder) Count(string, Event)                      {}
@@ -161,6 +169,7 @@ func (c *counters) snapshot() Stats {
 //	cache_load_duration_seconds{loader}     LoadFunc latency
 //	cache_breaker_state{loader}             0 closed, 1 half-open, 2 open
 //	cache_read_bypass{loader}               1 while SetReadBypass(true)
+//	cache_invalidations_pending{loader}     invalidations queued for retry
 //
 // Several Loaders may share one Prometheus, and NewPrometheus may be called
 // more than once on the same registry: the metrics are registered once and
@@ -172,6 +181,7 @@ type Prometheus struct {
 	duration *prometheus.HistogramVec
 	breaker  *prometheus.GaugeVec
 	bypass   *prometheus.GaugeVec
+	pending  *prometheus.GaugeVec
 	// loaders holds the names seen: each loader's series are created at 0
 	// when it first reports, so that rate() and increase() see its first
 	// event and the gauges read 0 rather than nothing.
@@ -210,6 +220,10 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 			Name: "cache_read_bypass",
 			Help: "1 while Redis reads are bypassed (incident mode).",
 		}, []string{"loader"}),
+		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cache_invalidations_pending",
+			Help: "Invalidations queued for retry because Redis could not be reached; other processes may serve those keys stale until they land.",
+		}, []string{"loader"}),
 	}
 	var err error
 	if p.requests, err = promreg.Register(reg, p.requests); err != nil {
@@ -228,6 +242,9 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 		return nil, err
 	}
 	if p.bypass, err = promreg.Register(reg, p.bypass); err != nil {
+		return nil, err
+	}
+	if p.pending, err = promreg.Register(reg, p.pending); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -254,6 +271,7 @@ func (p *Prometheus) seen(loader string) {
 	p.duration.WithLabelValues(loader)
 	p.breaker.WithLabelValues(loader)
 	p.bypass.WithLabelValues(loader)
+	p.pending.WithLabelValues(loader)
 }
 
 // Count implements Recorder.
@@ -276,6 +294,12 @@ func (p *Prometheus) Count(loader string, e Event) {
 	case EventReadBypassOff:
 		p.bypass.WithLabelValues(loader).Set(0)
 	}
+}
+
+// InvalidationsPending implements PendingRecorder.
+func (p *Prometheus) InvalidationsPending(loader string, n int) {
+	p.seen(loader)
+	p.pending.WithLabelValues(loader).Set(float64(n))
 }
 
 // ObserveLoad implements Recorder.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -112,4 +113,43 @@ func TestEventNames(t *testing.T) {
 		seen[name] = true
 	}
 	require.Equal(t, "unknown", Event(-1).String())
+}
+
+// pendingRec is a Recorder that also records every InvalidationsPending
+// report.
+type pendingRec struct {
+	events
+	reports chan int
+}
+
+func (p *pendingRec) InvalidationsPending(_ string, n int) { p.reports <- n }
+
+// A PendingRecorder is told the number of queued invalidations when an
+// invalidation is queued and when the queue lands; Prometheus exports it as
+// cache_invalidations_pending.
+func TestInvalidationsPendingReported(t *testing.T) {
+	rec := &pendingRec{reports: make(chan int, 16)}
+	f := newRetrierFixture(t, &Options{DisableBreaker: true, RedisTimeout: resRelaxed, Recorder: rec})
+	f.tb.put("a", "a1")
+	require.Equal(t, "a1", resGetRow(t, f.l, "a").Val)
+
+	f.queueA(t, "a2")
+	require.Equal(t, 1, <-rec.reports)
+	f.mode.Store(rfPass)
+	f.l.wakeRetrier()
+	select {
+	case n := <-rec.reports:
+		require.Equal(t, 0, n)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the queue landing was not reported")
+	}
+
+	reg := prometheus.NewPedanticRegistry()
+	p, err := NewPrometheus(reg)
+	require.NoError(t, err)
+	p.InvalidationsPending("users", 3)
+	require.Equal(t, 3.0, testutil.ToFloat64(p.pending.WithLabelValues("users")))
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	require.Empty(t, problems)
 }

@@ -105,7 +105,21 @@ func (l *Loader[T]) enqueueInvalidation(key string) {
 		return
 	}
 	l.count(EventInvalidationQueued)
+	l.reportPending()
 	l.wakeRetrier()
+}
+
+// reportPending tells a PendingRecorder how many invalidations are queued
+// now. Reports are serialised and each reads the number under that lock,
+// so the last report reflects the last change.
+func (l *Loader[T]) reportPending() {
+	pr, ok := l.s.recorder.(PendingRecorder)
+	if !ok {
+		return
+	}
+	l.pendingReport.Lock()
+	defer l.pendingReport.Unlock()
+	pr.InvalidationsPending(l.name, int(l.pending.n.Load()))
 }
 
 func (l *Loader[T]) wakeRetrier() {
@@ -156,6 +170,7 @@ func (l *Loader[T]) retryLoop() {
 				l.s.logger.Error("cache: invalidations dropped on Close; entries may stay stale until their TTL",
 					"loader", l.name, "keys", len(snap))
 				l.pending.remove(snap)
+				l.reportPending()
 			}
 			return
 		}
@@ -198,6 +213,7 @@ func (l *Loader[T]) dequeue(snap map[string]uint64, failed []string) {
 		return
 	}
 	l.pending.remove(snap)
+	l.reportPending()
 	for range snap {
 		l.count(EventInvalidationRetried)
 	}

@@ -142,7 +142,7 @@ func gatherExported(t *testing.T) exported {
 	// The drive above must have made every family the adapter documents,
 	// and what was gathered must agree with the defined values.
 	want := []string{"cache_requests_total", "cache_events_total", "cache_loads_total",
-		"cache_load_duration_seconds", "cache_breaker_state", "cache_read_bypass"}
+		"cache_load_duration_seconds", "cache_breaker_state", "cache_read_bypass", "cache_invalidations_pending"}
 	for _, name := range want {
 		if _, ok := ex.families[name]; !ok {
 			t.Fatalf("family %s not gathered; got %v", name, keys(ex.families))
