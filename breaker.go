@@ -113,6 +113,57 @@ func breakerState(s gobreaker.State) BreakerState {
 // spends from it.
 type redisBudget struct{ left time.Duration }
 
+// nodeBreakers are a Loader's breakers on a Redis Cluster: one per master,
+// so that a master that fails (until its replica is promoted) trips only
+// the calls for its slots, and the others keep answering from Redis. Calls
+// that span masters (GetMany's pipelines, batches of queued invalidations)
+// go through the Loader's own breaker.
+type nodeBreakers struct {
+	cc *redis.ClusterClient
+	m  sync.Map // master address → *gobreaker.CircuitBreaker[struct{}]
+	// reported is the state last counted and logged: the most severe
+	// state among the breakers (see flushBreakerChanges).
+	reported atomic.Int32
+}
+
+// breakerFor returns the breaker of calls about rkey: on a Redis Cluster
+// the breaker of rkey's master, else (or when rkey is "", or its master is
+// not known) the Loader's.
+func (l *Loader[T]) breakerFor(ctx context.Context, rkey string) *gobreaker.CircuitBreaker[struct{}] {
+	if l.nodes == nil || rkey == "" {
+		return l.breaker
+	}
+	node, err := l.nodes.cc.MasterForKey(ctx, rkey)
+	if err != nil {
+		return l.breaker
+	}
+	addr := node.Options().Addr
+	if br, ok := l.nodes.m.Load(addr); ok {
+		return br.(*gobreaker.CircuitBreaker[struct{}])
+	}
+	br, _ := l.nodes.m.LoadOrStore(addr, newBreaker(l.name+"@"+addr, &l.s, &l.breakerChanges))
+	return br.(*gobreaker.CircuitBreaker[struct{}])
+}
+
+// masterOf returns the address of rkey's master on a Redis Cluster, ""
+// for other clients or when it is not known.
+func (l *Loader[T]) masterOf(ctx context.Context, rkey string) string {
+	if l.nodes == nil {
+		return ""
+	}
+	node, err := l.nodes.cc.MasterForKey(ctx, rkey)
+	if err != nil {
+		return ""
+	}
+	return node.Options().Addr
+}
+
+// redisCallKey is redisCall for a call about rkey alone: on a Redis
+// Cluster it goes through the breaker of rkey's master.
+func (l *Loader[T]) redisCallKey(ctx context.Context, b *redisBudget, rkey string, fn func(ctx context.Context) error) error {
+	return l.call(ctx, b, l.breakerFor(ctx, rkey), fn)
+}
+
 // redisCall runs fn, one Redis call, through the breaker, bounded by what
 // is left of b, and spends the time it took from b. It returns
 // ErrRedisUnavailable, without calling fn, while the breaker is open or b
@@ -125,7 +176,7 @@ func (l *Loader[T]) redisCall(ctx context.Context, b *redisBudget, fn func(ctx c
 // whatever its state, and its outcome is not reported to it. It is for
 // Close's last try at the queued invalidations, which must not be skipped
 // because the breaker has not yet noticed that Redis is back.
-func (l *Loader[T]) redisCallPastBreaker(ctx context.Context, b *redisBudget, fn func(ctx context.Context) error) error {
+func (l *Loader[T]) redisCallPastBreaker(ctx context.Context, b *redisBudget, _ string, fn func(ctx context.Context) error) error {
 	return l.call(ctx, b, nil, fn)
 }
 
@@ -235,20 +286,46 @@ func callerLeft(err error) bool {
 }
 
 // BreakerState returns the current state of the circuit breaker
-// (BreakerClosed when it is disabled).
+// (BreakerClosed when it is disabled). On a Redis Cluster, where each
+// master has a breaker of its own, it is the most severe of their states:
+// open while any master's breaker is open.
 func (l *Loader[T]) BreakerState() BreakerState {
-	if l.breaker == nil {
-		return BreakerClosed
-	}
-	s := breakerState(l.breaker.State())
+	s := l.worstBreakerState()
 	l.flushBreakerChanges()
 	return s
 }
 
+func (l *Loader[T]) worstBreakerState() BreakerState {
+	if l.breaker == nil {
+		return BreakerClosed
+	}
+	worst := breakerState(l.breaker.State())
+	if l.nodes != nil {
+		l.nodes.m.Range(func(_, br any) bool {
+			worst = max(worst, breakerState(br.(*gobreaker.CircuitBreaker[struct{}]).State()))
+			return true
+		})
+	}
+	return worst
+}
+
 // flushBreakerChanges reports queued state changes: counts them, logs them
 // and wakes the invalidation retrier when Redis may be back.
+//
+// On a Redis Cluster the events and logs follow the most severe state of
+// the masters' breakers (so cache_breaker_state reads "open" while any is):
+// a change of one breaker is reported only when it changes that.
 func (l *Loader[T]) flushBreakerChanges() {
-	for _, to := range l.breakerChanges.take() {
+	changes := l.breakerChanges.take()
+	if len(changes) > 0 && l.nodes != nil {
+		worst := l.worstBreakerState()
+		if BreakerState(l.nodes.reported.Swap(int32(worst))) == worst {
+			l.wakeRetrier() // one master's breaker moved: the queue may land
+			return
+		}
+		changes = []BreakerState{worst}
+	}
+	for _, to := range changes {
 		switch to {
 		case BreakerOpen:
 			l.count(EventBreakerOpen)

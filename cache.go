@@ -40,6 +40,7 @@ type Loader[T any] struct {
 	seq     atomic.Uint64
 	clock   clock
 	breaker *gobreaker.CircuitBreaker[struct{}] // nil when disabled
+	nodes   *nodeBreakers                       // per master on a Redis Cluster; nil otherwise
 	// breakerChanges are the breaker's state changes not yet reported.
 	breakerChanges breakerChanges
 
@@ -103,6 +104,9 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 		wake:   make(chan struct{}, 1),
 	}
 	l.breaker = newBreaker(name, &l.s, &l.breakerChanges)
+	if cc, ok := rdb.(*redis.ClusterClient); ok && l.breaker != nil {
+		l.nodes = &nodeBreakers{cc: cc}
+	}
 	born := time.Now()
 	l.elapsed = func() time.Duration { return time.Since(born) }
 	l.lastReload.Store(-int64(topologyReloadEvery))

@@ -25,7 +25,7 @@ func (l *Loader[T]) migrateFrom(ctx context.Context, key, rkey, token string, se
 		vals []any
 		pttl time.Duration
 	)
-	err := l.redisCall(ctx, b, func(ctx context.Context) error {
+	err := l.redisCallKey(ctx, b, prev, func(ctx context.Context) error {
 		pipe := l.rdb.Pipeline()
 		hm := pipe.HMGet(ctx, prev, entry.Fields...)
 		pt := pipe.PTTL(ctx, prev)

@@ -112,6 +112,37 @@ func (l *Loader[T]) sendReads(batch []*pipedRead) {
 		}
 	}
 	b := redisBudget{left: time.Until(deadline)}
+	if l.nodes == nil {
+		l.sendPipeline(b, batch)
+		return
+	}
+	// On a Redis Cluster, one pipeline per master, each through its
+	// master's breaker, sent at once (as go-redis would split it anyway).
+	var (
+		masters []string
+		byNode  = make(map[string][]*pipedRead)
+	)
+	for _, r := range batch {
+		m := l.masterOf(context.Background(), r.rkey)
+		if _, ok := byNode[m]; !ok {
+			masters = append(masters, m)
+		}
+		byNode[m] = append(byNode[m], r)
+	}
+	if len(masters) == 1 {
+		l.sendPipeline(b, batch)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, m := range masters {
+		wg.Go(func() { l.sendPipeline(b, byNode[m]) })
+	}
+	wg.Wait()
+}
+
+// sendPipeline sends reads (of one Redis Cluster master's keys, on a
+// Cluster) as one pipeline within b, and answers each.
+func (l *Loader[T]) sendPipeline(b redisBudget, batch []*pipedRead) {
 	if len(batch) == 1 {
 		r := batch[0]
 		r.e, r.err = l.readDirect(context.Background(), &b, r.rkey)
@@ -119,7 +150,7 @@ func (l *Loader[T]) sendReads(batch []*pipedRead) {
 		return
 	}
 	cmds := make([]*redis.SliceCmd, len(batch))
-	err := l.redisCall(context.Background(), &b, func(ctx context.Context) error {
+	err := l.redisCallKey(context.Background(), &b, batch[0].rkey, func(ctx context.Context) error {
 		pipe := l.rdb.Pipeline()
 		for i, r := range batch {
 			cmds[i] = pipe.HMGet(ctx, r.rkey, entry.Fields...)
@@ -141,7 +172,7 @@ func (l *Loader[T]) sendReads(batch []*pipedRead) {
 // readDirect fetches and decodes key's entry in one round trip of its own.
 func (l *Loader[T]) readDirect(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
 	var vals []any
-	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
+	err := l.redisCallKey(ctx, b, rkey, func(ctx context.Context) (err error) {
 		vals, err = l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
 		return err
 	})

@@ -174,7 +174,7 @@ func (l *Loader[T]) retryLoop() {
 			}
 			return
 		}
-		if l.applyPending(l.redisCall) {
+		if l.applyPending(l.redisCallKey) {
 			backoff = 0
 			continue
 		}

@@ -43,7 +43,7 @@ func (l *Loader[T]) checkSample(key, rkey string) {
 	defer cancel()
 	read := func() (entry.Entry, bool) {
 		var e entry.Entry
-		err := l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
+		err := l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, rkey, func(ctx context.Context) error {
 			vals, err := l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
 			if err == nil {
 				e, err = entry.Decode(vals)

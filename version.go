@@ -54,7 +54,7 @@ type acquireReply struct {
 // read, checked in refresh mode.
 func (l *Loader[T]) acquire(ctx context.Context, b *redisBudget, rkey, token, mode string, soft int64) (acquireReply, error) {
 	var vals []any
-	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
+	err := l.redisCallKey(ctx, b, rkey, func(ctx context.Context) (err error) {
 		vals, err = script.Acquire.Run(ctx, l.rdb, []string{rkey}, token, ms(l.s.leaseTimeout), mode, soft).Slice()
 		return err
 	})
@@ -103,7 +103,7 @@ func (l *Loader[T]) fill(ctx context.Context, b *redisBudget, rkey, token string
 		neg = "1"
 	}
 	var n int
-	err := l.redisCall(ctx, b, func(ctx context.Context) (err error) {
+	err := l.redisCallKey(ctx, b, rkey, func(ctx context.Context) (err error) {
 		n, err = script.Fill.Run(ctx, l.rdb, []string{rkey}, token, payload,
 			strconv.FormatInt(version, 10), neg, ms(keyTTL), ms(delta), softMS(softTTL), l.wakeChannel()).Int()
 		return err
@@ -125,7 +125,7 @@ func softMS(d time.Duration) int64 {
 // release gives up the lease without filling; it reports whether Redis
 // answered.
 func (l *Loader[T]) release(ctx context.Context, b *redisBudget, rkey, token string) bool {
-	return l.redisCall(ctx, b, func(ctx context.Context) error {
+	return l.redisCallKey(ctx, b, rkey, func(ctx context.Context) error {
 		return script.Release.Run(ctx, l.rdb, []string{rkey}, token, l.wakeChannel()).Err()
 	}) == nil
 }

@@ -50,7 +50,7 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 	}
 	ttl := l.s.valueTTL()
 	var n int
-	err = l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) (err error) {
+	err = l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, l.Key(key), func(ctx context.Context) (err error) {
 		n, err = script.Set.Run(ctx, l.rdb, []string{l.Key(key)}, payload, strconv.FormatInt(version, 10),
 			ms(ttl+l.s.maxStale), ms(ttl), ms(l.s.tombstoneTTL), gen).Int()
 		return err
@@ -64,7 +64,7 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 	if l.s.prevPrefix != "" {
 		// Processes still on the previous key format must not serve the
 		// value this write replaced.
-		err = l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
+		err = l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, l.s.prevPrefix+key, func(ctx context.Context) error {
 			return script.Invalidate.Run(ctx, l.rdb, []string{l.s.prevPrefix + key}, ms(l.s.tombstoneTTL), "0").Err()
 		})
 		if err != nil {
@@ -103,14 +103,14 @@ func (l *Loader[T]) invalidateQueued(ctx context.Context, keys []string) ([]stri
 	return failed, err
 }
 
-// redisCaller is redisCall or redisCallPastBreaker.
-type redisCaller func(ctx context.Context, b *redisBudget, fn func(ctx context.Context) error) error
+// redisCaller is redisCallKey or redisCallPastBreaker.
+type redisCaller func(ctx context.Context, b *redisBudget, rkey string, fn func(ctx context.Context) error) error
 
 // invalidate returns the keys it could not invalidate with the error. With
 // a previous key format configured, the keys' entries in that format are
 // invalidated too: processes still on it must not serve what changed.
 func (l *Loader[T]) invalidate(ctx context.Context, keys []string) ([]string, error) {
-	return l.invalidateWith(ctx, keys, l.redisCall)
+	return l.invalidateWith(ctx, keys, l.redisCallKey)
 }
 
 // invalidateWith is invalidate with its Redis call made by call.
@@ -133,7 +133,11 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, call redi
 		keep = "1"
 	}
 	var cmds []*redis.Cmd
-	err := call(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
+	one := "" // the key of a call about one key: its master's breaker
+	if len(rkeys) == 1 {
+		one = rkeys[0]
+	}
+	err := call(ctx, &redisBudget{left: l.s.redisTimeout}, one, func(ctx context.Context) error {
 		if len(rkeys) == 1 {
 			return script.Invalidate.Run(ctx, l.rdb, rkeys, tomb, keep).Err()
 		}
@@ -240,7 +244,7 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 // generation returns key's entry generation as stored ("0" when absent).
 func (l *Loader[T]) generation(ctx context.Context, key string) (string, error) {
 	var g string
-	err := l.redisCall(ctx, &redisBudget{left: l.s.redisTimeout}, func(ctx context.Context) error {
+	err := l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, l.Key(key), func(ctx context.Context) error {
 		var err error
 		g, err = l.rdb.HGet(ctx, l.Key(key), entry.Generation).Result()
 		if errors.Is(err, redis.Nil) {
