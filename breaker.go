@@ -122,8 +122,10 @@ type nodeBreakers struct {
 	cc *redis.ClusterClient
 	m  sync.Map // master address → *gobreaker.CircuitBreaker[struct{}]
 	// reported is the state last counted and logged: the most severe
-	// state among the breakers (see flushBreakerChanges).
+	// state among the breakers (see flushNodeBreakerChanges), which holds
+	// flushing while it computes and reports it.
 	reported atomic.Int32
+	flushing sync.Mutex
 }
 
 // breakerFor returns the breaker of calls about rkey: on a Redis Cluster
@@ -311,31 +313,50 @@ func (l *Loader[T]) worstBreakerState() BreakerState {
 
 // flushBreakerChanges reports queued state changes: counts them, logs them
 // and wakes the invalidation retrier when Redis may be back.
-//
-// On a Redis Cluster the events and logs follow the most severe state of
-// the masters' breakers (so cache_breaker_state reads "open" while any is):
-// a change of one breaker is reported only when it changes that.
 func (l *Loader[T]) flushBreakerChanges() {
-	changes := l.breakerChanges.take()
-	if len(changes) > 0 && l.nodes != nil {
-		worst := l.worstBreakerState()
-		if BreakerState(l.nodes.reported.Swap(int32(worst))) == worst {
-			l.wakeRetrier() // one master's breaker moved: the queue may land
+	if l.nodes != nil {
+		l.flushNodeBreakerChanges()
+		return
+	}
+	for _, to := range l.breakerChanges.take() {
+		l.reportBreaker(to)
+	}
+}
+
+// flushNodeBreakerChanges is flushBreakerChanges on a Redis Cluster: the
+// events and logs follow the most severe state of the masters' breakers
+// (so cache_breaker_state reads "open" while any is), reported only when
+// it changes. One flusher at a time computes and reports, so that reports
+// keep the order of the states; a flusher that finds another at work
+// leaves its changes to it (as does a Recorder or Logger that asks for
+// the breaker's state while being told of a change).
+func (l *Loader[T]) flushNodeBreakerChanges() {
+	for l.breakerChanges.n.Load() > 0 {
+		if !l.nodes.flushing.TryLock() {
 			return
 		}
-		changes = []BreakerState{worst}
-	}
-	for _, to := range changes {
-		switch to {
-		case BreakerOpen:
-			l.count(EventBreakerOpen)
-			l.s.logger.Warn("cache: circuit breaker open: Get answers from the database", "loader", l.name)
-		case BreakerHalfOpen:
-			l.count(EventBreakerHalfOpen)
-		case BreakerClosed:
-			l.count(EventBreakerClosed)
-			l.s.logger.Info("cache: circuit breaker closed: Redis is back", "loader", l.name)
+		if len(l.breakerChanges.take()) > 0 {
+			worst := l.worstBreakerState() // may queue changes: the loop takes them
+			if BreakerState(l.nodes.reported.Swap(int32(worst))) != worst {
+				l.reportBreaker(worst)
+			}
+			l.wakeRetrier() // a master's breaker moved: the queue may land
 		}
-		l.wakeRetrier()
+		l.nodes.flushing.Unlock()
 	}
+}
+
+// reportBreaker counts and logs a change of the breaker's state to to.
+func (l *Loader[T]) reportBreaker(to BreakerState) {
+	switch to {
+	case BreakerOpen:
+		l.count(EventBreakerOpen)
+		l.s.logger.Warn("cache: circuit breaker open: Get answers from the database", "loader", l.name)
+	case BreakerHalfOpen:
+		l.count(EventBreakerHalfOpen)
+	case BreakerClosed:
+		l.count(EventBreakerClosed)
+		l.s.logger.Info("cache: circuit breaker closed: Redis is back", "loader", l.name)
+	}
+	l.wakeRetrier()
 }
