@@ -126,16 +126,39 @@ type nodeBreakers struct {
 	// flushing while it computes and reports it.
 	reported atomic.Int32
 	flushing sync.Mutex
+	// mapped is set once the client has found a key's master: it has
+	// loaded the slot map, and finding masters no longer calls Redis.
+	mapped atomic.Bool
 }
 
 // breakerFor returns the breaker of calls about rkey: on a Redis Cluster
 // the breaker of rkey's master, else (or when rkey is "", or its master is
-// not known) the Loader's.
-func (l *Loader[T]) breakerFor(ctx context.Context, rkey string) *gobreaker.CircuitBreaker[struct{}] {
+// not known) the Loader's. Until the client has loaded the cluster's slot
+// map, finding a master asks the cluster: that is bounded by, and spent
+// from, b.
+func (l *Loader[T]) breakerFor(ctx context.Context, b *redisBudget, rkey string) *gobreaker.CircuitBreaker[struct{}] {
 	if l.nodes == nil || rkey == "" {
 		return l.breaker
 	}
-	node, err := l.nodes.cc.MasterForKey(ctx, rkey)
+	var (
+		node *redis.Client
+		err  error
+	)
+	if l.nodes.mapped.Load() {
+		node, err = l.nodes.cc.MasterForKey(ctx, rkey)
+	} else {
+		if b.left <= 0 {
+			return l.breaker
+		}
+		start := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, b.left)
+		node, err = l.nodes.cc.MasterForKey(cctx, rkey)
+		cancel()
+		b.left -= time.Since(start)
+		if err == nil {
+			l.nodes.mapped.Store(true)
+		}
+	}
 	if err != nil {
 		return l.breaker
 	}
@@ -147,10 +170,10 @@ func (l *Loader[T]) breakerFor(ctx context.Context, rkey string) *gobreaker.Circ
 	return br.(*gobreaker.CircuitBreaker[struct{}])
 }
 
-// masterOf returns the address of rkey's master on a Redis Cluster, ""
-// for other clients or when it is not known.
+// masterOf returns the address of rkey's master on a Redis Cluster whose
+// slot map the client has loaded; "" otherwise.
 func (l *Loader[T]) masterOf(ctx context.Context, rkey string) string {
-	if l.nodes == nil {
+	if l.nodes == nil || !l.nodes.mapped.Load() {
 		return ""
 	}
 	node, err := l.nodes.cc.MasterForKey(ctx, rkey)
@@ -163,7 +186,7 @@ func (l *Loader[T]) masterOf(ctx context.Context, rkey string) string {
 // redisCallKey is redisCall for a call about rkey alone: on a Redis
 // Cluster it goes through the breaker of rkey's master.
 func (l *Loader[T]) redisCallKey(ctx context.Context, b *redisBudget, rkey string, fn func(ctx context.Context) error) error {
-	return l.call(ctx, b, l.breakerFor(ctx, rkey), fn)
+	return l.call(ctx, b, l.breakerFor(ctx, b, rkey), fn)
 }
 
 // redisCall runs fn, one Redis call, through the breaker, bounded by what

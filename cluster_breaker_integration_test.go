@@ -6,8 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/f4df6ac3/cache/internal/faultproxy"
 	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
@@ -89,4 +92,34 @@ func TestClusterBreakerPerMaster(t *testing.T) {
 	require.Equal(t, liveGets, liveHits, "the live masters' keys all answered from Redis")
 	require.Equal(t, BreakerOpen, l.BreakerState(), "open while any master's breaker is")
 	require.EqualValues(t, 1, l.Stats().BreakerOpened, "one event: the Loader's state went to open once")
+}
+
+// TestClusterUnreachableAtStart: a cluster client that has never reached
+// the cluster must load its slot map before it can name a key's master.
+// With the cluster unreachable (every byte held), that lookup is bounded
+// by the Get's Redis budget like every call: Get answers from the load at
+// once instead of waiting out go-redis's dial and read timeouts.
+func TestClusterUnreachableAtStart(t *testing.T) {
+	mr := miniredis.RunT(t)
+	p, err := faultproxy.Start(mr.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	require.NoError(t, p.Set(faultproxy.Blackhole, 0))
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{p.Addr()}, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { cc.Close() })
+
+	tb := newTable()
+	tb.put("a", "one")
+	const budget = 100 * time.Millisecond
+	l := newLoader(t, cc, tb, &Options{Prefix: "t:", RedisTimeout: budget})
+	for range 3 {
+		start := time.Now()
+		v, err := l.Get(context.Background(), "a")
+		took := time.Since(start)
+		require.NoError(t, err)
+		require.Equal(t, "one", v.Val)
+		// The bound is coarse: without it a Get waits go-redis's 5s dial
+		// timeout and more.
+		require.Less(t, took, budget+time.Second, "Get bounded by its Redis budget and the load")
+	}
 }
