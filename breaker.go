@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -187,6 +188,52 @@ func (l *Loader[T]) masterOf(ctx context.Context, rkey string) string {
 // Cluster it goes through the breaker of rkey's master.
 func (l *Loader[T]) redisCallKey(ctx context.Context, b *redisBudget, rkey string, fn func(ctx context.Context) error) error {
 	return l.call(ctx, b, l.breakerFor(ctx, b, rkey), fn)
+}
+
+// perMaster makes one Redis call for the keys rkeys of each Redis Cluster
+// master, the masters' calls at once, each through its master's breaker
+// and within b (all at once elsewhere, and before the slot map is known):
+// fn sends the commands of the keys at idx. It spends from b the longest
+// call and returns the first error.
+func (l *Loader[T]) perMaster(ctx context.Context, b *redisBudget, rkeys []string, fn func(ctx context.Context, idx []int) error) error {
+	var (
+		groups  [][]int
+		masters = map[string]int{} // master → index in groups
+	)
+	for i, rk := range rkeys {
+		m := l.masterOf(ctx, rk)
+		g, ok := masters[m]
+		if !ok {
+			g = len(groups)
+			masters[m] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], i)
+	}
+	if len(groups) <= 1 {
+		if len(groups) == 0 {
+			return nil
+		}
+		return l.redisCallKey(ctx, b, rkeys[0], func(ctx context.Context) error { return fn(ctx, groups[0]) })
+	}
+	errs := make([]error, len(groups))
+	left := make([]time.Duration, len(groups))
+	var wg sync.WaitGroup
+	for g, idx := range groups {
+		wg.Go(func() {
+			gb := *b
+			errs[g] = l.redisCallKey(ctx, &gb, rkeys[idx[0]], func(ctx context.Context) error { return fn(ctx, idx) })
+			left[g] = gb.left
+		})
+	}
+	wg.Wait()
+	b.left = slices.Min(left)
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // redisCall runs fn, one Redis call, through the breaker, bounded by what

@@ -91,6 +91,18 @@ func TestClusterBreakerPerMaster(t *testing.T) {
 	require.Zero(t, deadHits)
 	require.Equal(t, liveGets, liveHits, "the live masters' keys all answered from Redis")
 	require.Equal(t, BreakerOpen, l.BreakerState(), "open while any master's breaker is")
+
+	// GetMany too: one pipeline per master, each through its breaker (a
+	// pipeline over all masters, failing every time, would open a breaker
+	// of its own after a few calls).
+	all := append(append([]string(nil), deadKeys...), liveKeys...)
+	for round := range 8 {
+		hits := l.Stats().Hits
+		got, err := l.GetMany(ctx, all)
+		require.NoError(t, err)
+		require.Len(t, got, keys)
+		require.EqualValues(t, len(liveKeys), l.Stats().Hits-hits, "GetMany %d: the live masters' keys from Redis", round)
+	}
 	require.EqualValues(t, 1, l.Stats().BreakerOpened, "one event: the Loader's state went to open once")
 }
 

@@ -54,14 +54,19 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 	seq := l.seq.Add(1)
 	// One pipeline of reads, sent after GetMany began: what it returns
 	// reflects every invalidation completed before, too.
-	var cmds []*redis.SliceCmd
+	// On a Redis Cluster, one pipeline per master, each through its
+	// master's breaker. A key whose read was not sent has no command.
+	cmds := make([]*redis.SliceCmd, len(uniq))
 	budget := redisBudget{left: l.s.redisTimeout}
 	if !l.readBypass.Load() {
-		_ = l.redisCall(ctx, &budget, func(ctx context.Context) error {
+		rkeys := make([]string, len(uniq))
+		for i, k := range uniq {
+			rkeys[i] = l.Key(k)
+		}
+		_ = l.perMaster(ctx, &budget, rkeys, func(ctx context.Context, idx []int) error {
 			pipe := l.rdb.Pipeline()
-			cmds = make([]*redis.SliceCmd, len(uniq))
-			for i, k := range uniq {
-				cmds[i] = pipe.HMGet(ctx, l.Key(k), entry.Fields...)
+			for _, i := range idx {
+				cmds[i] = pipe.HMGet(ctx, rkeys[i], entry.Fields...)
 			}
 			_, err := pipe.Exec(ctx)
 			return err
@@ -101,7 +106,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 			perKey()
 			continue
 		}
-		if cmds == nil {
+		if cmds[i] == nil {
 			miss(0)
 			continue
 		}

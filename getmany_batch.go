@@ -174,7 +174,7 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 		gens  = make([]int64, len(keys))
 	)
 	for i, k := range keys {
-		if cmds == nil {
+		if cmds[i] == nil {
 			// Not sent: the breaker is open, or the budget is spent.
 			modes[i] = batchLoadOnly
 			load = append(load, i)
@@ -407,7 +407,7 @@ func (l *Loader[T]) storeMany(ctx context.Context, b *redisBudget, ops []storeOp
 	}
 	cmds, _ := l.runScripts(ctx, b, calls)
 	for i, c := range cmds {
-		if c.Err() != nil {
+		if c == nil || c.Err() != nil {
 			continue
 		}
 		answeredOK[i] = true
@@ -425,19 +425,23 @@ type scriptCall struct {
 	args   []any
 }
 
-// runScripts sends calls in one pipeline (one round trip per Redis node)
-// by script hash, then those that found their script missing on their node
-// again by source, as Script.Run does for one call and invalidate for its
-// pipeline. Only the calls refused with NOSCRIPT are sent again: the others
-// ran, and a lease request or fill must not run twice. It returns each
-// call's command, or nil when nothing was sent (breaker open, budget
-// spent), and the first error.
+// runScripts sends calls in one pipeline (one per Redis Cluster master,
+// each through its master's breaker) by script hash, then those that found
+// their script missing on their node again by source, as Script.Run does
+// for one call and invalidate for its pipeline. Only the calls refused with
+// NOSCRIPT are sent again: the others ran, and a lease request or fill must
+// not run twice. It returns each call's command (nil for a call not sent:
+// breaker open, budget spent) and the first error.
 func (l *Loader[T]) runScripts(ctx context.Context, b *redisBudget, calls []scriptCall) ([]*redis.Cmd, error) {
-	var cmds []*redis.Cmd
-	err := l.redisCall(ctx, b, func(ctx context.Context) error {
-		cmds = make([]*redis.Cmd, len(calls))
+	cmds := make([]*redis.Cmd, len(calls))
+	keys := make([]string, len(calls))
+	for i, c := range calls {
+		keys[i] = c.key
+	}
+	err := l.perMaster(ctx, b, keys, func(ctx context.Context, idx []int) error {
 		pipe := l.rdb.Pipeline()
-		for i, c := range calls {
+		for _, i := range idx {
+			c := calls[i]
 			cmds[i] = c.script.EvalSha(ctx, pipe, []string{c.key}, c.args...)
 		}
 		err := pipeExec(ctx, pipe)
@@ -445,8 +449,8 @@ func (l *Loader[T]) runScripts(ctx context.Context, b *redisBudget, calls []scri
 			return nil
 		}
 		var again []int
-		for i, c := range cmds {
-			if c.Err() != nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+		for _, i := range idx {
+			if err := cmds[i].Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 				again = append(again, i)
 			}
 		}
@@ -459,9 +463,9 @@ func (l *Loader[T]) runScripts(ctx context.Context, b *redisBudget, calls []scri
 			cmds[i] = c.script.Eval(ctx, pipe, []string{c.key}, c.args...)
 		}
 		_ = pipeExec(ctx, pipe)
-		for _, c := range cmds {
-			if c.Err() != nil {
-				return c.Err()
+		for _, i := range idx {
+			if err := cmds[i].Err(); err != nil {
+				return err
 			}
 		}
 		return nil
