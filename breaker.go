@@ -190,12 +190,12 @@ func (l *Loader[T]) redisCallKey(ctx context.Context, b *redisBudget, rkey strin
 	return l.call(ctx, b, l.breakerFor(ctx, b, rkey), fn)
 }
 
-// perMaster makes one Redis call for the keys rkeys of each Redis Cluster
-// master, the masters' calls at once, each through its master's breaker
-// and within b (all at once elsewhere, and before the slot map is known):
-// fn sends the commands of the keys at idx. It spends from b the longest
-// call and returns the first error.
-func (l *Loader[T]) perMaster(ctx context.Context, b *redisBudget, rkeys []string, fn func(ctx context.Context, idx []int) error) error {
+// perMaster makes one Redis call, through call, for the keys rkeys of
+// each Redis Cluster master, the masters' calls at once, each through its
+// master's breaker and within b (one call for all elsewhere, and before the
+// slot map is known): fn sends the commands of the keys at idx. It spends
+// from b the longest call and returns the first error.
+func (l *Loader[T]) perMaster(ctx context.Context, b *redisBudget, rkeys []string, call redisCaller, fn func(ctx context.Context, idx []int) error) error {
 	var (
 		groups  [][]int
 		masters = map[string]int{} // master → index in groups
@@ -214,7 +214,7 @@ func (l *Loader[T]) perMaster(ctx context.Context, b *redisBudget, rkeys []strin
 		if len(groups) == 0 {
 			return nil
 		}
-		return l.redisCallKey(ctx, b, rkeys[0], func(ctx context.Context) error { return fn(ctx, groups[0]) })
+		return call(ctx, b, rkeys[0], func(ctx context.Context) error { return fn(ctx, groups[0]) })
 	}
 	errs := make([]error, len(groups))
 	left := make([]time.Duration, len(groups))
@@ -222,7 +222,7 @@ func (l *Loader[T]) perMaster(ctx context.Context, b *redisBudget, rkeys []strin
 	for g, idx := range groups {
 		wg.Go(func() {
 			gb := *b
-			errs[g] = l.redisCallKey(ctx, &gb, rkeys[idx[0]], func(ctx context.Context) error { return fn(ctx, idx) })
+			errs[g] = call(ctx, &gb, rkeys[idx[0]], func(ctx context.Context) error { return fn(ctx, idx) })
 			left[g] = gb.left
 		})
 	}

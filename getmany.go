@@ -63,7 +63,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 		for i, k := range uniq {
 			rkeys[i] = l.Key(k)
 		}
-		_ = l.perMaster(ctx, &budget, rkeys, func(ctx context.Context, idx []int) error {
+		_ = l.perMaster(ctx, &budget, rkeys, l.redisCallKey, func(ctx context.Context, idx []int) error {
 			pipe := l.rdb.Pipeline()
 			for _, i := range idx {
 				cmds[i] = pipe.HMGet(ctx, rkeys[i], entry.Fields...)

@@ -438,7 +438,7 @@ func (l *Loader[T]) runScripts(ctx context.Context, b *redisBudget, calls []scri
 	for i, c := range calls {
 		keys[i] = c.key
 	}
-	err := l.perMaster(ctx, b, keys, func(ctx context.Context, idx []int) error {
+	err := l.perMaster(ctx, b, keys, l.redisCallKey, func(ctx context.Context, idx []int) error {
 		pipe := l.rdb.Pipeline()
 		for _, i := range idx {
 			c := calls[i]

@@ -132,34 +132,41 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, call redi
 	if l.s.maxStale > 0 {
 		keep = "1"
 	}
-	var cmds []*redis.Cmd
-	one := "" // the key of a call about one key: its master's breaker
 	if len(rkeys) == 1 {
-		one = rkeys[0]
-	}
-	err := call(ctx, &redisBudget{left: l.s.redisTimeout}, one, func(ctx context.Context) error {
-		if len(rkeys) == 1 {
+		err := call(ctx, &redisBudget{left: l.s.redisTimeout}, rkeys[0], func(ctx context.Context) error {
 			return script.Invalidate.Run(ctx, l.rdb, rkeys, tomb, keep).Err()
+		})
+		if err != nil {
+			return keys, fmt.Errorf("cache: invalidate %q: %w", keys, err)
 		}
-		var err error
-		cmds, err = l.invalidatePipeline(ctx, rkeys, tomb, keep, false)
+		return nil, nil
+	}
+	// One pipeline per Redis Cluster master, each through its breaker. A
+	// key whose invalidation was not sent has no command.
+	cmds := make([]*redis.Cmd, len(rkeys))
+	err := l.perMaster(ctx, &redisBudget{left: l.s.redisTimeout}, rkeys, call, func(ctx context.Context, idx []int) error {
+		sub := make([]string, len(idx))
+		for j, i := range idx {
+			sub[j] = rkeys[i]
+		}
+		sent, err := l.invalidatePipeline(ctx, sub, tomb, keep, false)
 		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			cmds, err = l.invalidatePipeline(ctx, rkeys, tomb, keep, true)
+			sent, err = l.invalidatePipeline(ctx, sub, tomb, keep, true)
+		}
+		for j, i := range idx {
+			cmds[i] = sent[j]
 		}
 		return err
 	})
 	if err == nil {
 		return nil, nil
 	}
-	failed := keys
-	if cmds != nil {
-		failed = nil
-		seen := make(map[string]bool)
-		for i, c := range cmds {
-			if k := keys[i%len(keys)]; c.Err() != nil && !seen[k] {
-				seen[k] = true
-				failed = append(failed, k)
-			}
+	var failed []string
+	seen := make(map[string]bool)
+	for i, c := range cmds {
+		if k := keys[i%len(keys)]; (c == nil || c.Err() != nil) && !seen[k] {
+			seen[k] = true
+			failed = append(failed, k)
 		}
 	}
 	return failed, fmt.Errorf("cache: invalidate %q: %w", failed, err)
