@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -112,48 +113,23 @@ func (l *Loader[T]) sendReads(batch []*pipedRead) {
 		}
 	}
 	b := redisBudget{left: time.Until(deadline)}
-	if l.nodes == nil {
-		l.sendPipeline(b, batch)
-		return
-	}
-	// On a Redis Cluster, one pipeline per master, each through its
-	// master's breaker, sent at once (as go-redis would split it anyway).
-	var (
-		masters []string
-		byNode  = make(map[string][]*pipedRead)
-	)
-	for _, r := range batch {
-		m := l.masterOf(context.Background(), r.rkey)
-		if _, ok := byNode[m]; !ok {
-			masters = append(masters, m)
-		}
-		byNode[m] = append(byNode[m], r)
-	}
-	if len(masters) == 1 {
-		l.sendPipeline(b, batch)
-		return
-	}
-	var wg sync.WaitGroup
-	for _, m := range masters {
-		wg.Go(func() { l.sendPipeline(b, byNode[m]) })
-	}
-	wg.Wait()
-}
-
-// sendPipeline sends reads (of one Redis Cluster master's keys, on a
-// Cluster) as one pipeline within b, and answers each.
-func (l *Loader[T]) sendPipeline(b redisBudget, batch []*pipedRead) {
 	if len(batch) == 1 {
 		r := batch[0]
 		r.e, r.err = l.readDirect(context.Background(), &b, r.rkey)
 		close(r.done)
 		return
 	}
+	rkeys := make([]string, len(batch))
+	for i, r := range batch {
+		rkeys[i] = r.rkey
+	}
+	// On a Redis Cluster, one pipeline per master, each through its
+	// master's breaker. A read not sent has no command.
 	cmds := make([]*redis.SliceCmd, len(batch))
-	err := l.redisCallKey(context.Background(), &b, batch[0].rkey, func(ctx context.Context) error {
+	err := l.perMaster(context.Background(), &b, rkeys, l.redisCallKey, func(ctx context.Context, idx []int) error {
 		pipe := l.rdb.Pipeline()
-		for i, r := range batch {
-			cmds[i] = pipe.HMGet(ctx, r.rkey, entry.Fields...)
+		for _, i := range idx {
+			cmds[i] = pipe.HMGet(ctx, rkeys[i], entry.Fields...)
 		}
 		_, err := pipe.Exec(ctx)
 		return err
@@ -161,7 +137,7 @@ func (l *Loader[T]) sendPipeline(b redisBudget, batch []*pipedRead) {
 	for i, r := range batch {
 		switch {
 		case cmds[i] == nil: // the breaker or the budget refused the call
-			r.err = err
+			r.err = cmp.Or(err, ErrRedisUnavailable)
 		default:
 			r.e, r.err = decodeRead(cmds[i].Result())
 		}
