@@ -194,36 +194,7 @@ func TestCluster(t *testing.T) {
 			seed := raceSeed(t)
 			db := newRaceDB(t, seed)
 			lib := newClusterRaceLib(t, rdb, db, tc.writes, tc.ttl)
-			h := &raceHarness{db: db, sys: lib}
-			out := h.round(t, seed, raceLibWrites)
-			st := lib.stats()
-			t.Logf("%d writes, %d reads in %v: %d stale reads, %d stale keys", out.writes, out.reads,
-				out.elapsed.Round(time.Millisecond), out.staleReads, out.staleKeys)
-			t.Logf("loads %d, hits %d, misses %d, coalesced %d, lease waits %d, stale sets prevented %d, redis errors %d, invalidations queued %d",
-				st.Loads, st.Hits, st.Misses, st.Coalesced, st.LeaseWaits, st.StaleSetsPrevented, st.RedisErrors, st.InvalidationsQueued)
-			require.EqualValues(t, raceLibWrites, out.writes)
-			require.Zero(t, st.InvalidationsQueued, "a write-through could not reach Redis")
-			require.Zero(t, st.LoadErrors)
-			require.Zero(t, out.staleReads, "P3b: Gets answered with data older than a completed invalidation")
-			require.Zero(t, out.staleKeys, "P3: entries differ from the database after the writers stopped")
-			if tc.writes != raceWriteThrough { // few loads there: entries rarely expire
-				require.NotZero(t, st.StaleSetsPrevented, "the scenario never raced a fill with a write")
-			}
-
-			// A fresh process reads every key and must see the database.
-			fresh, err := New(clusterClient(t, rdb), "items", func(ctx context.Context, key string) (raceRow, error) {
-				id, _ := strconv.Atoi(key)
-				return db.read(ctx, id)
-			}, &Options{Prefix: lib.prefix, TTL: raceTTL})
-			require.NoError(t, err)
-			defer fresh.Close()
-			for id := range raceKeys {
-				want, err := db.read(ctx, id)
-				require.NoError(t, err)
-				got, err := fresh.Get(ctx, strconv.Itoa(id))
-				require.NoError(t, err)
-				require.Equal(t, want, got, "key %d through a fresh Loader", id)
-			}
+			checkLibRace(t, db, lib.raceLib, seed, clusterClient(t, rdb))
 		})
 	}
 

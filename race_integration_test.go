@@ -403,40 +403,48 @@ func TestRaceNoStaleSetNoStaleRead(t *testing.T) {
 			seed := raceSeed(t)
 			db := newRaceDB(t, seed)
 			lib := newRaceLib(t, db, tc.writes, tc.ttl)
-			h := &raceHarness{db: db, sys: lib}
-			out := h.round(t, seed, raceLibWrites)
-			st := lib.stats()
-			t.Logf("%d writes, %d reads in %v: %d stale reads, %d stale keys", out.writes, out.reads,
-				out.elapsed.Round(time.Millisecond), out.staleReads, out.staleKeys)
-			t.Logf("loads %d, hits %d, misses %d, coalesced %d, lease waits %d, stale sets prevented %d, redis errors %d, invalidations queued %d",
-				st.Loads, st.Hits, st.Misses, st.Coalesced, st.LeaseWaits, st.StaleSetsPrevented, st.RedisErrors, st.InvalidationsQueued)
-			require.EqualValues(t, raceLibWrites, out.writes)
-			// A queued invalidation would void the floor the stale-read
-			// count relies on; it only happens when Redis fails.
-			require.Zero(t, st.InvalidationsQueued, "a write-through could not reach Redis")
-			require.Zero(t, st.LoadErrors)
-			require.Zero(t, out.staleReads, "P3b: Gets answered with data older than a completed invalidation")
-			require.Zero(t, out.staleKeys, "P3: entries differ from the database after the writers stopped")
-			if tc.writes != raceWriteThrough { // few loads there: entries rarely expire
-				require.NotZero(t, st.StaleSetsPrevented, "the scenario never raced a fill with a write")
-			}
-
-			// The same check through the library's own read path: a fresh
-			// process reads every key and must see the database.
-			fresh, err := New(realRedis(t), "items", func(ctx context.Context, key string) (raceRow, error) {
-				id, _ := strconv.Atoi(key)
-				return db.read(ctx, id)
-			}, &Options{Prefix: lib.prefix, TTL: raceTTL})
-			require.NoError(t, err)
-			defer fresh.Close()
-			for id := range raceKeys {
-				want, err := db.read(context.Background(), id)
-				require.NoError(t, err)
-				got, err := fresh.Get(context.Background(), strconv.Itoa(id))
-				require.NoError(t, err)
-				require.Equal(t, want, got, "key %d through a fresh Loader", id)
-			}
+			checkLibRace(t, db, lib, seed, realRedis(t))
 		})
+	}
+}
+
+// checkLibRace runs one round of the race on lib and requires that P3b
+// held (no stale read) and P3 (no stale entry afterwards, also through a
+// fresh Loader on fresh, a client of the same Redis).
+func checkLibRace(t *testing.T, db *raceDB, lib *raceLib, seed uint64, fresh redis.UniversalClient) {
+	t.Helper()
+	h := &raceHarness{db: db, sys: lib}
+	out := h.round(t, seed, raceLibWrites)
+	st := lib.stats()
+	t.Logf("%d writes, %d reads in %v: %d stale reads, %d stale keys", out.writes, out.reads,
+		out.elapsed.Round(time.Millisecond), out.staleReads, out.staleKeys)
+	t.Logf("loads %d, hits %d, misses %d, coalesced %d, lease waits %d, stale sets prevented %d, redis errors %d, invalidations queued %d",
+		st.Loads, st.Hits, st.Misses, st.Coalesced, st.LeaseWaits, st.StaleSetsPrevented, st.RedisErrors, st.InvalidationsQueued)
+	require.EqualValues(t, raceLibWrites, out.writes)
+	// A queued invalidation would void the floor the stale-read count
+	// relies on; it only happens when Redis fails.
+	require.Zero(t, st.InvalidationsQueued, "a write-through could not reach Redis")
+	require.Zero(t, st.LoadErrors)
+	require.Zero(t, out.staleReads, "P3b: Gets answered with data older than a completed invalidation")
+	require.Zero(t, out.staleKeys, "P3: entries differ from the database after the writers stopped")
+	if lib.writes != raceWriteThrough { // few loads there: entries rarely expire
+		require.NotZero(t, st.StaleSetsPrevented, "the scenario never raced a fill with a write")
+	}
+
+	// The same check through the library's own read path: a fresh process
+	// reads every key and must see the database.
+	l, err := New(fresh, "items", func(ctx context.Context, key string) (raceRow, error) {
+		id, _ := strconv.Atoi(key)
+		return db.read(ctx, id)
+	}, &Options{Prefix: lib.prefix, TTL: raceTTL})
+	require.NoError(t, err)
+	defer l.Close()
+	for id := range raceKeys {
+		want, err := db.read(context.Background(), id)
+		require.NoError(t, err)
+		got, err := l.Get(context.Background(), strconv.Itoa(id))
+		require.NoError(t, err)
+		require.Equal(t, want, got, "key %d through a fresh Loader", id)
 	}
 }
 
