@@ -463,18 +463,6 @@ func TestClusterFailover(t *testing.T) {
 	}
 
 	// A fresh process reads every key and sees the database.
-	fresh, err := New(failoverClient(t, addrs), "items", func(ctx context.Context, key string) (raceRow, error) {
-		id, _ := strconv.Atoi(key)
-		return db.read(ctx, id)
-	}, &Options{Prefix: lib.prefix, TTL: failoverTTL})
-	require.NoError(t, err)
-	defer fresh.Close()
-	for id := range raceKeys {
-		want, err := db.read(ctx, id)
-		require.NoError(t, err)
-		got, err := fresh.Get(ctx, strconv.Itoa(id))
-		require.NoError(t, err)
-		require.Equal(t, want, got, "key %d through a fresh Loader", id)
-	}
+	requireFreshLoaderSeesDB(t, failoverClient(t, addrs), db, lib.prefix, failoverTTL)
 	t.Logf("test took %v", time.Since(begin).Round(time.Millisecond))
 }

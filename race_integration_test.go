@@ -431,12 +431,18 @@ func checkLibRace(t *testing.T, db *raceDB, lib *raceLib, seed uint64, fresh red
 		require.NotZero(t, st.StaleSetsPrevented, "the scenario never raced a fill with a write")
 	}
 
-	// The same check through the library's own read path: a fresh process
-	// reads every key and must see the database.
-	l, err := New(fresh, "items", func(ctx context.Context, key string) (raceRow, error) {
+	// The same check through the library's own read path.
+	requireFreshLoaderSeesDB(t, fresh, db, lib.prefix, raceTTL)
+}
+
+// requireFreshLoaderSeesDB reads every key through a new Loader (a fresh
+// process) on rdb and requires the database's rows.
+func requireFreshLoaderSeesDB(t *testing.T, rdb redis.UniversalClient, db *raceDB, prefix string, ttl time.Duration) {
+	t.Helper()
+	l, err := New(rdb, "items", func(ctx context.Context, key string) (raceRow, error) {
 		id, _ := strconv.Atoi(key)
 		return db.read(ctx, id)
-	}, &Options{Prefix: lib.prefix, TTL: raceTTL})
+	}, &Options{Prefix: prefix, TTL: ttl})
 	require.NoError(t, err)
 	defer l.Close()
 	for id := range raceKeys {
