@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"strconv"
 	"time"
 
 	"github.com/f4df6ac3/cache/internal/entry"
@@ -16,13 +15,6 @@ import (
 // maxAcquireRounds bounds how often one flight asks for a lease (after a
 // lapsed lease or a corrupt entry) before it loads without filling.
 const maxAcquireRounds = 8
-
-// Acquire modes (see internal/script/acquire.lua).
-const (
-	modeMiss    = "0"
-	modeReplace = "1"
-	modeRefresh = "2"
-)
 
 // get is the read path: one HMGET, then on a miss one shared flight. hit
 // reports an answer from Redis (a value or a negative entry).
@@ -63,7 +55,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 		return res.val, false, res.err
 	}
 
-	mode := modeMiss
+	mode := script.ModeMiss
 	var stale *T // a value this Get may answer with if the load fails
 	var (
 		e     entry.Entry
@@ -85,7 +77,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 		v, err := l.decodeShared(batch, e.Payload)
 		if err != nil {
 			l.corrupt(rkey, err)
-			mode = modeReplace
+			mode = script.ModeReplace
 			break
 		}
 		now := l.clock.serverNow()
@@ -111,7 +103,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 		c.gen = e.Generation // 0 when the key is absent: unknown
 	case errors.Is(err, entry.ErrCorrupt):
 		l.corrupt(rkey, err)
-		mode = modeReplace
+		mode = script.ModeReplace
 	case ctx.Err() != nil:
 		return zero, false, ctx.Err()
 	}
@@ -175,14 +167,14 @@ func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 	l.bg.Go(func() {
 		defer l.refreshing.Delete(key)
 		seq := l.seq.Add(1)
-		token := newToken()
+		token := script.NewToken()
 		b := redisBudget{left: l.s.redisTimeout}
-		a, err := l.acquire(ctx, &b, rkey, token, modeRefresh, soft)
-		if err != nil || a.status != script.Granted {
+		a, err := l.acquire(ctx, &b, rkey, token, script.ModeRefresh, soft)
+		if err != nil || a.Status != script.Granted {
 			return // Redis is failing, or the entry is being or was refreshed
 		}
 		b = redisBudget{left: l.s.redisTimeout}
-		if _, store := l.loadAndFill(ctx, key, rkey, token, seq, a, &b); store != nil {
+		if _, store, _ := l.loadAndFill(ctx, key, rkey, token, seq, a, &b); store != nil {
 			store()
 		}
 	})
@@ -194,11 +186,11 @@ func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 // cancellation; its Redis calls spend what is left of the starting Get's
 // Redis budget, but for waits on another caller's lease, after which each
 // call has a budget of its own.
-func (l *Loader[T]) fetch(ctx context.Context, key, rkey, mode string, budget redisBudget, f *flight[T]) (result[T], func()) {
+func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mode, budget redisBudget, f *flight[T]) (result[T], func()) {
 	waited := false
-	for range maxAcquireRounds {
+	for round := range maxAcquireRounds {
 		seq := l.seq.Add(1)
-		token := newToken()
+		token := script.NewToken()
 		a, err := l.acquire(ctx, &budget, rkey, token, mode, 0)
 		if errors.Is(err, ErrRedisUnavailable) {
 			return l.loadOnly(ctx, key), nil
@@ -210,26 +202,30 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey, mode string, budget re
 			// lease is not ours the fill is refused, harmlessly.
 			start := time.Now()
 			res := l.loadOnly(ctx, key)
-			store := l.storeStep(ctx, rkey, token, res.val, res.err, time.Since(start), true)
-			return res, func() { store(&redisBudget{left: l.s.redisTimeout}) }
+			st := l.storeCall(rkey, token, res.val, res.err, time.Since(start), true)
+			return res, func() { l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st) }
 		}
-		switch a.status {
+		switch a.Status {
 		case script.Granted:
-			f.grantGen.Store(a.gen)
+			f.grantGen.Store(a.Gen)
 			if r, store, ok := l.migrateFrom(ctx, key, rkey, token, seq, a, &budget); ok {
 				return r, store
 			}
-			return l.loadAndFill(ctx, key, rkey, token, seq, a, &budget)
+			r, after, older := l.loadAndFill(ctx, key, rkey, token, seq, a, &budget)
+			if older && round < maxAcquireRounds-1 {
+				// Redis holds a newer version than the row just read (a
+				// version floor, or a newer write): the row is older
+				// than a write that completed, perhaps before a caller of
+				// this flight began. Read it again rather than hand it
+				// out; after the last round it is what the database says.
+				continue
+			}
+			return r, after
 		case script.Usable:
-			if a.flags&entry.FlagNegative != 0 {
-				return result[T]{err: ErrNotFound, seq: seq, gen: a.gen}, nil
+			if r, ok := l.usable(rkey, seq, a); ok {
+				return r, nil
 			}
-			v, err := l.decode(a.payload)
-			if err == nil {
-				return result[T]{val: v, seq: seq, gen: a.gen}, nil
-			}
-			l.corrupt(rkey, err)
-			mode = modeReplace
+			mode = script.ModeReplace
 		case script.Held:
 			if !waited {
 				l.count(EventLeaseWait)
@@ -265,12 +261,12 @@ const (
 // it, the lease lapses or changes hands, or the wait runs out.
 // The wait is a few times the last load's duration when that is known, and
 // never past the lease's deadline. Each poll is bounded by RedisTimeout.
-func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply) (result[T], waitOutcome) {
+func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a script.AcquireReply) (result[T], waitOutcome) {
 	start := time.Now()
-	leaseEnd := start.Add(a.remaining)
+	leaseEnd := start.Add(a.Remaining)
 	deadline := leaseEnd
-	if a.delta > 0 {
-		if d := start.Add(max(4*a.delta, minLeaseWait)); d.Before(deadline) {
+	if a.Delta > 0 {
+		if d := start.Add(max(4*a.Delta, minLeaseWait)); d.Before(deadline) {
 			deadline = d
 		}
 	}
@@ -309,7 +305,7 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 		case e.Usable() && !e.FreshAt(l.clock.serverNow()):
 			// The old value, still there past its expiry (kept for stale
 			// serving or for the lease): not the fill we wait for.
-			if e.LeaseOwner != a.owner {
+			if e.LeaseOwner != a.Owner {
 				return result[T]{}, lapsed
 			}
 		case e.Usable() && e.Negative():
@@ -319,7 +315,7 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a acquireReply)
 				return result[T]{val: v, seq: seq, gen: e.Generation}, filled
 			}
 			return result[T]{}, lapsed // corrupt: acquire replaces it
-		case e.LeaseOwner != a.owner:
+		case e.LeaseOwner != a.Owner:
 			return result[T]{}, lapsed
 		}
 	}
@@ -345,71 +341,54 @@ func (l *Loader[T]) loadOnly(ctx context.Context, key string) result[T] {
 // spent, or the store failed, it is returned as a step to take after the
 // result is published instead, with a budget of its own, and nobody waits
 // for it.
-func (l *Loader[T]) loadAndFill(ctx context.Context, key, rkey, token string, seq uint64, a acquireReply, b *redisBudget) (result[T], func()) {
+//
+// older reports that the fill was refused because Redis holds a newer
+// version than the value loaded.
+func (l *Loader[T]) loadAndFill(ctx context.Context, key, rkey, token string, seq uint64, a script.AcquireReply, b *redisBudget) (_ result[T], after func(), older bool) {
 	start := time.Now()
 	v, err := l.callLoad(ctx, key)
-	res := result[T]{val: v, err: err, seq: seq, gen: a.gen}
-	store := l.storeStep(ctx, rkey, token, v, err, time.Since(start), false)
-	if b.left >= minStoreBudget && store(b) {
-		return res, nil
+	res := result[T]{val: v, err: err, seq: seq, gen: a.Gen}
+	st := l.storeCall(rkey, token, v, err, time.Since(start), false)
+	if b.left >= minStoreBudget {
+		if ok, n := l.runStore(ctx, b, st); ok {
+			return res, nil, n == script.OlderValue
+		}
 	}
-	// The budget is spent, or the store failed on the client (it may
-	// not have reached Redis): store again after answering, so that no
-	// lease is left for others to wait out.
-	return res, func() { store(&redisBudget{left: l.s.redisTimeout}) }
+	return res, func() { l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st) }, false
 }
 
-// storeStep returns the step that stores the outcome of a load under the
-// lease token: a fill of the value or of a negative entry, or for a failed
-// load the release of the lease. The step reports whether Redis answered.
-// With tentative, the lease may never have been granted, so a refusal is
-// not counted as a stale set prevented.
-func (l *Loader[T]) storeStep(ctx context.Context, rkey, token string, v T, err error, delta time.Duration, tentative bool) func(b *redisBudget) bool {
-	switch {
-	case errors.Is(err, ErrNotFound) && !l.s.noNegative:
-		return func(b *redisBudget) bool {
-			return l.fill(ctx, b, rkey, token, nil, 0, true, l.s.negativeEntryTTL(), 0, delta, tentative)
+// storeNowOrLater runs st within what is left of b, before the result is
+// returned, so that the caller's next Get finds it; when b is spent, or the
+// store failed on the client (it may not have reached Redis), it returns
+// st as a step to run after answering, with a budget of its own, so that
+// no lease is left for others to wait out.
+func (l *Loader[T]) storeNowOrLater(ctx context.Context, st store, b *redisBudget) func() {
+	if b.left >= minStoreBudget {
+		if ok, _ := l.runStore(ctx, b, st); ok {
+			return nil
 		}
-	case err != nil:
-		return func(b *redisBudget) bool { return l.release(ctx, b, rkey, token) }
 	}
-	payload, version, err := l.encode(v)
+	return func() { l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st) }
+}
+
+// usable answers from an entry that acquire found usable (filled since it
+// was read); ok is false when its payload is corrupt (counted: the caller
+// asks again, replacing it).
+func (l *Loader[T]) usable(rkey string, seq uint64, a script.AcquireReply) (_ result[T], ok bool) {
+	if a.Flags&entry.FlagNegative != 0 {
+		return result[T]{err: ErrNotFound, seq: seq, gen: a.Gen}, true
+	}
+	v, err := l.decode(a.Payload)
 	if err != nil {
-		return func(b *redisBudget) bool { return l.release(ctx, b, rkey, token) }
+		l.corrupt(rkey, err)
+		return result[T]{}, false
 	}
-	ttl := l.s.valueTTL()
-	return func(b *redisBudget) bool {
-		return l.fill(ctx, b, rkey, token, payload, version, false, ttl+l.s.maxStale, ttl, delta, tentative)
-	}
+	return result[T]{val: v, seq: seq, gen: a.Gen}, true
 }
 
 // minStoreBudget is the least budget worth spending on a fill before the
 // result is returned.
 const minStoreBudget = time.Millisecond
-
-// callLoad runs the LoadFunc bounded by LoadTimeout, turning a panic into
-// an error and "no rows" into ErrNotFound, and records it.
-func (l *Loader[T]) callLoad(ctx context.Context, key string) (v T, err error) {
-	ctx, cancel := context.WithTimeout(ctx, l.s.loadTimeout)
-	defer cancel()
-	start := time.Now()
-	defer func() {
-		if p := recover(); p != nil {
-			err = newPanicError(p)
-		}
-		switch {
-		case err == nil:
-		case isNotFound(err):
-			err = ErrNotFound
-		default:
-			l.stats.loadErrors.Add(1)
-			err = fmt.Errorf("cache: load %s %q: %w", l.name, key, err)
-		}
-		l.stats.loads.Add(1)
-		l.s.recorder.ObserveLoad(l.name, time.Since(start), err)
-	}()
-	return l.load(ctx, key)
-}
 
 // encode returns v's payload and version, or an error (counted and logged)
 // when v cannot be cached.
@@ -430,13 +409,4 @@ func (l *Loader[T]) encode(v T) ([]byte, int64, error) {
 		return nil, 0, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(payload), l.s.maxValueBytes)
 	}
 	return payload, version, nil
-}
-
-// newToken returns a random lease token, unique across processes.
-func newToken() string {
-	var b [32]byte
-	out := strconv.AppendUint(b[:0], rand.Uint64(), 36)
-	out = append(out, '.')
-	out = strconv.AppendUint(out, rand.Uint64(), 36)
-	return string(out)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,15 +48,29 @@ type callerGone struct{ err error }
 func (c callerGone) Error() string { return c.err.Error() }
 func (c callerGone) Unwrap() error { return c.err }
 
-// newBreaker returns the breaker of a Loader, or nil when disabled. Its
+// breaker is a circuit breaker around Redis calls: gobreaker's, with its
+// state mirrored in closed, which calls read without its lock. Calls go
+// through it only while it is closed; while it is open or half-open they
+// are skipped at once, and the Loader's prober (probe.go) alone asks Redis,
+// so that no Get ever waits on a half-open probe and the breaker closes as
+// soon as Redis answers again, not when a caller happens by.
+type breaker struct {
+	cb     *gobreaker.CircuitBreaker[struct{}]
+	closed atomic.Bool
+}
+
+// newBreaker returns a breaker of a Loader, or nil when disabled. Its
 // state changes are queued on changes, to be reported outside the
-// breaker's lock (see flushBreakerChanges).
-func newBreaker(name string, s *settings, changes *breakerChanges) *gobreaker.CircuitBreaker[struct{}] {
+// breaker's lock (see flushBreakerChanges); starting the prober is one
+// such report.
+func newBreaker(name string, s *settings, changes *breakerChanges) *breaker {
 	if s.noBreaker {
 		return nil
 	}
 	fails := uint32(s.breakerFails)
-	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+	b := &breaker{}
+	b.closed.Store(true)
+	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        name,
 		MaxRequests: 1,
 		Timeout:     s.breakerCool,
@@ -67,10 +82,16 @@ func newBreaker(name string, s *settings, changes *breakerChanges) *gobreaker.Ci
 			return err != nil && callerLeft(err)
 		},
 		OnStateChange: func(_ string, _, to gobreaker.State) {
+			b.closed.Store(to == gobreaker.StateClosed)
 			changes.add(breakerState(to))
 		},
 	})
+	return b
 }
+
+// state returns the breaker's state (moving it from open to half-open when
+// its cooldown has passed).
+func (b *breaker) state() BreakerState { return breakerState(b.cb.State()) }
 
 // breakerChanges queues the breaker's state changes. gobreaker reports them
 // with its lock held; a Recorder or Logger called there that asked for the
@@ -121,7 +142,7 @@ type redisBudget struct{ left time.Duration }
 // go through the Loader's own breaker.
 type nodeBreakers struct {
 	cc *redis.ClusterClient
-	m  sync.Map // master address → *gobreaker.CircuitBreaker[struct{}]
+	m  sync.Map // master address → *breaker
 	// reported is the state last counted and logged: the most severe
 	// state among the breakers (see flushNodeBreakerChanges), which holds
 	// flushing while it computes and reports it.
@@ -137,7 +158,7 @@ type nodeBreakers struct {
 // not known) the Loader's. Until the client has loaded the cluster's slot
 // map, finding a master asks the cluster: that is bounded by, and spent
 // from, b.
-func (l *Loader[T]) breakerFor(ctx context.Context, b *redisBudget, rkey string) *gobreaker.CircuitBreaker[struct{}] {
+func (l *Loader[T]) breakerFor(ctx context.Context, b *redisBudget, rkey string) *breaker {
 	if l.nodes == nil || rkey == "" {
 		return l.breaker
 	}
@@ -165,10 +186,10 @@ func (l *Loader[T]) breakerFor(ctx context.Context, b *redisBudget, rkey string)
 	}
 	addr := node.Options().Addr
 	if br, ok := l.nodes.m.Load(addr); ok {
-		return br.(*gobreaker.CircuitBreaker[struct{}])
+		return br.(*breaker)
 	}
 	br, _ := l.nodes.m.LoadOrStore(addr, newBreaker(l.name+"@"+addr, &l.s, &l.breakerChanges))
-	return br.(*gobreaker.CircuitBreaker[struct{}])
+	return br.(*breaker)
 }
 
 // masterOf returns the address of rkey's master on a Redis Cluster whose
@@ -252,7 +273,7 @@ func (l *Loader[T]) redisCallPastBreaker(ctx context.Context, b *redisBudget, _ 
 	return l.call(ctx, b, nil, fn)
 }
 
-func (l *Loader[T]) call(ctx context.Context, b *redisBudget, br *gobreaker.CircuitBreaker[struct{}], fn func(ctx context.Context) error) error {
+func (l *Loader[T]) call(ctx context.Context, b *redisBudget, br *breaker, fn func(ctx context.Context) error) error {
 	left := b.left
 	if left <= 0 {
 		return ErrRedisUnavailable
@@ -262,9 +283,13 @@ func (l *Loader[T]) call(ctx context.Context, b *redisBudget, br *gobreaker.Circ
 	if br == nil {
 		err = l.countRedisErr(callWithTimeout(ctx, left, fn))
 	} else {
-		_, err = br.Execute(func() (struct{}, error) {
-			return struct{}{}, callWithTimeout(ctx, left, fn)
-		})
+		if br.closed.Load() {
+			_, err = br.cb.Execute(func() (struct{}, error) {
+				return struct{}{}, callWithTimeout(ctx, left, fn)
+			})
+		} else {
+			err = gobreaker.ErrOpenState // the prober asks Redis
+		}
 		l.flushBreakerChanges()
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 			l.count(EventRedisSkipped)
@@ -345,10 +370,28 @@ func (l *Loader[T]) countRedisErr(err error) error {
 	return err
 }
 
-// answered reports whether err is an error reply: Redis answered, so it is up.
+// answered reports whether err is an error reply that says Redis is up and
+// serving (WRONGTYPE, NOSCRIPT, ...): not a failure of Redis. Replies that
+// say it cannot serve — out of memory, no replicas to write to, a replica
+// or a loading server, a cluster slot not served — are failures: they are
+// counted as Redis errors and trip the breaker.
 func answered(err error) bool {
 	var rerr redis.Error
-	return errors.As(err, &rerr)
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	msg := rerr.Error()
+	for _, p := range unavailableReplies {
+		if strings.HasPrefix(msg, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// unavailableReplies are the error replies of a Redis that cannot serve.
+var unavailableReplies = []string{
+	"OOM", "NOREPLICAS", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY ",
 }
 
 // callerLeft reports whether err marks a call cut short by its caller.
@@ -371,10 +414,10 @@ func (l *Loader[T]) worstBreakerState() BreakerState {
 	if l.breaker == nil {
 		return BreakerClosed
 	}
-	worst := breakerState(l.breaker.State())
+	worst := l.breaker.state()
 	if l.nodes != nil {
 		l.nodes.m.Range(func(_, br any) bool {
-			worst = max(worst, breakerState(br.(*gobreaker.CircuitBreaker[struct{}]).State()))
+			worst = max(worst, br.(*breaker).state())
 			return true
 		})
 	}
@@ -422,6 +465,7 @@ func (l *Loader[T]) reportBreaker(to BreakerState) {
 	case BreakerOpen:
 		l.count(EventBreakerOpen)
 		l.s.logger.Warn("cache: circuit breaker open: Get answers from the database", "loader", l.name)
+		l.startProber()
 	case BreakerHalfOpen:
 		l.count(EventBreakerHalfOpen)
 	case BreakerClosed:

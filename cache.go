@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"strings"
 	"sync"
@@ -10,7 +11,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/sony/gobreaker/v2"
 )
 
 // LoadFunc reads the value of key from the source of truth. It returns
@@ -39,8 +39,9 @@ type Loader[T any] struct {
 	// seq orders this process's Redis calls and loads; see accepts.
 	seq     atomic.Uint64
 	clock   clock
-	breaker *gobreaker.CircuitBreaker[struct{}] // nil when disabled
-	nodes   *nodeBreakers                       // per master on a Redis Cluster; nil otherwise
+	breaker *breaker      // nil when disabled
+	probing atomic.Bool   // the prober runs (probe.go)
+	nodes   *nodeBreakers // per master on a Redis Cluster; nil otherwise
 	// breakerChanges are the breaker's state changes not yet reported.
 	breakerChanges breakerChanges
 
@@ -72,6 +73,10 @@ type Loader[T any] struct {
 	elapsed func() time.Duration
 }
 
+// keyFormat ends a Loader's namespace in its keys: the first '#' of a key
+// (neither Prefix nor a name may contain one), then the entry format.
+const keyFormat = "#2:"
+
 // New returns a Loader for the rows that load reads. name identifies the
 // kind of row: it is part of every Redis key and the loader label of every
 // metric. opts may be nil for defaults.
@@ -85,6 +90,9 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	if load == nil {
 		return nil, errors.New("cache: nil LoadFunc")
 	}
+	if strings.Contains(name, "#") {
+		return nil, fmt.Errorf("cache: loader name %q contains '#', which ends a key's namespace", name)
+	}
 	if err := checkClient(rdb); err != nil {
 		return nil, err
 	}
@@ -92,13 +100,16 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	if err != nil {
 		return nil, err
 	}
-	if s.prevPrefix == s.prefix+name+":" {
+	if strings.Contains(s.prefix, "#") {
+		return nil, fmt.Errorf("cache: Options.Prefix %q contains '#', which ends a key's namespace", s.prefix)
+	}
+	if s.prevPrefix == s.prefix+name+keyFormat {
 		return nil, errors.New("cache: Options.PreviousKeyPrefix is the Loader's own key prefix")
 	}
 	l := &Loader[T]{
 		rdb:    rdb,
 		name:   name,
-		prefix: s.prefix + name + ":",
+		prefix: s.prefix + name + keyFormat,
 		load:   load,
 		s:      s,
 		wake:   make(chan struct{}, 1),
@@ -190,6 +201,9 @@ func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
 		return zero, err
 	}
 	v, _, err := l.get(ctx, key)
+	if errors.Is(err, ErrNotFound) {
+		return v, notFound(l.name, key)
+	}
 	return v, err
 }
 
@@ -236,7 +250,15 @@ func checkClient(rdb redis.UniversalClient) error {
 	case *redis.Client: // also NewFailoverClient
 		enabled = c.Options().ContextTimeoutEnabled
 	case *redis.ClusterClient: // also NewFailoverClusterClient
-		enabled = c.Options().ContextTimeoutEnabled
+		o := c.Options()
+		enabled = o.ContextTimeoutEnabled
+		if o.ReadOnly || o.RouteByLatency || o.RouteRandomly {
+			// A replica lags its master: a read sent there after an
+			// invalidation returned can find the entry as it was (P3b).
+			return errors.New("cache: the cluster client reads from replicas (ReadOnly, RouteByLatency or " +
+				"RouteRandomly), which may answer with entries an invalidation already replaced: use a client " +
+				"that reads from masters")
+		}
 	case *redis.Ring:
 		enabled = c.Options().ContextTimeoutEnabled
 	}

@@ -90,7 +90,7 @@ func TestClusterBreakerPerMaster(t *testing.T) {
 		dead, len(deadKeys), deadHits, len(liveKeys), liveHits, liveGets, l.Stats())
 	require.Zero(t, deadHits)
 	require.Equal(t, liveGets, liveHits, "the live masters' keys all answered from Redis")
-	require.Equal(t, BreakerOpen, l.BreakerState(), "open while any master's breaker is")
+	require.NotEqual(t, BreakerClosed, l.BreakerState(), "open (or half-open, probing) while any master's breaker is")
 
 	// GetMany too: one pipeline per master, each through its breaker (a
 	// pipeline over all masters, failing every time, would open a breaker

@@ -123,8 +123,8 @@ func TestCluster(t *testing.T) {
 		require.NotZero(t, noscript.n.Load(), "the first pipelined invalidation met no NOSCRIPT: the fallback went untested")
 		t.Logf("first pipelined invalidation: %d NOSCRIPT replies, answered by EVAL", noscript.n.Load())
 		for _, rk := range rkeys {
-			h := rdb.HGetAll(ctx, rk).Val()
-			flags, _ := strconv.ParseInt(h[entry.Flags], 10, 64)
+			h := fields(t, rdb, rk)
+			flags, _ := strconv.ParseInt(h["f"], 10, 64)
 			require.NotZero(t, flags&entry.FlagInvalidated, "%s is not a tombstone: %v", rk, h)
 		}
 		for _, k := range keys {
@@ -273,8 +273,8 @@ func TestCluster(t *testing.T) {
 			"SCAN visited every master")
 		for _, rk := range rkeys {
 			k := rk[len(l.Key("")):]
-			h := rdb.HGetAll(ctx, rk).Val()
-			flags, _ := strconv.ParseInt(h[entry.Flags], 10, 64)
+			h := fields(t, rdb, rk)
+			flags, _ := strconv.ParseInt(h["f"], 10, 64)
 			require.Equal(t, divergent[k], flags&entry.FlagInvalidated != 0, "%s: %v", rk, h)
 		}
 		for k := range divergent {

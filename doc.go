@@ -6,7 +6,9 @@
 //
 //	users := cache.Must(cache.New(rdb, "user", repo.UserByID, &cache.Options{TTL: time.Minute}))
 //	u, err := users.Get(ctx, "42")                    // hit, or one shared load
-//	u, err = users.WriteThrough(ctx, "42", repo.Rename) // commit, then cache the new row
+//	u, err = users.WriteThrough(ctx, "42", func(ctx context.Context) (User, error) {
+//		return repo.Rename(ctx, 42, "Ada") // commit, then re-read the row: it is cached
+//	})
 //	err = users.Invalidate(ctx, "42")                  // after a commit made elsewhere
 //
 // # Consistency
@@ -24,11 +26,14 @@
 //     replace lower versions. A Set of a lower version invalidates instead.
 //   - Fail-open: a Get waits at most Options.RedisTimeout on Redis in total
 //     and returns no Redis error: it answers from the LoadFunc. A circuit
-//     breaker skips Redis while it keeps failing. Invalidate and Set return
-//     their errors; WriteThrough, whose database write has committed, never
-//     fails because of Redis: it falls back to invalidating, then to a
-//     background retry, and Gets of a key whose invalidation is queued
-//     bypass Redis until it lands.
+//     breaker skips Redis while it keeps failing. Invalidate retries within
+//     Options.InvalidateTimeout and then queues what failed (its error wraps
+//     [ErrQueued]); Set returns its errors; WriteThrough, whose database
+//     write has committed, never fails because of Redis: it falls back to
+//     invalidating, then to a background retry. Gets of a key whose
+//     invalidation is queued bypass Redis until it lands.
+//   - Every Redis script is safe to run twice (go-redis retries a command
+//     whose reply was lost) and answers what it answered the first time.
 //
 // These hold for the writes the Loader is told about. A row changed without
 // an Invalidate (a migration, a manual UPDATE) stays stale in Redis until
@@ -44,11 +49,13 @@
 //
 // # Redis layout
 //
-// One hash per entry at Options.Prefix + name + ":" + key, holding the
-// encoded value, its version, flags (negative, invalidated), an invalidation
-// generation, the last load's duration and the fill lease. Every script
-// touches one key, so Redis Cluster works without hash tags. A hit is one
-// HMGET and no Lua.
+// One string per entry at Options.Prefix + name + "#2:" + key: a small
+// fixed-size header (flags, an invalidation generation, the version, the
+// soft expiry, the last load's duration and the fill lease) followed by the
+// encoded value. Every script touches one key, so Redis Cluster works
+// without hash tags. A hit is one GETRANGE, bounded by
+// Options.MaxValueBytes, and no Lua. DESIGN.md in the repository describes
+// the layout, the scripts and the read and write paths.
 //
 // # Hot keys and stale serving
 //
@@ -66,7 +73,7 @@
 // sent after it arrived, so the no-stale-read promise holds — and the
 // decoding of the reply; concurrent Gets of different keys are written to
 // Redis as pipelines while earlier reads are in flight (a lone Get sends
-// its own HMGET at once). Concurrent Gets of a key may therefore return the
+// its own read at once). Concurrent Gets of a key may therefore return the
 // same value: treat what it references as read-only.
 // [Loader.GetMany] reads many keys in one pipelined round trip; with
 // [NewBatch] its misses are loaded by one call (e.g. WHERE id IN (…)),

@@ -7,10 +7,16 @@ import (
 )
 
 // ErrNotFound reports that the row behind a key does not exist. A LoadFunc
-// returns it (or an error wrapping sql.ErrNoRows) to say so; Get returns an
-// error matching it with errors.Is, both for a fresh load and for a cached
-// negative entry.
+// returns it (or an error wrapping sql.ErrNoRows) to say so; Get and
+// WriteThrough return an error matching it with errors.Is (naming the
+// loader and the key), both for a fresh load and for a cached negative
+// entry.
 var ErrNotFound = errors.New("cache: not found")
+
+// notFound is ErrNotFound for key of loader, as callers receive it.
+func notFound(loader, key string) error {
+	return fmt.Errorf("cache: %s %q: %w", loader, key, ErrNotFound)
+}
 
 // ErrEmptyKey is returned by every method given an empty key.
 var ErrEmptyKey = errors.New("cache: empty key")
@@ -23,15 +29,16 @@ var ErrClosed = errors.New("cache: loader closed")
 var ErrNegativeVersion = errors.New("cache: negative version")
 
 // PanicError is the error every caller of a load receives when the LoadFunc
-// panicked. The key stays usable: the next Get loads again.
+// (or BatchLoadFunc, or WriteThrough's write function) panicked. The key
+// stays usable: the next Get loads again.
 type PanicError struct {
 	Value any    // the value passed to panic
-	Stack []byte // the stack of the panicking goroutine
+	Stack []byte // the stack of the panicking goroutine (not in Error)
 }
 
-// Error returns the panic value and the stack.
+// Error returns the panic value on one line; the stack is in Stack.
 func (p *PanicError) Error() string {
-	return fmt.Sprintf("cache: load panicked: %v\n\n%s", p.Value, p.Stack)
+	return fmt.Sprintf("cache: panic: %v", p.Value)
 }
 
 // Unwrap returns the panic value when it is an error.
@@ -47,3 +54,11 @@ func newPanicError(v any) error {
 // ErrTooLarge is wrapped by the error a value larger than
 // Options.MaxValueBytes produces; such values are not cached.
 var ErrTooLarge = errors.New("cache: value too large")
+
+// ErrQueued is wrapped by the error of an Invalidate (or
+// InvalidateVersions) that Redis did not answer within InvalidateTimeout:
+// the invalidation is queued in this process and applied as soon as Redis
+// answers again; until then this process's Gets of the key bypass Redis.
+// Other processes may serve the old entry until it lands (or its TTL
+// passes, if this process dies first).
+var ErrQueued = errors.New("cache: invalidation queued")

@@ -54,7 +54,7 @@ func TestFailoverFailedCallReloadsClusterStateRateLimited(t *testing.T) {
 	var reloads atomic.Int64
 	l.reloadState = func(context.Context) { reloads.Add(1) }
 	ctx := context.Background()
-	invalidate := func() error { return l.Invalidate(ctx, "a") }
+	invalidate := func() error { return l.Set(ctx, "a", row{"a", 1}) } // one Redis call (Invalidate retries and queues)
 	at := func(d time.Duration) { now.Store(int64(d)) }
 
 	mode.Store(failConn)
@@ -88,7 +88,7 @@ func TestFailoverFailedCallReloadsClusterStateRateLimited(t *testing.T) {
 	mode.Store(cancelCaller)
 	cctx, cancel := context.WithCancel(ctx)
 	cancelCall = cancel
-	require.Error(t, l.Invalidate(cctx, "a"))
+	require.Error(t, l.Set(cctx, "a", row{"a", 1}))
 	mode.Store(pass)
 	require.NoError(t, invalidate())
 	require.EqualValues(t, 3, reloads.Load())
@@ -155,7 +155,7 @@ func newRetrierFixture(t *testing.T, opts *Options) *retrierFixture {
 	// an EVALSHA answered NOSCRIPT, then an EVAL.
 	rdb.AddHook(&resHook{
 		before: func(name, key string) error {
-			if name == "set" && key == "t:row:a" {
+			if name == "set" && key == "t:row#2:a" {
 				f.setsOfA.Add(1)
 			}
 			fail := false
@@ -243,7 +243,7 @@ func TestFailoverRedisSuccessWakesRetrier(t *testing.T) {
 	require.Equal(t, "b1", resGetRow(t, l, "b").Val)
 	wait(t, retried, "the queued invalidation")
 	require.Eventually(t, func() bool { return l.Stats().InvalidationsPending == 0 }, 10*time.Second, time.Millisecond)
-	require.Equal(t, "2", f.rdb.HGet(context.Background(), "t:row:a", "f").Val(), "a tombstone")
+	require.Equal(t, "2", fields(t, f.rdb, "t:row#2:a")["f"], "a tombstone")
 	require.Equal(t, "a2", resGetRow(t, l, "a").Val)
 	s := l.Stats()
 	require.EqualValues(t, 1, s.InvalidationsQueued)
@@ -284,7 +284,7 @@ func TestFailoverWriteOfQueuedKeyTriesRedis(t *testing.T) {
 			require.EqualValues(t, 1, s.InvalidationsQueued, "not queued again")
 			require.EqualValues(t, 1, s.InvalidationsRetried)
 			require.Zero(t, f.setsOfA.Load(), "no value stored while an older invalidation was queued")
-			h := f.rdb.HGetAll(context.Background(), "t:row:a").Val()
+			h := fields(t, f.rdb, "t:row#2:a")
 			require.Equal(t, "2", h["f"], "a tombstone")
 			require.NotContains(t, h, "p")
 
@@ -319,7 +319,7 @@ func TestFailoverCloseAppliesQueuePastOpenBreaker(t *testing.T) {
 	require.Zero(t, s.InvalidationsPending)
 	require.Zero(t, s.InvalidationsDropped)
 	require.EqualValues(t, 1, s.InvalidationsRetried)
-	h := f.rdb.HGetAll(context.Background(), "t:row:a").Val()
+	h := fields(t, f.rdb, "t:row#2:a")
 	require.Equal(t, "2", h["f"], "a tombstone")
 	require.NotContains(t, h, "p")
 }

@@ -3,11 +3,14 @@ package cache
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -91,6 +94,10 @@ func (e *events) on(ev Event) <-chan struct{} {
 	return ch
 }
 
+// testRedisTimeout is the RedisTimeout of newLoader's Loaders unless the
+// test sets one.
+const testRedisTimeout = 2 * time.Second
+
 // newLoader returns a Loader of tb on rdb with a fresh prefix.
 func newLoader(t *testing.T, rdb redis.UniversalClient, tb *table, opts *Options) *Loader[row] {
 	t.Helper()
@@ -100,6 +107,13 @@ func newLoader(t *testing.T, rdb redis.UniversalClient, tb *table, opts *Options
 	o := *opts
 	if o.Prefix == "" {
 		o.Prefix = uniquePrefix(t, rdb)
+	}
+	if o.RedisTimeout == 0 {
+		// Tests that count events must not depend on the machine's
+		// load: under -race on a busy machine a 50ms budget runs out, and
+		// a Get then fails open (counted, and loaded), as it should. Tests
+		// of the budget itself set RedisTimeout.
+		o.RedisTimeout = testRedisTimeout
 	}
 	l, err := New(rdb, "row", tb.load, &o)
 	require.NoError(t, err)
@@ -128,4 +142,78 @@ func mustJSON(t *testing.T, v any) string {
 	b, err := json.Marshal(v)
 	require.NoError(t, err)
 	return string(b)
+}
+
+// fields returns the entry at rkey as the fields of the hash it would have
+// been before entry format 2 (p, f, g, v, s, d, lo, ld), each present when
+// that format would have had it: tests read entries through it.
+func fields(t testing.TB, rdb redis.Cmdable, rkey string) map[string]string {
+	t.Helper()
+	s, err := rdb.Get(context.Background(), rkey).Result()
+	if errors.Is(err, redis.Nil) {
+		return map[string]string{}
+	}
+	require.NoError(t, err)
+	return fieldsOf(t, s)
+}
+
+// fieldsOf is fields of an entry's value.
+func fieldsOf(t testing.TB, s string) map[string]string {
+	t.Helper()
+	f, err := entryFields(s)
+	require.NoError(t, err, "entry %q", s)
+	return f
+}
+
+// entryFields is fieldsOf, with an error for a corrupt entry.
+func entryFields(s string) (map[string]string, error) {
+	e, err := entry.Decode(s, len(s))
+	if err != nil {
+		return nil, err
+	}
+	f := map[string]string{
+		"g": strconv.FormatInt(e.Generation, 10),
+		"v": strconv.FormatInt(e.Version, 10),
+		"d": strconv.FormatInt(e.Delta, 10),
+	}
+	if e.HasPayload {
+		f["p"] = e.Payload
+	}
+	if fl := e.Flags & (entry.FlagNegative | entry.FlagInvalidated); fl != 0 {
+		f["f"] = strconv.FormatInt(fl, 10)
+	}
+	if e.SoftExpiry > 0 {
+		f["s"] = strconv.FormatInt(e.SoftExpiry, 10)
+	}
+	if e.LeaseOwner != "" {
+		f["lo"], f["ld"] = e.LeaseOwner, strconv.FormatInt(e.LeaseDeadline, 10)
+	}
+	return f, nil
+}
+
+// putEntry writes an entry by hand: a header (entry.Header) and a payload.
+func putEntry(t testing.TB, rdb redis.Cmdable, rkey, header, payload string) {
+	t.Helper()
+	require.NoError(t, rdb.Set(context.Background(), rkey, header+payload, time.Minute).Err())
+}
+
+// hasField reports whether fields(t, rdb, rkey) has f.
+func hasField(t testing.TB, rdb redis.Cmdable, rkey, f string) bool {
+	t.Helper()
+	_, ok := fields(t, rdb, rkey)[f]
+	return ok
+}
+
+// editEntry rewrites the header of the entry at rkey with edit applied to
+// it (SETRANGE: its payload and TTL stay).
+func editEntry(t testing.TB, rdb redis.Cmdable, rkey string, edit func(e *entry.Entry)) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := rdb.Get(ctx, rkey).Result()
+	require.NoError(t, err)
+	e, err := entry.Decode(s, len(s))
+	require.NoError(t, err)
+	edit(&e)
+	h := entry.Header(e.Flags, e.Generation, e.Version, e.SoftExpiry, e.Delta, e.LeaseDeadline, e.LeaseOwner)
+	require.NoError(t, rdb.SetRange(ctx, rkey, 0, h).Err())
 }

@@ -28,7 +28,7 @@ func (slowRelease) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 }
 func (slowRelease) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 1 && a[1] == script.Release.Hash() {
+		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 1 && a[1] == script.SHA.Release {
 			time.Sleep(200 * time.Millisecond)
 			cmd.SetErr(context.DeadlineExceeded)
 			return context.DeadlineExceeded

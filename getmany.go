@@ -56,7 +56,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 	// reflects every invalidation completed before, too.
 	// On a Redis Cluster, one pipeline per master, each through its
 	// master's breaker. A key whose read was not sent has no command.
-	cmds := make([]*redis.SliceCmd, len(uniq))
+	cmds := make([]*redis.StringCmd, len(uniq))
 	budget := redisBudget{left: l.s.redisTimeout}
 	if !l.readBypass.Load() {
 		rkeys := make([]string, len(uniq))
@@ -66,7 +66,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 		_ = l.perMaster(ctx, &budget, rkeys, l.redisCallKey, func(ctx context.Context, idx []int) error {
 			pipe := l.rdb.Pipeline()
 			for _, i := range idx {
-				cmds[i] = pipe.HMGet(ctx, rkeys[i], entry.Fields...)
+				cmds[i] = l.readEntry(ctx, pipe, rkeys[i])
 			}
 			_, err := pipe.Exec(ctx)
 			return err
@@ -110,7 +110,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 			miss(0)
 			continue
 		}
-		vals, err := cmds[i].Result()
+		val, err := cmds[i].Result()
 		switch {
 		case isWrongType(err):
 			perKey()
@@ -119,7 +119,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 			miss(0)
 			continue
 		}
-		e, err := entry.Decode(vals)
+		e, err := entry.Decode(val, l.s.maxValueBytes)
 		switch {
 		case err != nil:
 			perKey() // corrupt: Get counts and replaces it

@@ -2,15 +2,11 @@ package cache
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/script"
 )
 
@@ -159,11 +155,10 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 
 	seq := l.seq.Add(1)
 	tokens := make([]string, len(keys))
-	calls := make([]scriptCall, len(keys))
-	lease := ms(l.s.leaseTimeout)
+	calls := make([]script.Call, len(keys))
 	for i := range keys {
-		tokens[i] = newToken()
-		calls[i] = scriptCall{script.Acquire, keys[i].rkey, []any{tokens[i], lease, modeMiss, 0}}
+		tokens[i] = script.NewToken()
+		calls[i] = script.Acquire(keys[i].rkey, tokens[i], l.s.leaseTimeout, script.ModeMiss, 0)
 	}
 	// Per-key outcomes are in cmds; the error only repeats the first.
 	cmds, _ := l.runScripts(ctx, &budget, calls)
@@ -180,7 +175,7 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 			load = append(load, i)
 			continue
 		}
-		a, aerr := parseAcquireCmd(cmds[i])
+		a, aerr := script.ParseAcquire(cmds[i])
 		switch {
 		case aerr != nil && answered(aerr):
 			// Redis refused the request: no lease was granted.
@@ -194,11 +189,11 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 			load = append(load, i)
 			continue
 		}
-		l.clock.observe(a.now)
-		switch a.status {
+		l.clock.observe(a.Now)
+		switch a.Status {
 		case script.Granted:
-			k.f.grantGen.Store(a.gen)
-			modes[i], gens[i] = batchGranted, a.gen
+			k.f.grantGen.Store(a.Gen)
+			modes[i], gens[i] = batchGranted, a.Gen
 			load = append(load, i)
 		case script.Usable:
 			// Filled since GetMany read it.
@@ -226,7 +221,7 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 	delta := time.Since(start)
 
 	results := make([]result[T], len(load))
-	var now, later []storeOp // fills before answering, and after
+	var now, later []store   // fills before answering, and after
 	var nowAt, laterAt []int // their indexes in load
 	for j, i := range load {
 		r := &results[j]
@@ -234,18 +229,18 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 		case lerr != nil:
 			r.err = lerr
 		case ok:
-			r.val = v
+			r.val, r.err = v, l.checkVersion(keys[i].key, v)
 		default:
 			r.err = ErrNotFound
 		}
 		switch modes[i] {
 		case batchGranted:
 			r.seq, r.gen = seq, gens[i]
-			now = append(now, l.storeOpFor(keys[i].rkey, tokens[i], r.val, r.err, delta, false))
+			now = append(now, l.storeCall(keys[i].rkey, tokens[i], r.val, r.err, delta, false))
 			nowAt = append(nowAt, j)
 		case batchTentative:
 			r.seq = loadSeq
-			later = append(later, l.storeOpFor(keys[i].rkey, tokens[i], r.val, r.err, delta, true))
+			later = append(later, l.storeCall(keys[i].rkey, tokens[i], r.val, r.err, delta, true))
 			laterAt = append(laterAt, j)
 		default:
 			r.seq = loadSeq
@@ -312,22 +307,17 @@ func (l *Loader[T]) endWith(k *ownedKey[T], run func(f *flight[T]) (result[T], f
 // answerUsable answers a key whose entry was filled between GetMany's read
 // and its lease request, as fetch does; a corrupt one goes through fetch,
 // which replaces it.
-func (l *Loader[T]) answerUsable(ctx context.Context, key, rkey string, seq uint64, a acquireReply, f *flight[T]) (result[T], func()) {
-	if a.flags&entry.FlagNegative != 0 {
-		return result[T]{err: ErrNotFound, seq: seq, gen: a.gen}, nil
+func (l *Loader[T]) answerUsable(ctx context.Context, key, rkey string, seq uint64, a script.AcquireReply, f *flight[T]) (result[T], func()) {
+	if r, ok := l.usable(rkey, seq, a); ok {
+		return r, nil
 	}
-	v, err := l.decode(a.payload)
-	if err == nil {
-		return result[T]{val: v, seq: seq, gen: a.gen}, nil
-	}
-	l.corrupt(rkey, err)
-	return l.fetch(ctx, key, rkey, modeReplace, redisBudget{left: l.s.redisTimeout}, f)
+	return l.fetch(ctx, key, rkey, script.ModeReplace, redisBudget{left: l.s.redisTimeout}, f)
 }
 
 // awaitHolder waits for the fill of the process holding key's lease, like
 // fetch: it answers from that fill, loads key alone when the wait runs out,
 // or asks for the lease again (through fetch) when it lapsed.
-func (l *Loader[T]) awaitHolder(ctx context.Context, key, rkey string, a acquireReply, f *flight[T]) (result[T], func()) {
+func (l *Loader[T]) awaitHolder(ctx context.Context, key, rkey string, a script.AcquireReply, f *flight[T]) (result[T], func()) {
 	r, outcome := l.awaitLease(ctx, rkey, a)
 	switch outcome {
 	case filled:
@@ -335,155 +325,30 @@ func (l *Loader[T]) awaitHolder(ctx context.Context, key, rkey string, a acquire
 	case gaveUp:
 		return l.loadOnly(ctx, key), nil
 	}
-	return l.fetch(ctx, key, rkey, modeMiss, redisBudget{left: l.s.redisTimeout}, f)
+	return l.fetch(ctx, key, rkey, script.ModeMiss, redisBudget{left: l.s.redisTimeout}, f)
 }
 
-// callBatchLoad runs the BatchLoadFunc bounded by LoadTimeout, turning a
-// panic into an error and "no rows" into ErrNotFound, and records it as one
-// load.
-func (l *Loader[T]) callBatchLoad(ctx context.Context, keys []string) (m map[string]T, err error) {
-	ctx, cancel := context.WithTimeout(ctx, l.s.loadTimeout)
-	defer cancel()
-	start := time.Now()
-	defer func() {
-		if p := recover(); p != nil {
-			m, err = nil, newPanicError(p)
-		}
-		switch {
-		case err == nil:
-		case isNotFound(err):
-			err = ErrNotFound
-		default:
-			l.stats.loadErrors.Add(1)
-			err = fmt.Errorf("cache: batch load %s of %d keys: %w", l.name, len(keys), err)
-		}
-		l.stats.loads.Add(1)
-		l.s.recorder.ObserveLoad(l.name, time.Since(start), err)
-	}()
-	return l.batch(ctx, keys)
-}
-
-// storeOp is one store of a load's outcome under a lease: a fill of a value
-// or of a negative entry, or the release of the lease (see storeStep).
-type storeOp struct {
-	call      scriptCall
-	fill      bool
-	tentative bool // the lease may never have been ours: a refusal is not counted
-}
-
-// storeOpFor is storeStep's decision as a script call, to be pipelined.
-func (l *Loader[T]) storeOpFor(rkey, token string, v T, err error, delta time.Duration, tentative bool) storeOp {
-	fill := func(payload []byte, version int64, negative bool, keyTTL, softTTL time.Duration) storeOp {
-		neg := "0"
-		if negative {
-			neg = "1"
-		}
-		return storeOp{fill: true, tentative: tentative, call: scriptCall{script.Fill, rkey, []any{
-			token, payload, strconv.FormatInt(version, 10), neg, ms(keyTTL), ms(delta), softMS(softTTL), l.wakeChannel()}}}
-	}
-	release := storeOp{tentative: tentative, call: scriptCall{script.Release, rkey, []any{token, l.wakeChannel()}}}
-	switch {
-	case errors.Is(err, ErrNotFound) && !l.s.noNegative:
-		return fill(nil, 0, true, l.s.negativeEntryTTL(), 0)
-	case err != nil:
-		return release
-	}
-	payload, version, err := l.encode(v)
-	if err != nil {
-		return release
-	}
-	ttl := l.s.valueTTL()
-	return fill(payload, version, false, ttl+l.s.maxStale, ttl)
-}
-
-// storeMany sends ops in one pipelined round and reports, for each, whether
-// Redis answered it. Refused fills are counted as stale sets prevented, as
-// fill does.
-func (l *Loader[T]) storeMany(ctx context.Context, b *redisBudget, ops []storeOp) []bool {
-	answeredOK := make([]bool, len(ops))
-	calls := make([]scriptCall, len(ops))
-	for i, op := range ops {
-		calls[i] = op.call
-	}
-	cmds, _ := l.runScripts(ctx, b, calls)
-	for i, c := range cmds {
-		if c == nil || c.Err() != nil {
-			continue
-		}
-		answeredOK[i] = true
-		if n, err := c.Int(); ops[i].fill && !ops[i].tentative && err == nil && n != script.Stored {
-			l.count(EventStaleSetPrevented)
-		}
-	}
-	return answeredOK
-}
-
-// scriptCall is one run of a one-key script.
-type scriptCall struct {
-	script *redis.Script
-	key    string
-	args   []any
-}
-
-// runScripts sends calls in one pipeline (one per Redis Cluster master,
-// each through its master's breaker) by script hash, then those that found
-// their script missing on their node again by source, as Script.Run does
-// for one call and invalidate for its pipeline. Only the calls refused with
-// NOSCRIPT are sent again: the others ran, and a lease request or fill must
-// not run twice. It returns each call's command (nil for a call not sent:
-// breaker open, budget spent) and the first error.
-func (l *Loader[T]) runScripts(ctx context.Context, b *redisBudget, calls []scriptCall) ([]*redis.Cmd, error) {
+// runScripts sends calls in one pipeline per Redis Cluster master (one
+// for all elsewhere), each through its master's breaker, by script hash and
+// again by source those that found their script missing (script.Pipeline).
+// It returns each call's command (nil for a call not sent: breaker open,
+// budget spent) and the first error.
+func (l *Loader[T]) runScripts(ctx context.Context, b *redisBudget, calls []script.Call) ([]*redis.Cmd, error) {
 	cmds := make([]*redis.Cmd, len(calls))
 	keys := make([]string, len(calls))
 	for i, c := range calls {
-		keys[i] = c.key
+		keys[i] = c.Key
 	}
 	err := l.perMaster(ctx, b, keys, l.redisCallKey, func(ctx context.Context, idx []int) error {
-		pipe := l.rdb.Pipeline()
-		for _, i := range idx {
-			c := calls[i]
-			cmds[i] = c.script.EvalSha(ctx, pipe, []string{c.key}, c.args...)
+		sub := make([]script.Call, len(idx))
+		for j, i := range idx {
+			sub[j] = calls[i]
 		}
-		err := pipeExec(ctx, pipe)
-		if err == nil {
-			return nil
+		sent, err := script.Pipeline(ctx, l.rdb, sub)
+		for j, i := range idx {
+			cmds[i] = sent[j]
 		}
-		var again []int
-		for _, i := range idx {
-			if err := cmds[i].Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-				again = append(again, i)
-			}
-		}
-		if len(again) == 0 {
-			return err
-		}
-		pipe = l.rdb.Pipeline()
-		for _, i := range again {
-			c := calls[i]
-			cmds[i] = c.script.Eval(ctx, pipe, []string{c.key}, c.args...)
-		}
-		_ = pipeExec(ctx, pipe)
-		for _, i := range idx {
-			if err := cmds[i].Err(); err != nil {
-				return err
-			}
-		}
-		return nil
+		return err
 	})
 	return cmds, err
-}
-
-// pipeExec sends pipe; its error is that of the first failed command.
-func pipeExec(ctx context.Context, pipe redis.Pipeliner) error {
-	_, err := pipe.Exec(ctx)
-	return err
-}
-
-// parseAcquireCmd decodes one pipelined acquire.
-func parseAcquireCmd(c *redis.Cmd) (acquireReply, error) {
-	vals, err := c.Slice()
-	if err != nil {
-		return acquireReply{}, err
-	}
-	return parseAcquire(vals)
 }

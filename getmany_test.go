@@ -127,6 +127,9 @@ func newBatchLoader(t *testing.T, rdb redis.UniversalClient, b *batchTable, opts
 	if o.Prefix == "" {
 		o.Prefix = uniquePrefix(t, rdb)
 	}
+	if o.RedisTimeout == 0 {
+		o.RedisTimeout = testRedisTimeout // as newLoader
+	}
 	l, err := NewBatch(rdb, "row", b.loadMany, &o)
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
@@ -178,7 +181,7 @@ func TestGetManyBatch(t *testing.T) {
 	require.Zero(t, d.Coalesced+d.LeaseWaits+d.RedisErrors+d.StaleSetsPrevented)
 
 	// The misses were filled, the missing key as a negative entry.
-	require.Equal(t, "1", rdb.HGet(ctx, l.Key("gone"), "f").Val())
+	require.Equal(t, "1", fields(t, rdb, l.Key("gone"))["f"])
 	require.True(t, mr.Exists(l.Key("7")))
 	before = l.Stats()
 	got, err = l.GetMany(ctx, keys)
@@ -321,7 +324,7 @@ func (h *failAcquire) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 		send := cmds[:0:0]
 		for _, c := range cmds {
 			a := c.Args()
-			if len(a) > 3 && a[0] == "evalsha" && a[1] == script.Acquire.Hash() && h.keys[fmt.Sprint(a[3])] {
+			if len(a) > 3 && a[0] == "evalsha" && a[1] == script.SHA.Acquire && h.keys[fmt.Sprint(a[3])] {
 				c.SetErr(h.err)
 				continue
 			}
@@ -434,7 +437,7 @@ func TestGetManyBatchLoadError(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 	require.Empty(t, got)
 	for _, k := range []string{"a", "b"} {
-		e := rdb.HGetAll(ctx, l.Key(k)).Val()
+		e := fields(t, rdb, l.Key(k))
 		require.NotContains(t, e, "p", "a failed load is not cached")
 		require.NotContains(t, e, "f")
 		require.NotContains(t, e, "lo", "its lease was released")
@@ -445,7 +448,7 @@ func TestGetManyBatchLoadError(t *testing.T) {
 	got, err = l.GetMany(ctx, []string{"a", "b"})
 	require.NoError(t, err)
 	require.Empty(t, got)
-	require.Equal(t, "1", rdb.HGet(ctx, l.Key("b"), "f").Val(), "negative entry")
+	require.Equal(t, "1", fields(t, rdb, l.Key("b"))["f"], "negative entry")
 }
 
 func TestGetManyBatchCancelled(t *testing.T) {
@@ -484,7 +487,7 @@ func TestGetManyBatchCancelled(t *testing.T) {
 
 	// The load goes on and fills Redis for the next caller.
 	close(release)
-	require.Eventually(t, func() bool { return rdb.HExists(bg, l.Key("b"), "p").Val() }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return hasField(t, rdb, l.Key("b"), "p") }, 5*time.Second, time.Millisecond)
 	bt.hook = nil
 	got, err = l.GetMany(bg, []string{"a", "b"})
 	require.NoError(t, err)
@@ -581,7 +584,7 @@ func TestGetManyBatchAfterScriptFlush(t *testing.T) {
 	require.NoError(t, err, "the pipelined scripts fall back to EVAL on NOSCRIPT")
 	require.Len(t, got, 2)
 	require.Equal(t, [][]string{{"a", "b"}}, bt.takeCalls())
-	require.True(t, rdb.HExists(ctx, l.Key("a"), "p").Val(), "filled")
+	require.True(t, hasField(t, rdb, l.Key("a"), "p"), "filled")
 	require.Zero(t, l.Stats().RedisErrors)
 }
 
@@ -597,7 +600,7 @@ func (h *beforeAcquire) ProcessHook(next redis.ProcessHook) redis.ProcessHook { 
 
 func (h *beforeAcquire) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if a := cmds[0].Args(); len(a) > 1 && a[0] == "evalsha" && a[1] == script.Acquire.Hash() {
+		if a := cmds[0].Args(); len(a) > 1 && a[0] == "evalsha" && a[1] == script.SHA.Acquire {
 			h.once.Do(h.fn)
 		}
 		return next(ctx, cmds)

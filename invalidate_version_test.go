@@ -32,22 +32,22 @@ func TestInvalidateVersionsRefusesOlderFills(t *testing.T) {
 			v, err := l.Get(ctx, "a")
 			require.NoError(t, err)
 			require.Equal(t, int64(1), v.Ver, "the caller gets what its database session said")
-			require.Equal(t, "2", rdb.HGet(ctx, l.Key("a"), "v").Val(), "the floor stays")
-			require.False(t, rdb.HExists(ctx, l.Key("a"), "p").Val(), "version 1 is not stored below the floor")
-			require.False(t, rdb.HExists(ctx, l.Key("b"), "p").Val())
+			require.Equal(t, "2", fields(t, rdb, l.Key("a"))["v"], "the floor stays")
+			require.False(t, hasField(t, rdb, l.Key("a"), "p"), "version 1 is not stored below the floor")
+			require.False(t, hasField(t, rdb, l.Key("b"), "p"))
 			require.NoError(t, l.Set(ctx, "a", row{"v1", 1}), "a Set below the floor turns into an invalidation")
-			require.False(t, rdb.HExists(ctx, l.Key("a"), "p").Val())
+			require.False(t, hasField(t, rdb, l.Key("a"), "p"))
 
 			// Once the commit is visible, the load of version 2 is stored.
 			tb.put("a", "v2")
 			v, err = l.Get(ctx, "a")
 			require.NoError(t, err)
 			require.Equal(t, int64(2), v.Ver)
-			require.Equal(t, mustJSON(t, row{"v2", 2}), rdb.HGet(ctx, l.Key("a"), "p").Val())
+			require.Equal(t, mustJSON(t, row{"v2", 2}), fields(t, rdb, l.Key("a"))["p"])
 
 			// A lower floor never lowers the stored version.
 			require.NoError(t, l.InvalidateVersions(ctx, KeyVersion{"a", 1}))
-			require.Equal(t, "2", rdb.HGet(ctx, l.Key("a"), "v").Val())
+			require.Equal(t, "2", fields(t, rdb, l.Key("a"))["v"])
 		})
 	}
 }
@@ -57,4 +57,41 @@ func TestInvalidateVersionsRefusesNegativeVersions(t *testing.T) {
 	l := newLoader(t, rdb, newTable(), nil)
 	err := l.InvalidateVersions(context.Background(), KeyVersion{"a", -1})
 	require.True(t, errors.Is(err, ErrNegativeVersion), "%v", err)
+}
+
+// A load that read the row before its new version became visible has its
+// fill refused by the floor; it must not answer the Gets of its flight
+// either — not even one that began after the invalidation — but read the
+// row again.
+func TestRefusedFillIsNotHandedOut(t *testing.T) {
+	_, rdb := fakeRedis(t)
+	ctx := context.Background()
+	tb := newTable()
+	tb.put("a", "v1")
+	stale := make(chan struct{}, 1) // the next load still sees version 1
+	tb.hook = func(_ context.Context, key string, _ int64) error {
+		select {
+		case <-stale:
+		default:
+			tb.mu.Lock()
+			if tb.rows["a"].Ver < 2 {
+				tb.rows["a"] = row{Val: "v2", Ver: 2}
+			}
+			tb.mu.Unlock()
+		}
+		return nil
+	}
+	l := newLoader(t, rdb, tb, nil)
+	stale <- struct{}{}
+	// The first load reads version 1 (its snapshot predates the commit of
+	// version 2, whose invalidation already left the floor).
+	tb.rows["a"] = row{Val: "v1", Ver: 1}
+	require.NoError(t, l.InvalidateVersions(ctx, KeyVersion{"a", 2}))
+	v, err := l.Get(ctx, "a")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), v.Ver, "the flight read the row again instead of answering with the refused one")
+	require.NotZero(t, l.Stats().StaleSetsPrevented)
+	v, err = l.Get(ctx, "a")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), v.Ver)
 }

@@ -57,7 +57,7 @@ func TestLapsedLeaseIsTakenOver(t *testing.T) {
 	require.Equal(t, "one", v.Val)
 	require.EqualValues(t, 1, tbB.loads.Load(), "B loaded once A's lease lapsed")
 	// B filled under its own lease: the entry is usable for everyone.
-	h := rdbA.HGetAll(context.Background(), a.Key("a")).Val()
+	h := fields(t, rdbA, a.Key("a"))
 	require.Equal(t, `{"val":"one","ver":1}`, h["p"])
 }
 
@@ -88,7 +88,7 @@ func TestLeaseWaitBoundedByLastLoadTime(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "two", v.Val)
 	require.EqualValues(t, 1, tbB.loads.Load())
-	require.NotEqual(t, `{"val":"two","ver":1}`, rdbA.HGet(ctx, a.Key("a"), "p").Val(),
+	require.NotEqual(t, `{"val":"two","ver":1}`, fields(t, rdbA, a.Key("a"))["p"],
 		"a load without the lease does not fill")
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -80,7 +81,7 @@ func TestEventsAreCountedInStatsAndRecorder(t *testing.T) {
 	_, _ = l.Get(ctx, "a")
 	_, _ = l.Get(ctx, "big")
 	_, _ = l.Get(ctx, "err")
-	rdb.HSet(ctx, l.Key("bad"), "p", "{", "g", "1")
+	putEntry(t, rdb, l.Key("bad"), entry.Header(entry.FlagPayload, 1, 0, 0, 0, 0, ""), "{")
 	tb.put("bad", "ok")
 	_, _ = l.Get(ctx, "bad")
 	require.NoError(t, l.Set(ctx, "a", row{"old", 0})) // version 0 < 1: prevented

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/f4df6ac3/cache/internal/entry"
+	"github.com/f4df6ac3/cache/internal/script"
 )
 
 // migrateFrom answers a miss from the entry in the previous key format
@@ -16,31 +17,21 @@ import (
 // previous entry is missing, expired, negative or unusable; the caller then
 // loads from the database. Like loadAndFill, it may return the fill as a
 // step to take after answering.
-func (l *Loader[T]) migrateFrom(ctx context.Context, key, rkey, token string, seq uint64, a acquireReply, b *redisBudget) (result[T], func(), bool) {
-	if l.s.prevPrefix == "" || a.flags&entry.FlagInvalidated != 0 {
+func (l *Loader[T]) migrateFrom(ctx context.Context, key, rkey, token string, seq uint64, a script.AcquireReply, b *redisBudget) (result[T], func(), bool) {
+	if l.s.prevPrefix == "" || a.Flags&entry.FlagInvalidated != 0 {
 		return result[T]{}, nil, false
 	}
 	prev := l.s.prevPrefix + key
 	var (
-		vals []any
+		e    entry.Entry
 		pttl time.Duration
 	)
-	err := l.redisCallKey(ctx, b, prev, func(ctx context.Context) error {
-		pipe := l.rdb.Pipeline()
-		hm := pipe.HMGet(ctx, prev, entry.Fields...)
-		pt := pipe.PTTL(ctx, prev)
-		if _, err := pipe.Exec(ctx); err != nil {
-			return err
-		}
-		vals, pttl = hm.Val(), pt.Val()
-		return nil
+	err := l.redisCallKey(ctx, b, prev, func(ctx context.Context) (err error) {
+		e, pttl, err = l.readPrevious(ctx, prev)
+		return err
 	})
-	if err != nil || pttl <= 0 {
-		return result[T]{}, nil, false
-	}
-	e, err := entry.Decode(vals)
 	now := l.clock.serverNow()
-	if err != nil || !e.Usable() || e.Negative() || !e.FreshAt(now) {
+	if err != nil || pttl <= 0 || !e.Usable() || e.Negative() || !e.FreshAt(now) {
 		return result[T]{}, nil, false
 	}
 	payload := []byte(e.Payload)
@@ -57,16 +48,36 @@ func (l *Loader[T]) migrateFrom(ctx context.Context, key, rkey, token string, se
 	if e.SoftExpiry > 0 {
 		ttl = time.Duration(e.SoftExpiry-now) * time.Millisecond
 	}
-	store := func(b *redisBudget) bool {
-		return l.fill(ctx, b, rkey, token, payload, e.Version, false, ttl+l.s.maxStale, ttl,
-			time.Duration(e.Delta)*time.Millisecond, false)
-	}
+	st := store{fill: true, call: script.FillCall(rkey, script.Fill{
+		Token: token, Payload: payload, Version: e.Version, KeyTTL: ttl + l.s.maxStale, SoftTTL: ttl,
+		Delta: time.Duration(e.Delta) * time.Millisecond, Channel: l.wakeChannel(),
+	})}
 	l.count(EventMigrated)
-	res := result[T]{val: v, seq: seq, gen: a.gen}
-	if b.left >= minStoreBudget && store(b) {
-		return res, nil, true
+	return result[T]{val: v, seq: seq, gen: a.Gen}, l.storeNowOrLater(ctx, st, b), true
+}
+
+// readPrevious reads the entry at prev, in the previous key format, and
+// its remaining life: an entry of this format, or a format-1 hash written
+// by the library's releases before it (so that an upgrade migrates the
+// entries the old release cached, and neither release treats the other's
+// entries as corrupt: they live under different keys).
+func (l *Loader[T]) readPrevious(ctx context.Context, prev string) (entry.Entry, time.Duration, error) {
+	pipe := l.rdb.Pipeline()
+	val := l.readEntry(ctx, pipe, prev)
+	pt := pipe.PTTL(ctx, prev)
+	if _, err := pipe.Exec(ctx); err != nil && !isWrongType(err) {
+		return entry.Entry{}, 0, err
 	}
-	// As in loadAndFill: store after answering, so that no lease is left
-	// for others to wait out.
-	return res, func() { store(&redisBudget{left: l.s.redisTimeout}) }, true
+	if !isWrongType(val.Err()) {
+		e, err := entry.Decode(val.Val(), l.s.maxValueBytes)
+		return e, pt.Val(), err
+	}
+	pipe = l.rdb.Pipeline()
+	hm := pipe.HMGet(ctx, prev, entry.Fields...)
+	pt = pipe.PTTL(ctx, prev)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return entry.Entry{}, 0, err
+	}
+	e, err := entry.DecodeHash(hm.Val())
+	return e, pt.Val(), err
 }

@@ -50,7 +50,7 @@ func TestKeyFormatMigrationKeepsHitRate(t *testing.T) {
 			ctx := context.Background()
 			v1, err := New(rdb, "user", func(_ context.Context, k string) (userV1, error) {
 				return userV1{Name: "user " + k}, nil
-			}, &Options{Prefix: base + "v1:", TTL: time.Hour})
+			}, &Options{Prefix: base + "v1:", TTL: time.Hour, RedisTimeout: resRelaxed})
 			require.NoError(t, err)
 			defer v1.Close()
 			for i := range 100 {
@@ -62,7 +62,8 @@ func TestKeyFormatMigrationKeepsHitRate(t *testing.T) {
 			v2, err := New(rdb, "user", func(_ context.Context, k string) (userV2, error) {
 				loads.Add(1)
 				return userV2{FullName: "user " + k}, nil
-			}, &Options{Prefix: base + "v2:", TTL: time.Hour, PreviousKeyPrefix: base + "v1:user:", Migrate: migrateUser})
+			}, &Options{Prefix: base + "v2:", TTL: time.Hour, PreviousKeyPrefix: base + "v1:user#2:", Migrate: migrateUser,
+				RedisTimeout: resRelaxed}) // the exact counts below must not depend on the machine's load
 			require.NoError(t, err)
 			defer v2.Close()
 
@@ -107,14 +108,14 @@ func TestKeyFormatMigrationDeclines(t *testing.T) {
 	v2, err := New(rdb, "user", func(_ context.Context, k string) (userV2, error) {
 		loads.Add(1)
 		return userV2{FullName: "db " + k}, nil
-	}, &Options{Prefix: "v2:", PreviousKeyPrefix: "v1:user:", Migrate: migrateUser})
+	}, &Options{Prefix: "v2:", PreviousKeyPrefix: "v1:user#2:", Migrate: migrateUser})
 	require.NoError(t, err)
 	defer v2.Close()
 
 	// A tombstone in the new format: the previous entry may predate the
 	// invalidation, so it is not used. Invalidate also reached it.
 	require.NoError(t, v2.Invalidate(ctx, "a"))
-	require.Equal(t, "2", rdb.HGet(ctx, "v1:user:a", "f").Val(), "the previous format is invalidated too")
+	require.Zero(t, rdb.Exists(ctx, "v1:user#2:a").Val(), "the previous format's entry is dropped too")
 	u, err := v2.Get(ctx, "a")
 	require.NoError(t, err)
 	require.Equal(t, "db a", u.FullName)
@@ -135,9 +136,66 @@ func TestKeyFormatMigrationDeclines(t *testing.T) {
 
 	// Writes in the new format invalidate the previous one.
 	require.NoError(t, v2.Set(ctx, "b", userV2{FullName: "new b"}))
-	require.Equal(t, "2", rdb.HGet(ctx, "v1:user:b", "f").Val())
+	require.Zero(t, rdb.Exists(ctx, "v1:user#2:b").Val())
 
 	_, err = New(rdb, "user", func(context.Context, string) (userV2, error) { return userV2{}, nil },
-		&Options{Prefix: "v2:", PreviousKeyPrefix: "v2:user:"})
+		&Options{Prefix: "v2:", PreviousKeyPrefix: "v2:user#2:"})
 	require.ErrorContains(t, err, "PreviousKeyPrefix")
+}
+
+// TestUpgradeFromHashEntries: a fleet upgrading from the releases before
+// entry format 2 (one hash per entry at Prefix+name+":"+key). The new
+// release keeps its entries at other keys, so neither release treats the
+// other's entries as corrupt; with PreviousKeyPrefix naming the old keys,
+// the new release's first pass is answered from the old entries, and its
+// writes drop them, so the old processes reload what changed.
+func TestUpgradeFromHashEntries(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rdb  func(t *testing.T) redis.UniversalClient
+	}{
+		{"miniredis", func(t *testing.T) redis.UniversalClient { _, r := fakeRedis(t); return r }},
+		{"redis", func(t *testing.T) redis.UniversalClient { return realRedis(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rdb := tc.rdb(t)
+			base := uniquePrefix(t, rdb)
+			ctx := context.Background()
+			// What an old release left: fresh entries, and the hash fields its
+			// scripts wrote (payload, generation, version, soft expiry, load
+			// time).
+			now := time.Now().UnixMilli()
+			old := func(k string) string { return base + "user:" + k }
+			for i := range 50 {
+				k := strconv.Itoa(i)
+				require.NoError(t, rdb.HSet(ctx, old(k), "p", `{"val":"old `+k+`","ver":3}`, "g", now*1000, "v", 3,
+					"s", now+3_600_000, "d", 2).Err())
+				require.NoError(t, rdb.PExpire(ctx, old(k), time.Hour).Err())
+			}
+			tb := newTable()
+			for i := range 50 {
+				tb.put(strconv.Itoa(i), "db")
+			}
+			l := newLoader(t, rdb, tb, &Options{Prefix: base, TTL: time.Hour, PreviousKeyPrefix: base + "user:", RedisTimeout: resRelaxed})
+			require.NotEqual(t, old("1"), l.Key("1"), "the formats live at different keys")
+			for i := range 50 {
+				v, err := l.Get(ctx, strconv.Itoa(i))
+				require.NoError(t, err)
+				require.Equal(t, "old "+strconv.Itoa(i), v.Val)
+			}
+			require.Zero(t, tb.loads.Load(), "the first pass is answered from the old entries")
+			require.EqualValues(t, 50, l.Stats().Migrated)
+			require.Zero(t, l.Stats().CorruptEntries)
+			require.Equal(t, "hash", rdb.Type(ctx, old("1")).Val(), "reads leave the old release's entries alone")
+
+			// A write in the new release drops the old entry: the old
+			// processes' next read loads the row.
+			require.NoError(t, l.Invalidate(ctx, "1"))
+			require.Zero(t, rdb.Exists(ctx, old("1")).Val())
+			v, err := l.Get(ctx, "1")
+			require.NoError(t, err)
+			require.Equal(t, "db", v.Val)
+			require.EqualValues(t, 1, tb.loads.Load())
+		})
+	}
 }

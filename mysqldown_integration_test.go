@@ -122,9 +122,7 @@ func (e *mdEnv) up()                       { require.NoError(e.t, e.proxy.Set(fa
 // hash returns key's raw entry.
 func (e *mdEnv) hash(l *Loader[mdRow], key string) map[string]string {
 	e.t.Helper()
-	h, err := e.rdb.HGetAll(context.Background(), l.Key(key)).Result()
-	require.NoError(e.t, err)
-	return h
+	return fields(e.t, e.rdb, l.Key(key))
 }
 
 // requireNothingCached requires key's entry, if any, to hold no payload and
@@ -135,7 +133,7 @@ func (e *mdEnv) requireNothingCached(l *Loader[mdRow], key string) {
 	e.t.Helper()
 	h := e.hash(l, key)
 	require.NotContains(e.t, h, entry.Payload, "a failed load stored a payload: %v", h)
-	if f, ok := h[entry.Flags]; ok {
+	if f, ok := h["f"]; ok {
 		n, err := strconv.Atoi(f)
 		require.NoError(e.t, err)
 		require.Zero(e.t, n&entry.FlagNegative, "a failed load was cached as not found: %v", h)
@@ -234,8 +232,8 @@ func TestMySQLDown(t *testing.T) {
 			require.Equal(t, want("b"), v)
 			require.EqualValues(t, 5, l.Stats().Loads)
 			h := e.hash(l, "b")
-			require.JSONEq(t, mustJSON(t, want("b")), h[entry.Payload], "entry %v", h)
-			require.NotContains(t, h, entry.Flags)
+			require.JSONEq(t, mustJSON(t, want("b")), h["p"], "entry %v", h)
+			require.NotContains(t, h, "f")
 			v, err = l.Get(ctx, "b")
 			require.NoError(t, err)
 			require.Equal(t, want("b"), v)
@@ -267,7 +265,7 @@ func TestMySQLDown(t *testing.T) {
 			// Expired, kept MaxStale for stale serving: the load fails,
 			// the stale value answers.
 			requireStale(t, stale, "a", want("a"))
-			require.JSONEq(t, mustJSON(t, want("a")), e.hash(stale, "a")[entry.Payload],
+			require.JSONEq(t, mustJSON(t, want("a")), e.hash(stale, "a")["p"],
 				"the failed load changed the kept value")
 			// A Loader without stale serving returns the error, on the
 			// same entry (its stale payload is there) and on its own.
@@ -278,7 +276,7 @@ func TestMySQLDown(t *testing.T) {
 			// Invalidated values are kept for stale serving too.
 			require.NoError(t, stale.Invalidate(ctx, "a"))
 			h := e.hash(stale, "a")
-			require.Equal(t, strconv.Itoa(entry.FlagInvalidated), h[entry.Flags], "entry %v", h)
+			require.Equal(t, strconv.Itoa(entry.FlagInvalidated), h["f"], "entry %v", h)
 			require.Contains(t, h, entry.Payload, "MaxStale > 0: the invalidated value is kept")
 			requireStale(t, stale, "a", want("a"))
 			requireLoadError(t, plain, "a")

@@ -3,7 +3,6 @@ package cache
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"time"
@@ -14,7 +13,10 @@ import (
 // never modifies the Options it is given.
 type Options struct {
 	// Prefix is put before the Loader's name in every Redis key:
-	// Prefix + name + ":" + key.
+	// Prefix + name + "#2:" + key, where "2" is the entry format. Neither
+	// Prefix nor the name may contain '#', so the first '#' of a key ends
+	// its namespace and no two Loaders (loader "user" and loader
+	// "user:profile", say) ever share a key or a SCAN pattern.
 	// default: "" (no prefix)
 	Prefix string
 
@@ -51,6 +53,16 @@ type Options struct {
 	// default: 50ms
 	RedisTimeout time.Duration
 
+	// InvalidateTimeout bounds an Invalidate or InvalidateVersions call:
+	// an invalidation is a write's last step, so it is retried (with
+	// backoff, each attempt bounded by what is left) rather than failed
+	// fast like a read. What still fails when it runs out — or at once
+	// while the circuit breaker is open — is queued and applied in the
+	// background as soon as Redis answers, this process's Gets of those
+	// keys bypass Redis meanwhile, and the error wraps ErrQueued.
+	// default: 1s
+	InvalidateTimeout time.Duration
+
 	// BreakerFailures is how many Redis calls in a row must fail (time out,
 	// lose their connection) before the circuit breaker opens. While it is
 	// open, Get answers from the LoadFunc without touching Redis, Set and
@@ -59,9 +71,13 @@ type Options struct {
 	// default: 5
 	BreakerFailures int
 
-	// BreakerCooldown is how long the breaker stays open before one probe
-	// call is let through; its success closes the breaker.
-	// default: 1s
+	// BreakerCooldown is how long the breaker stays open before a probe may
+	// close it. The probe is the Loader's own PING, sent in the background
+	// (no Get waits on it): Redis is PINGed every 25ms while the breaker is
+	// open, and the first PING that succeeds after the cooldown closes it,
+	// so hits resume at most about BreakerCooldown + 25ms after Redis
+	// answers again.
+	// default: 150ms
 	BreakerCooldown time.Duration
 
 	// DisableBreaker keeps calling Redis however often it fails (each call
@@ -128,12 +144,14 @@ type Options struct {
 
 	// PreviousKeyPrefix names the key format this Loader replaces: entries
 	// were at PreviousKeyPrefix + key (e.g. "v1:sim:" when the new format is
-	// "v2:sim:"). A miss in the new format whose entry there is absent (not
+	// "v2:sim#2:"; or "sim:" to upgrade from the library's releases before
+	// entry format 2, whose entries were hashes at Prefix + name + ":" +
+	// key — both formats are read). A miss in the new format whose entry there is absent (not
 	// a tombstone) first reads the previous entry: a fresh value is
 	// converted with Migrate, stored in the new format with the previous
 	// entry's remaining TTL, and counted as migrated — so a rollout that
 	// changes the key format keeps its hit rate. Invalidate, Set and
-	// WriteThrough also invalidate the previous entry, for the processes
+	// WriteThrough also delete the previous entry, for the processes
 	// still on it.
 	// default: "" (no previous format)
 	PreviousKeyPrefix string
@@ -146,7 +164,7 @@ type Options struct {
 	// SampleRate is the fraction of hits, in [0, 1], checked against the
 	// database SampleDelay later: an entry that still differs then (not a
 	// write in flight) counts as inconsistent. The inconsistency ratio is
-	// inconsistent / sampled in the metrics. Each check costs two HMGETs and
+	// inconsistent / sampled in the metrics. Each check costs two entry reads and
 	// one load.
 	// default: 0 (no sampling)
 	SampleRate float64
@@ -155,9 +173,11 @@ type Options struct {
 	// default: 1m
 	SampleDelay time.Duration
 
-	// Logger receives operational messages (dropped invalidations, corrupt
-	// entries); never payloads.
-	// default: discards everything
+	// Logger receives operational messages (breaker transitions, dropped
+	// invalidations, corrupt entries, panics in user functions); never
+	// payloads. What an operator must see — a dropped invalidation leaves
+	// other processes stale until the TTL — is logged at Warn or Error.
+	// default: slog.Default()
 	Logger *slog.Logger
 }
 
@@ -169,6 +189,7 @@ type settings struct {
 	negativeTTL   time.Duration
 	noNegative    bool
 	redisTimeout  time.Duration
+	invalTimeout  time.Duration
 	breakerFails  int
 	breakerCool   time.Duration
 	noBreaker     bool
@@ -195,10 +216,11 @@ const (
 	defaultJitter        = 0.1
 	defaultNegativeTTL   = 30 * time.Second
 	defaultRedisTimeout  = 50 * time.Millisecond
+	defaultInvalTimeout  = time.Second
 	defaultLoadTimeout   = 5 * time.Second
 	defaultMaxValueBytes = 1 << 20
 	defaultBreakerFails  = 5
-	defaultBreakerCool   = time.Second
+	defaultBreakerCool   = 150 * time.Millisecond
 	defaultBeta          = 1.0
 )
 
@@ -210,7 +232,7 @@ func (o *Options) settings() (settings, error) {
 		name string
 		v    time.Duration
 	}{
-		{"TTL", o.TTL}, {"NegativeTTL", o.NegativeTTL}, {"RedisTimeout", o.RedisTimeout},
+		{"TTL", o.TTL}, {"NegativeTTL", o.NegativeTTL}, {"RedisTimeout", o.RedisTimeout}, {"InvalidateTimeout", o.InvalidateTimeout},
 		{"LoadTimeout", o.LoadTimeout}, {"LeaseTimeout", o.LeaseTimeout},
 		{"BreakerCooldown", o.BreakerCooldown}, {"MaxStale", o.MaxStale}, {"SampleDelay", o.SampleDelay},
 	} {
@@ -243,6 +265,7 @@ func (o *Options) settings() (settings, error) {
 		negativeTTL:   or(o.NegativeTTL, defaultNegativeTTL),
 		noNegative:    o.DisableNegativeCache,
 		redisTimeout:  or(o.RedisTimeout, defaultRedisTimeout),
+		invalTimeout:  or(o.InvalidateTimeout, defaultInvalTimeout),
 		breakerFails:  or(o.BreakerFailures, defaultBreakerFails),
 		breakerCool:   or(o.BreakerCooldown, defaultBreakerCool),
 		noBreaker:     o.DisableBreaker,
@@ -282,7 +305,7 @@ func (o *Options) settings() (settings, error) {
 		s.recorder = nopRecorder{}
 	}
 	if s.logger == nil {
-		s.logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		s.logger = slog.Default()
 	}
 	return s, nil
 }

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,8 +81,35 @@ func TestKeyLayout(t *testing.T) {
 	l, err := New(rdb, "sim", nopLoad, &Options{Prefix: "app:"})
 	require.NoError(t, err)
 	defer l.Close()
-	require.Equal(t, "app:sim:{t1}:8901:status", l.Key("{t1}:8901:status"))
+	require.Equal(t, "app:sim#2:{t1}:8901:status", l.Key("{t1}:8901:status"))
 	require.Equal(t, "sim", l.Name())
+}
+
+// The first '#' of a key ends its namespace: loaders whose names or
+// prefixes would run into each other ("user" and "user:profile") never
+// share a key.
+func TestKeyNamespacesNeverOverlap(t *testing.T) {
+	_, rdb := fakeRedis(t)
+	user, err := New(rdb, "user", nopLoad, &Options{Prefix: "app:"})
+	require.NoError(t, err)
+	defer user.Close()
+	profile, err := New(rdb, "user:profile", nopLoad, &Options{Prefix: "app:"})
+	require.NoError(t, err)
+	defer profile.Close()
+	nested, err := New(rdb, "profile", nopLoad, &Options{Prefix: "app:user:"})
+	require.NoError(t, err)
+	defer nested.Close()
+	require.NotEqual(t, user.Key("profile:1"), profile.Key("1"))
+	require.NotEqual(t, user.Key("profile:1"), nested.Key("1"))
+	require.False(t, strings.HasPrefix(profile.Key("1"), user.Key("")), "user's SCAN pattern does not match user:profile's keys")
+
+	for _, o := range []struct {
+		name   string
+		prefix string
+	}{{"us#er", ""}, {"user", "app#"}} {
+		_, err := New(rdb, o.name, nopLoad, &Options{Prefix: o.prefix})
+		require.ErrorContains(t, err, "'#'")
+	}
 }
 
 func TestJitter(t *testing.T) {

@@ -125,11 +125,11 @@ func (l *Loader[T]) sendReads(batch []*pipedRead) {
 	}
 	// On a Redis Cluster, one pipeline per master, each through its
 	// master's breaker. A read not sent has no command.
-	cmds := make([]*redis.SliceCmd, len(batch))
+	cmds := make([]*redis.StringCmd, len(batch))
 	err := l.perMaster(context.Background(), &b, rkeys, l.redisCallKey, func(ctx context.Context, idx []int) error {
 		pipe := l.rdb.Pipeline()
 		for _, i := range idx {
-			cmds[i] = pipe.HMGet(ctx, rkeys[i], entry.Fields...)
+			cmds[i] = l.readEntry(ctx, pipe, rkeys[i])
 		}
 		_, err := pipe.Exec(ctx)
 		return err
@@ -139,7 +139,7 @@ func (l *Loader[T]) sendReads(batch []*pipedRead) {
 		case cmds[i] == nil: // the breaker or the budget refused the call
 			r.err = cmp.Or(err, ErrRedisUnavailable)
 		default:
-			r.e, r.err = decodeRead(cmds[i].Result())
+			r.e, r.err = l.decodeRead(cmds[i].Result())
 		}
 		close(r.done)
 	}
@@ -147,22 +147,30 @@ func (l *Loader[T]) sendReads(batch []*pipedRead) {
 
 // readDirect fetches and decodes key's entry in one round trip of its own.
 func (l *Loader[T]) readDirect(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
-	var vals []any
+	var s string
 	err := l.redisCallKey(ctx, b, rkey, func(ctx context.Context) (err error) {
-		vals, err = l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
+		s, err = l.readEntry(ctx, l.rdb, rkey).Result()
 		return err
 	})
-	return decodeRead(vals, err)
+	return l.decodeRead(s, err)
 }
 
-// decodeRead decodes the reply of an entry's HMGET; a key that holds
-// another type is a corrupt entry.
-func decodeRead(vals []any, err error) (entry.Entry, error) {
+// readEntry sends the read of an entry: its header and at most
+// MaxValueBytes+1 bytes of payload, so that a planted huge value costs no
+// more than the limit to find out about (it is then corrupt, and
+// replaced).
+func (l *Loader[T]) readEntry(ctx context.Context, c redis.StringCmdable, rkey string) *redis.StringCmd {
+	return c.GetRange(ctx, rkey, 0, int64(entry.HeaderSize+l.s.maxValueBytes))
+}
+
+// decodeRead decodes the reply of an entry's read; a key that holds
+// another type, or a value over MaxValueBytes, is a corrupt entry.
+func (l *Loader[T]) decodeRead(s string, err error) (entry.Entry, error) {
 	if err != nil {
 		if isWrongType(err) {
 			return entry.Entry{}, fmt.Errorf("%w: %v", entry.ErrCorrupt, err)
 		}
 		return entry.Entry{}, err
 	}
-	return entry.Decode(vals)
+	return entry.Decode(s, l.s.maxValueBytes)
 }

@@ -360,18 +360,25 @@ func (lib *raceLib) drain() {
 // encoding/json (the default codec). A tombstone or a missing key is no
 // cached value; a negative entry is one (a wrong one: every row exists).
 func (lib *raceLib) cached(ctx context.Context, id int) (raceRow, bool, error) {
-	h, err := lib.rdb.HGetAll(ctx, lib.loaders[0].Key(strconv.Itoa(id))).Result()
-	if err != nil || len(h) == 0 {
+	raw, err := lib.rdb.Get(ctx, lib.loaders[0].Key(strconv.Itoa(id))).Result()
+	if errors.Is(err, redis.Nil) {
+		return raceRow{}, false, nil
+	}
+	if err != nil {
 		return raceRow{}, false, err
 	}
-	flags, _ := strconv.ParseInt(h[entry.Flags], 10, 64)
+	h, err := entryFields(raw)
+	if err != nil {
+		return raceRow{}, false, err
+	}
+	flags, _ := strconv.ParseInt(h["f"], 10, 64)
 	if flags&entry.FlagInvalidated != 0 {
 		return raceRow{}, false, nil
 	}
 	if flags&entry.FlagNegative != 0 {
 		return raceRow{ID: id, Val: "<negative entry>"}, true, nil
 	}
-	p, ok := h[entry.Payload]
+	p, ok := h["p"]
 	if !ok {
 		return raceRow{}, false, nil
 	}
@@ -580,7 +587,7 @@ func TestRaceInvalidateThenOlderWriteThrough(t *testing.T) {
 	})
 	require.NoError(t, err)
 
-	t.Logf("entry after both writes: %v", rdbA.HGetAll(ctx, a.Key("1")).Val())
+	t.Logf("entry after both writes: %v", fields(t, rdbA, a.Key("1")))
 	for _, l := range []*Loader[raceRow]{a, b} {
 		v, err := l.Get(ctx, "1")
 		require.NoError(t, err)

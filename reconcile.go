@@ -6,7 +6,6 @@ import (
 	"database/sql"
 	"errors"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -148,15 +147,15 @@ func (r *reconciler[T]) visit(ctx context.Context, rkey string) error {
 	if res := r.result(); res.Scanned%r.o.ScanCount == 0 {
 		r.progress()
 	}
-	vals, err := l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
-	if err != nil {
+	val, err := l.readEntry(ctx, l.rdb, rkey).Result()
+	if err != nil && !isWrongType(err) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		r.add(func(res *ReconcileResult) { res.Errors++ })
 		return nil
 	}
-	e, err := entry.Decode(vals)
+	e, err := l.decodeRead(val, err)
 	if err != nil || !e.Usable() {
 		return nil // gone, a tombstone, a lease, or corrupt (Get replaces those)
 	}
@@ -164,9 +163,7 @@ func (r *reconciler[T]) visit(ctx context.Context, rkey string) error {
 		return err
 	}
 	key := rkey[len(l.prefix):]
-	lctx, cancel := context.WithTimeout(ctx, l.s.loadTimeout)
-	v, lerr := l.load(lctx, key)
-	cancel()
+	v, lerr := l.callLoad(ctx, key)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -181,12 +178,7 @@ func (r *reconciler[T]) visit(ctx context.Context, rkey string) error {
 	}
 	r.add(func(res *ReconcileResult) { res.Divergent++ })
 	l.count(EventStaleEntryFound)
-	neg := "0"
-	if e.Negative() {
-		neg = "1"
-	}
-	n, err := script.Evict.Run(ctx, l.rdb, []string{rkey}, strconv.FormatInt(e.Generation, 10),
-		e.Payload, ms(l.s.tombstoneTTL), neg).Int()
+	n, err := script.Evict(rkey, e.Generation, e.Payload, e.Negative(), l.s.tombstoneTTL, script.NewToken()).Run(ctx, l.rdb).Int()
 	switch {
 	case err != nil:
 		r.add(func(res *ReconcileResult) { res.Errors++ })

@@ -81,7 +81,7 @@ func TestReconcileEvictsOnlyDivergentEntries(t *testing.T) {
 	before := l.Stats()
 	for id := range 33 {
 		k := strconv.Itoa(id)
-		h := rdb.HGetAll(ctx, l.Key(k)).Val()
+		h := fields(t, rdb, l.Key(k))
 		evicted := h["f"] == "2"
 		require.Equal(t, divergent[k] || k == "0" || k == "1", evicted, "key %s: %v", k, h)
 		v, err := l.Get(ctx, k)
@@ -97,7 +97,7 @@ func TestReconcileEvictsOnlyDivergentEntries(t *testing.T) {
 	require.EqualValues(t, 33-len(divergent)-2, after.Hits+after.NegativeHits-before.Hits-before.NegativeHits)
 	// Another loader under the same prefix was not touched.
 	for id := range 3 {
-		require.NotEqual(t, "2", rdb.HGet(ctx, other.Key(strconv.Itoa(id)), "f").Val())
+		require.NotEqual(t, "2", fields(t, rdb, other.Key(strconv.Itoa(id)))["f"])
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,15 +95,15 @@ func (h *resHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 }
 
 var resScripts = map[string]string{
-	script.Acquire.Hash():    "acquire",
-	script.Fill.Hash():       "fill",
-	script.Set.Hash():        "set",
-	script.Invalidate.Hash(): "invalidate",
-	script.Release.Hash():    "release",
+	script.SHA.Acquire:    "acquire",
+	script.SHA.Fill:       "fill",
+	script.SHA.Set:        "set",
+	script.SHA.Invalidate: "invalidate",
+	script.SHA.Release:    "release",
 }
 
 // resCmd names a command: the library script it runs ("acquire", "fill",
-// "set", "invalidate", "release"), or else its lower-case name ("hmget");
+// "set", "invalidate", "release"), or else its lower-case name ("getrange");
 // key is its first key.
 func resCmd(cmd redis.Cmder) (name, key string) {
 	args := cmd.Args()
@@ -207,12 +208,6 @@ func (c *resArrivalCtx) Done() <-chan struct{} {
 		close(c.arrived)
 	}
 	return c.Context.Done()
-}
-
-// resSetFields overwrites fields of key's entry hash.
-func resSetFields(t *testing.T, rdb redis.UniversalClient, key string, kv ...any) {
-	t.Helper()
-	require.NoError(t, rdb.HSet(context.Background(), key, kv...).Err())
 }
 
 // resSeed stores r as key's entry with Set: unlike a Get that fills, it
@@ -323,20 +318,20 @@ func TestResilienceOptionsDefaults(t *testing.T) {
 		maxStale  time.Duration
 		tombstone time.Duration
 	}{
-		{name: "nil", opts: nil, fails: 5, cooldown: time.Second, beta: 1, breaker: true, tombstone: 10 * time.Second},
-		{name: "zero", opts: &Options{}, fails: 5, cooldown: time.Second, beta: 1, breaker: true, tombstone: 10 * time.Second},
+		{name: "nil", opts: nil, fails: 5, cooldown: defaultBreakerCool, beta: 1, breaker: true, tombstone: 10 * time.Second},
+		{name: "zero", opts: &Options{}, fails: 5, cooldown: defaultBreakerCool, beta: 1, breaker: true, tombstone: 10 * time.Second},
 		{name: "explicit", opts: &Options{BreakerFailures: 2, BreakerCooldown: 3 * time.Second, EarlyRefreshBeta: 0.5},
 			fails: 2, cooldown: 3 * time.Second, beta: 0.5, breaker: true, tombstone: 10 * time.Second},
-		{name: "DisableBreaker", opts: &Options{DisableBreaker: true}, fails: 5, cooldown: time.Second, beta: 1,
+		{name: "DisableBreaker", opts: &Options{DisableBreaker: true}, fails: 5, cooldown: defaultBreakerCool, beta: 1,
 			tombstone: 10 * time.Second},
-		{name: "DisableEarlyRefresh", opts: &Options{DisableEarlyRefresh: true}, fails: 5, cooldown: time.Second, beta: 1,
+		{name: "DisableEarlyRefresh", opts: &Options{DisableEarlyRefresh: true}, fails: 5, cooldown: defaultBreakerCool, beta: 1,
 			breaker: true, noEarly: true, tombstone: 10 * time.Second},
-		{name: "MaxStale alone is ignored", opts: &Options{MaxStale: time.Hour}, fails: 5, cooldown: time.Second, beta: 1,
+		{name: "MaxStale alone is ignored", opts: &Options{MaxStale: time.Hour}, fails: 5, cooldown: defaultBreakerCool, beta: 1,
 			breaker: true, tombstone: 10 * time.Second},
 		{name: "StaleWhileRevalidate", opts: &Options{StaleWhileRevalidate: true, MaxStale: time.Minute}, fails: 5,
-			cooldown: time.Second, beta: 1, breaker: true, swr: true, maxStale: time.Minute, tombstone: time.Minute},
+			cooldown: defaultBreakerCool, beta: 1, breaker: true, swr: true, maxStale: time.Minute, tombstone: time.Minute},
 		{name: "StaleIfError, short MaxStale", opts: &Options{StaleIfError: true, MaxStale: time.Second}, fails: 5,
-			cooldown: time.Second, beta: 1, breaker: true, sie: true, maxStale: time.Second, tombstone: 10 * time.Second},
+			cooldown: defaultBreakerCool, beta: 1, breaker: true, sie: true, maxStale: time.Second, tombstone: 10 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var before Options
@@ -462,7 +457,7 @@ func TestResilienceBreakerOpens(t *testing.T) {
 			mr.Close()
 			for i := 1; i <= tc.want; i++ {
 				require.Equal(t, BreakerClosed, l.BreakerState(), "before failure %d", i)
-				err := l.Invalidate(ctx, "a")
+				err := l.Set(ctx, "z", row{"z", 1}) // one Redis call (Invalidate retries)
 				require.Error(t, err)
 				require.NotErrorIs(t, err, ErrRedisUnavailable, "failure %d: Redis was called", i)
 			}
@@ -547,13 +542,13 @@ func TestResilienceBreakerRecovers(t *testing.T) {
 
 	mr.Close()
 	for range 2 {
-		require.Error(t, l.Invalidate(ctx, "a"))
+		require.Error(t, l.Set(ctx, "z", row{"z", 1})) // one Redis call each
 	}
 	wait(t, opened, "the breaker to open")
-	require.Equal(t, float64(BreakerOpen), gauge())
+	require.NotEqual(t, float64(BreakerClosed), gauge(), "open, or half-open once the cooldown passed")
 
 	require.NoError(t, mr.Restart()) // with the entry as it was
-	// A probe needs traffic: keep getting until the breaker closes.
+	// The prober's PING closes the breaker; Gets meanwhile answer.
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	timeout := time.After(10 * time.Second)
@@ -599,7 +594,7 @@ func TestResilienceBreakerDisabled(t *testing.T) {
 	ctx := context.Background()
 	mr.Close()
 	for i := range 10 {
-		err := l.Invalidate(ctx, "a")
+		err := l.Set(ctx, "a", row{"a", 1})
 		require.Error(t, err)
 		require.NotErrorIs(t, err, ErrRedisUnavailable, "call %d reached for Redis", i)
 	}
@@ -658,7 +653,7 @@ func TestResilienceQueuedInvalidationLandsWhenBreakerCloses(t *testing.T) {
 	require.EqualValues(t, 1, l.Stats().Bypassed, "b is not pending")
 	require.Greater(t, l.Stats().RedisSkipped, skipped)
 
-	require.Contains(t, mr.HGet(l.Key("a"), "p"), `"a1"`, "Redis will come back with the old entry")
+	require.Contains(t, fieldsOf(t, resMustGet(t, mr, l.Key("a")))["p"], `"a1"`, "Redis will come back with the old entry")
 	require.NoError(t, mr.Restart())
 	// Traffic for the probe; the queued invalidation lands once the
 	// breaker closes.
@@ -679,8 +674,8 @@ func TestResilienceQueuedInvalidationLandsWhenBreakerCloses(t *testing.T) {
 	// EventInvalidationRetried is counted just before the key leaves the
 	// queue (see TestResilienceRegressionRetriedCountedWhilePending).
 	require.Eventually(t, func() bool { return l.Stats().InvalidationsPending == 0 }, 5*time.Second, time.Millisecond)
-	require.Equal(t, "2", mr.HGet(l.Key("a"), "f"), "a tombstone")
-	require.Empty(t, mr.HGet(l.Key("a"), "p"))
+	require.Equal(t, "2", fieldsOf(t, resMustGet(t, mr, l.Key("a")))["f"], "a tombstone")
+	require.Empty(t, fieldsOf(t, resMustGet(t, mr, l.Key("a")))["p"])
 	s = l.Stats()
 	require.EqualValues(t, 1, s.InvalidationsRetried)
 	require.Zero(t, s.InvalidationsDropped)
@@ -702,7 +697,7 @@ func TestResilienceQueuedInvalidationKeepsOrder(t *testing.T) {
 	_, rdb := fakeRedis(t)
 	var mode atomic.Int32
 	var hmgetA, setA atomic.Int64
-	aKey := "t:row:a"
+	aKey := "t:row#2:a"
 	rdb.AddHook(&resHook{before: func(name, key string) error {
 		switch mode.Load() {
 		case failAll:
@@ -714,7 +709,7 @@ func TestResilienceQueuedInvalidationKeepsOrder(t *testing.T) {
 		}
 		if key == aKey {
 			switch name {
-			case "hmget":
+			case "getrange":
 				hmgetA.Add(1)
 			case "set":
 				setA.Add(1)
@@ -760,7 +755,7 @@ func TestResilienceQueuedInvalidationKeepsOrder(t *testing.T) {
 	require.EqualValues(t, 2, s.InvalidationsQueued)
 	require.EqualValues(t, 1, s.InvalidationsPending, "one key")
 	require.Zero(t, setA.Load(), "no Set of a was sent")
-	require.Contains(t, rdb.HGet(ctx, aKey, "p").Val(), `"a1"`)
+	require.Contains(t, fields(t, rdb, aKey)["p"], `"a1"`)
 	require.Equal(t, "a3", resGetRow(t, l, "a").Val)
 	require.EqualValues(t, 2, l.Stats().Bypassed)
 	require.Equal(t, reads, hmgetA.Load())
@@ -768,7 +763,7 @@ func TestResilienceQueuedInvalidationKeepsOrder(t *testing.T) {
 	mode.Store(pass)
 	wait(t, retried, "the queued invalidation")
 	require.Eventually(t, func() bool { return l.Stats().InvalidationsPending == 0 }, 5*time.Second, time.Millisecond)
-	h := rdb.HGetAll(ctx, aKey).Val()
+	h := fields(t, rdb, aKey)
 	require.Equal(t, "2", h["f"], "a tombstone")
 	require.NotContains(t, h, "p")
 	require.EqualValues(t, 1, l.Stats().InvalidationsRetried, "one invalidation for both writes")
@@ -841,7 +836,7 @@ func TestResilienceRefreshDue(t *testing.T) {
 func resNearExpiry(t *testing.T, l *Loader[row], key string) (soft int64) {
 	t.Helper()
 	soft = l.clock.serverNow() + 2000
-	resSetFields(t, l.rdb, l.Key(key), entry.SoftExpiry, soft, entry.Delta, int64(1e10))
+	editEntry(t, l.rdb, l.Key(key), func(e *entry.Entry) { e.SoftExpiry, e.Delta = soft, 1e7 })
 	return soft
 }
 
@@ -863,7 +858,6 @@ func TestResilienceEarlyRefresh(t *testing.T) {
 	refreshed := ev.on(EventRefresh)
 	opts := Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed, Recorder: ev}
 	l := newLoader(t, rdb, tb, &opts)
-	ctx := context.Background()
 	resSeed(t, l, "a", tb.put("a", "a1"))
 	key := l.Key("a")
 
@@ -903,13 +897,13 @@ func TestResilienceEarlyRefresh(t *testing.T) {
 	// The refresh fills the new value with a new soft expiry.
 	close(release)
 	require.Equal(t, key, resWaitKey(t, fills, "the refresh's fill"))
-	h := rdb.HGetAll(ctx, key).Val()
-	require.Equal(t, mustJSON(t, row{"a2", 2}), h[entry.Payload])
-	newSoft, err := rdb.HGet(ctx, key, entry.SoftExpiry).Int64()
+	h := fields(t, rdb, key)
+	require.Equal(t, mustJSON(t, row{"a2", 2}), h["p"])
+	newSoft, err := strconv.ParseInt(h["s"], 10, 64)
 	require.NoError(t, err)
 	require.Greater(t, newSoft, soft)
 	require.Greater(t, newSoft, l.clock.serverNow()+50_000, "about TTL ahead")
-	require.NotEqual(t, "10000000000", h[entry.Delta], "the real load time is stored")
+	require.NotEqual(t, "10000000", h["d"], "the real load time is stored")
 	require.NotContains(t, h, entry.LeaseOwner)
 
 	require.Equal(t, "a2", resGetRow(t, l, "a").Val)
@@ -949,19 +943,19 @@ func TestResilienceStaleWhileRevalidate(t *testing.T) {
 		stale bool // served stale while a refresh loads
 	}{
 		{"expired within MaxStale", func(t *testing.T, _ *miniredis.Miniredis, l *Loader[row]) {
-			resSetFields(t, l.rdb, l.Key("a"), entry.SoftExpiry, l.clock.serverNow()-5000)
+			editEntry(t, l.rdb, l.Key("a"), func(e *entry.Entry) { e.SoftExpiry = l.clock.serverNow() - 5000 })
 		}, true},
 		{"invalidated", func(t *testing.T, _ *miniredis.Miniredis, l *Loader[row]) {
 			require.NoError(t, l.Invalidate(context.Background(), "a"))
-			h := l.rdb.HGetAll(context.Background(), l.Key("a")).Val()
+			h := fields(t, l.rdb, l.Key("a"))
 			require.Contains(t, h, entry.Payload, "Invalidate keeps the payload for stale serving")
-			require.Equal(t, "2", h[entry.Flags])
+			require.Equal(t, "2", h["f"])
 		}, true},
 		{"expired beyond MaxStale", func(t *testing.T, _ *miniredis.Miniredis, l *Loader[row]) {
-			resSetFields(t, l.rdb, l.Key("a"), entry.SoftExpiry, l.clock.serverNow()-maxStale.Milliseconds()-5000)
+			editEntry(t, l.rdb, l.Key("a"), func(e *entry.Entry) { e.SoftExpiry = l.clock.serverNow() - maxStale.Milliseconds() - 5000 })
 		}, false},
 		{"invalidated beyond MaxStale", func(t *testing.T, _ *miniredis.Miniredis, l *Loader[row]) {
-			resSetFields(t, l.rdb, l.Key("a"), entry.SoftExpiry, l.clock.serverNow()-maxStale.Milliseconds()-5000)
+			editEntry(t, l.rdb, l.Key("a"), func(e *entry.Entry) { e.SoftExpiry = l.clock.serverNow() - maxStale.Milliseconds() - 5000 })
 			require.NoError(t, l.Invalidate(context.Background(), "a"))
 		}, false},
 		{"gone from Redis", func(t *testing.T, mr *miniredis.Miniredis, _ *Loader[row]) {
@@ -1015,7 +1009,7 @@ func TestResilienceStaleWhileRevalidate(t *testing.T) {
 			s = l.Stats()
 			require.EqualValues(t, 1, s.Hits, "refilled")
 			require.EqualValues(t, 1, tb.loads.Load())
-			require.NotContains(t, rdb.HGetAll(context.Background(), l.Key("a")).Val(), entry.Flags)
+			require.NotContains(t, fields(t, rdb, l.Key("a")), "f")
 		})
 	}
 }
@@ -1043,7 +1037,7 @@ func TestResilienceInvalidatedNotServedWithoutSWR(t *testing.T) {
 			resWaitKey(t, fills, "the fill")
 			tb.put("a", "a2")
 			require.NoError(t, l.Invalidate(ctx, "a"))
-			require.Equal(t, tc.keeps, rdb.HExists(ctx, l.Key("a"), entry.Payload).Val())
+			require.Equal(t, tc.keeps, hasField(t, rdb, l.Key("a"), "p"))
 			require.Equal(t, "a2", resGetRow(t, l, "a").Val)
 			s := l.Stats()
 			require.Zero(t, s.Stale)
@@ -1061,7 +1055,7 @@ func TestResilienceInvalidatedNotServedWithoutSWR(t *testing.T) {
 		require.Equal(t, "a1", resGetRow(t, swr, "a").Val)
 		tb.put("a", "a2")
 		require.NoError(t, swr.Invalidate(ctx, "a"))
-		require.True(t, rdb.HExists(ctx, swr.Key("a"), entry.Payload).Val())
+		require.True(t, hasField(t, rdb, swr.Key("a"), "p"))
 		require.Equal(t, "a2", resGetRow(t, plain, "a").Val)
 		require.Zero(t, plain.Stats().Stale)
 	})
@@ -1076,7 +1070,7 @@ func TestResilienceStaleIfError(t *testing.T) {
 	sie := Options{StaleIfError: true, MaxStale: maxStale}
 	expire := func(by time.Duration) func(t *testing.T, l *Loader[row]) {
 		return func(t *testing.T, l *Loader[row]) {
-			resSetFields(t, l.rdb, l.Key("a"), entry.SoftExpiry, l.clock.serverNow()-by.Milliseconds())
+			editEntry(t, l.rdb, l.Key("a"), func(e *entry.Entry) { e.SoftExpiry = l.clock.serverNow() - by.Milliseconds() })
 		}
 	}
 	invalidate := func(t *testing.T, l *Loader[row]) {
@@ -1120,8 +1114,8 @@ func TestResilienceStaleIfError(t *testing.T) {
 				require.Equal(t, row{"a1", 1}, v)
 				require.EqualValues(t, 1, s.Stale)
 				require.EqualValues(t, 1, s.LoadErrors)
-				h := rdb.HGetAll(ctx, l.Key("a")).Val()
-				require.Equal(t, mustJSON(t, row{"a1", 1}), h[entry.Payload], "the failure is not cached")
+				h := fields(t, rdb, l.Key("a"))
+				require.Equal(t, mustJSON(t, row{"a1", 1}), h["p"], "the failure is not cached")
 				require.NotContains(t, h, entry.LeaseOwner, "the lease is released")
 				return
 			}
@@ -1211,9 +1205,9 @@ func TestResilienceReadBypass(t *testing.T) {
 
 	// Writes still reach Redis.
 	require.NoError(t, l.Set(ctx, "a", row{"a3", 3}))
-	require.Contains(t, mr.HGet(l.Key("a"), entry.Payload), `"a3"`)
+	require.Contains(t, fieldsOf(t, resMustGet(t, mr, l.Key("a")))["p"], `"a3"`)
 	require.NoError(t, l.Invalidate(ctx, "b"))
-	require.Equal(t, "2", mr.HGet(l.Key("b"), entry.Flags))
+	require.Equal(t, "2", fieldsOf(t, resMustGet(t, mr, l.Key("b")))["f"])
 
 	l.SetReadBypass(false)
 	l.SetReadBypass(false)
@@ -1251,7 +1245,7 @@ func TestResilienceReadCoalescing(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, rdb := fakeRedis(t)
-			key := "t:row:a"
+			key := "t:row#2:a"
 			var armed atomic.Bool
 			var hmgets atomic.Int64
 			var holdOnce sync.Once
@@ -1259,7 +1253,7 @@ func TestResilienceReadCoalescing(t *testing.T) {
 			release := make(chan struct{})
 			rdb.AddHook(&resHook{
 				before: func(name, k string) error {
-					if name == "hmget" && k == key && armed.Load() {
+					if name == "getrange" && k == key && armed.Load() {
 						hmgets.Add(1)
 					}
 					return nil
@@ -1267,7 +1261,7 @@ func TestResilienceReadCoalescing(t *testing.T) {
 				// The first armed HMGET has been answered by Redis; its
 				// reply is held until release.
 				after: func(name, k string, _ error) {
-					if name == "hmget" && k == key && armed.Load() {
+					if name == "getrange" && k == key && armed.Load() {
 						holdOnce.Do(func() { close(held); <-release })
 					}
 				},
@@ -1352,7 +1346,7 @@ func TestResilienceRegressionRedundantRefreshAfterFill(t *testing.T) {
 	// Meanwhile A refreshes the entry.
 	require.Equal(t, "a1", resGetRow(t, a, "a").Val)
 	resWaitKey(t, fillsA, "A's refresh")
-	soft, err := rdbA.HGet(context.Background(), a.Key("a"), entry.SoftExpiry).Int64()
+	soft, err := strconv.ParseInt(fields(t, rdbA, a.Key("a"))["s"], 10, 64)
 	require.NoError(t, err)
 	require.Greater(t, soft, a.clock.serverNow()+50_000, "the entry is fresh for a minute")
 
@@ -1385,7 +1379,7 @@ func TestResilienceRegressionLeaseWaitServesExpiredValue(t *testing.T) {
 	// The value's TTL has passed (the key lives on a little: a lease
 	// request extends it, or MaxStale keeps it for StaleIfError); the last
 	// load took 1ms, so B waits on A's lease for at most 20ms.
-	resSetFields(t, rdbA, a.Key("a"), entry.SoftExpiry, a.clock.serverNow()-10_000, entry.Delta, 1)
+	editEntry(t, rdbA, a.Key("a"), func(e *entry.Entry) { e.SoftExpiry, e.Delta = a.clock.serverNow()-10_000, 1 })
 	tb.put("a", "a2")
 
 	go a.Get(context.Background(), "a") // A takes the lease and loads (held)
@@ -1452,7 +1446,7 @@ func TestResilienceRegressionBypassFlightKeyCollision(t *testing.T) {
 	_, rdb := fakeRedis(t)
 	var failInvalidate atomic.Bool
 	odd := "x\x00bypass" // the flight key bypassing loads of x once had
-	oddKey := "t:row:" + odd
+	oddKey := "t:row#2:" + odd
 	heldOdd := make(chan struct{})
 	releaseOdd := make(chan struct{})
 	var once sync.Once
@@ -1464,7 +1458,7 @@ func TestResilienceRegressionBypassFlightKeyCollision(t *testing.T) {
 			return nil
 		},
 		after: func(name, k string, _ error) {
-			if name == "hmget" && k == oddKey {
+			if name == "getrange" && k == oddKey {
 				once.Do(func() { close(heldOdd); <-releaseOdd })
 			}
 		},
@@ -1553,4 +1547,12 @@ func TestResilienceRegressionOptionsAcceptNonFinite(t *testing.T) {
 			require.ErrorContains(t, err, "cache: ")
 		})
 	}
+}
+
+// resMustGet returns key's raw value from mr, which may be closed.
+func resMustGet(t *testing.T, mr *miniredis.Miniredis, key string) string {
+	t.Helper()
+	v, err := mr.DB(0).Get(key)
+	require.NoError(t, err)
+	return v
 }

@@ -44,9 +44,9 @@ func (l *Loader[T]) checkSample(key, rkey string) {
 	read := func() (entry.Entry, bool) {
 		var e entry.Entry
 		err := l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, rkey, func(ctx context.Context) error {
-			vals, err := l.rdb.HMGet(ctx, rkey, entry.Fields...).Result()
+			val, err := l.readEntry(ctx, l.rdb, rkey).Result()
 			if err == nil {
-				e, err = entry.Decode(vals)
+				e, err = entry.Decode(val, l.s.maxValueBytes)
 			}
 			return err
 		})
@@ -56,7 +56,7 @@ func (l *Loader[T]) checkSample(key, rkey string) {
 	if !ok {
 		return
 	}
-	v, err := l.load(ctx, key)
+	v, err := l.callLoad(ctx, key)
 	notFound := isNotFound(err)
 	if err != nil && !notFound {
 		return

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"database/sql"
+	"log/slog"
 	"os"
 	"reflect"
 	"testing"
@@ -79,6 +80,9 @@ func (quiet) Print(...any)                           {}
 func TestMain(m *testing.M) {
 	redis.SetLogger(quiet{})
 	_ = mysql.SetLogger(quiet{})
+	// Loaders log to slog.Default by default; the faults the tests inject
+	// on purpose would fill the output.
+	slog.SetDefault(slog.New(slog.DiscardHandler))
 	os.Exit(m.Run())
 }
 

@@ -61,7 +61,7 @@ func TestSmoke(t *testing.T) {
 			_, _ = l.Get(ctx, "a")
 			require.EqualValues(t, 4, loads.Load())
 			t.Logf("%+v", l.Stats())
-			t.Log(rdb.HGetAll(ctx, l.Key("a")).Val())
+			t.Log(fields(t, rdb, l.Key("a")))
 		})
 	}
 }

@@ -121,7 +121,12 @@ func stampedeOneLoad(t *testing.T, client func() redis.UniversalClient, opts Opt
 	t.Logf("loads %d, hits %d, misses %d, coalesced %d, lease waits %d, redis errors %d",
 		loads.Load(), st.Hits, st.Misses, st.Coalesced, st.LeaseWaits, st.RedisErrors)
 	out.requireAll(t, want)
-	require.EqualValues(t, 1, loads.Load(), "P2: one load across %d processes × %d goroutines", stampedeProcs, stampedeGoroutines)
+	// P2: one load across the processes. A Get whose Redis budget ran out
+	// (the machine too busy to read Redis's reply in time: counted as a
+	// Redis error) fails open and may load on its own: each such failure
+	// explains at most one more load (its flight's).
+	require.LessOrEqual(t, loads.Load(), int64(1+st.RedisErrors),
+		"P2: one load across %d processes × %d goroutines, but for Gets that failed open", stampedeProcs, stampedeGoroutines)
 
 	// The one load filled the entry for everyone: the next Gets are hits.
 	for _, l := range loaders {
@@ -129,7 +134,7 @@ func stampedeOneLoad(t *testing.T, client func() redis.UniversalClient, opts Opt
 		require.NoError(t, err)
 		require.Equal(t, want, v)
 	}
-	require.EqualValues(t, 1, loads.Load())
+	require.LessOrEqual(t, loads.Load(), int64(1+sumStats(loaders).RedisErrors), "the filled entry answers")
 }
 
 // stampedeRedisTimeout separates P2 from P4. 800 first reads queued on
@@ -298,10 +303,10 @@ func TestStampedeOrphanLease(t *testing.T) {
 	}{
 		// The acquire ran (the lease was granted), but its reply was lost:
 		// the process loads without filling.
-		{"acquire_reply_lost", &lostReply{sha: script.Acquire.Hash(), ran: true}},
+		{"acquire_reply_lost", &lostReply{sha: script.SHA.Acquire, ran: true}},
 		// The process loaded under its lease, but its fill never reached
 		// Redis.
-		{"fill_lost", &lostReply{sha: script.Fill.Hash(), ran: false}},
+		{"fill_lost", &lostReply{sha: script.SHA.Fill, ran: false}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rdbA := realRedis(t)
@@ -325,7 +330,7 @@ func TestStampedeOrphanLease(t *testing.T) {
 			require.NoError(t, err, "fail-open: A answers from its load")
 			require.Equal(t, "v", v.Val)
 			require.True(t, tc.hook.done.Load(), "the hook never fired")
-			t.Logf("entry after A's Get: %v", rdbA.HGetAll(context.Background(), a.Key("k")).Val())
+			t.Logf("entry after A's Get: %v", fields(t, rdbA, a.Key("k")))
 
 			// B arrives after A's Get has returned: nobody is loading.
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)

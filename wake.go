@@ -17,7 +17,11 @@ import (
 type wakeups struct {
 	mu      sync.Mutex // protects the fields below
 	waiters map[string][]chan struct{}
-	ps      *redis.PubSub // nil until the first wait
+	// started is set once the subscribing goroutine runs; ps is its
+	// subscription once made; cancel ends a subscription being made.
+	started bool
+	ps      *redis.PubSub
+	cancel  context.CancelFunc
 	closed  bool
 }
 
@@ -34,20 +38,35 @@ func (l *Loader[T]) watch(rkey string) (<-chan struct{}, func()) {
 	if w.closed {
 		return ch, func() {}
 	}
-	if w.ps == nil {
-		w.ps = l.rdb.Subscribe(context.Background(), l.wakeChannel())
-		msgs := w.ps.Channel()
-		l.bg.Go(func() {
-			for m := range msgs {
-				w.wake(m.Payload)
-			}
-		})
+	if !w.started {
+		w.started = true
+		ctx, cancel := context.WithCancel(context.Background())
+		w.cancel = cancel
+		l.bg.Go(func() { l.subscribeWakeups(ctx) })
 	}
 	if w.waiters == nil {
 		w.waiters = make(map[string][]chan struct{})
 	}
 	w.waiters[rkey] = append(w.waiters[rkey], ch)
 	return ch, func() { w.forget(rkey, ch) }
+}
+
+// subscribeWakeups subscribes to the wake-up channel and wakes the waiters
+// of each key published, until Close (which cancels ctx).
+func (l *Loader[T]) subscribeWakeups(ctx context.Context) {
+	w := &l.wakeups
+	ps := l.rdb.Subscribe(ctx, l.wakeChannel())
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		ps.Close()
+		return
+	}
+	w.ps = ps
+	w.mu.Unlock()
+	for m := range ps.Channel() {
+		w.wake(m.Payload)
+	}
 }
 
 func (w *wakeups) wake(rkey string) {
@@ -81,6 +100,9 @@ func (w *wakeups) close() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.closed = true
+	if w.cancel != nil {
+		w.cancel()
+	}
 	if w.ps != nil {
 		w.ps.Close()
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -36,7 +37,7 @@ func (l *Loader[T]) Set(ctx context.Context, key string, v T) error {
 }
 
 // anyGeneration lets set store whatever invalidations happened before.
-const anyGeneration = ""
+const anyGeneration = script.AnyGeneration
 
 // set stores v if key's generation is still gen (see set.lua).
 func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error {
@@ -49,10 +50,13 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 		return errors.Join(err, ierr)
 	}
 	ttl := l.s.valueTTL()
-	var n int
-	err = l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, l.Key(key), func(ctx context.Context) (err error) {
-		n, err = script.Set.Run(ctx, l.rdb, []string{l.Key(key)}, payload, strconv.FormatInt(version, 10),
-			ms(ttl+l.s.maxStale), ms(ttl), ms(l.s.tombstoneTTL), gen).Int()
+	c := script.SetCall(l.Key(key), script.Set{
+		Payload: payload, Version: version, KeyTTL: ttl + l.s.maxStale, SoftTTL: ttl,
+		Tombstone: l.s.tombstoneTTL, Generation: gen, Token: script.NewToken(),
+	})
+	var n int64
+	err = l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, c.Key, func(ctx context.Context) (err error) {
+		n, err = c.Run(ctx, l.rdb).Int64()
 		return err
 	})
 	if err != nil {
@@ -61,34 +65,49 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 	if n != script.Stored {
 		l.count(EventStaleSetPrevented)
 	}
-	if l.s.prevPrefix != "" {
-		// Processes still on the previous key format must not serve the
-		// value this write replaced.
-		err = l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, l.s.prevPrefix+key, func(ctx context.Context) error {
-			return script.Invalidate.Run(ctx, l.rdb, []string{l.s.prevPrefix + key}, ms(l.s.tombstoneTTL), "0", "0").Err()
-		})
-		if err != nil {
-			return fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
-		}
+	if err := l.dropPrevious(ctx, []string{key}, &redisBudget{left: l.s.redisTimeout}, l.redisCallKey); err != nil {
+		return fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
 	}
 	return nil
+}
+
+// dropPrevious deletes the keys' entries in the previous key format, if
+// one is configured: processes still on it must not serve what changed. A
+// deleted entry is as safe as a tombstone for them: their fills need the
+// lease the entry held, and their next read loads the row.
+func (l *Loader[T]) dropPrevious(ctx context.Context, keys []string, b *redisBudget, call redisCaller) error {
+	if l.s.prevPrefix == "" || len(keys) == 0 {
+		return nil
+	}
+	prev := make([]string, len(keys))
+	for i, k := range keys {
+		prev[i] = l.s.prevPrefix + k
+	}
+	return l.perMaster(ctx, b, prev, call, func(ctx context.Context, idx []int) error {
+		pipe := l.rdb.Pipeline()
+		for _, i := range idx {
+			pipe.Del(ctx, prev[i])
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	})
 }
 
 // Invalidate marks the keys' entries invalid, present or not: the next Get
 // of each loads from the database, and no fill that began before Invalidate
 // returned can store what it loaded. Call it after the database commit.
-// All keys go to Redis in one pipeline; the error names the keys that
-// could not be invalidated (while the circuit breaker is open, all of them,
-// at once: ErrRedisUnavailable). Invalidations of the keys that WriteThrough
-// queued are applied with it.
+// All keys go to Redis in one pipeline, retried within InvalidateTimeout;
+// the keys it could not invalidate by then (at once while the circuit
+// breaker is open) are queued and applied in the background, and the
+// error, which names them, wraps ErrQueued. Invalidations of the keys that
+// WriteThrough queued are applied with it.
 func (l *Loader[T]) Invalidate(ctx context.Context, keys ...string) error {
 	for _, k := range keys {
 		if err := l.check(k); err != nil {
 			return err
 		}
 	}
-	_, err := l.invalidateQueued(ctx, keys)
-	return err
+	return l.invalidateDurably(ctx, keys, nil)
 }
 
 // KeyVersion names a key to invalidate and the version of its row as
@@ -102,8 +121,11 @@ type KeyVersion struct {
 // version floor: no fill or Set of a value with a lower version lands
 // afterwards, not even one that began after the invalidation but read the
 // row before its commit became visible (a change stream such as the
-// binlog can deliver a commit before other sessions see it). A Version of
-// 0 sets no floor. Versions below 0 are refused with ErrNegativeVersion.
+// binlog can deliver a commit before other sessions see it); and while
+// the floor stands, no negative entry either (the row exists). A Version
+// of 0 sets no floor. Versions below 0 are refused with ErrNegativeVersion.
+// An invalidation that had to be queued (ErrQueued) is applied without its
+// floor.
 func (l *Loader[T]) InvalidateVersions(ctx context.Context, kvs ...KeyVersion) error {
 	keys := make([]string, len(kvs))
 	floors := make([]int64, len(kvs))
@@ -116,20 +138,64 @@ func (l *Loader[T]) InvalidateVersions(ctx context.Context, kvs ...KeyVersion) e
 		}
 		keys[i], floors[i] = kv.Key, kv.Version
 	}
-	snap := l.pending.snapshotOf(keys)
-	failed, err := l.invalidateWith(ctx, keys, floors, l.redisCallKey)
-	if snap != nil {
-		l.dequeue(snap, failed)
-	}
-	return err
+	return l.invalidateDurably(ctx, keys, floors)
 }
 
-// invalidateQueued is invalidate that also takes off the queue the keys'
-// queued invalidations it covers: those enqueued before it was sent, for
-// the keys it applied.
-func (l *Loader[T]) invalidateQueued(ctx context.Context, keys []string) ([]string, error) {
+// invalidateDurably invalidates keys (with floors, when not nil) within
+// InvalidateTimeout: what fails is sent again with backoff while the
+// budget lasts, Redis answers (not an open breaker) and ctx lives; what
+// still fails is queued, and the error wraps ErrQueued.
+func (l *Loader[T]) invalidateDurably(ctx context.Context, keys []string, floors []int64) error {
+	deadline := time.Now().Add(l.s.invalTimeout)
+	backoff := 5 * time.Millisecond
+	for {
+		failed, err := l.invalidateQueued(ctx, keys, floors, time.Until(deadline))
+		if err == nil {
+			return nil
+		}
+		if len(failed) < len(keys) {
+			keys, floors = only(failed, keys, floors)
+		}
+		if errors.Is(err, ErrRedisUnavailable) || ctx.Err() != nil || time.Until(deadline) < backoff {
+			for _, k := range keys {
+				l.enqueueInvalidation(k)
+			}
+			return fmt.Errorf("%w: %w", ErrQueued, err)
+		}
+		t := time.NewTimer(jittered(backoff, 0.5))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		backoff *= 2
+	}
+}
+
+// only returns the keys of failed, and their floors (nil when floors is).
+func only(failed, keys []string, floors []int64) ([]string, []int64) {
+	if floors == nil {
+		return failed, nil
+	}
+	left := make(map[string]bool, len(failed))
+	for _, k := range failed {
+		left[k] = true
+	}
+	var fl []int64
+	for i, k := range keys {
+		if left[k] {
+			fl = append(fl, floors[i])
+		}
+	}
+	return failed, fl
+}
+
+// invalidateQueued is invalidate (with floors, within budget) that also
+// takes off the queue the keys' queued invalidations it covers: those
+// enqueued before it was sent, for the keys it applied.
+func (l *Loader[T]) invalidateQueued(ctx context.Context, keys []string, floors []int64, budget time.Duration) ([]string, error) {
 	snap := l.pending.snapshotOf(keys)
-	failed, err := l.invalidate(ctx, keys)
+	failed, err := l.invalidateWith(ctx, keys, floors, budget, l.redisCallKey)
 	if snap != nil {
 		l.dequeue(snap, failed)
 	}
@@ -141,92 +207,67 @@ type redisCaller func(ctx context.Context, b *redisBudget, rkey string, fn func(
 
 // invalidate returns the keys it could not invalidate with the error. With
 // a previous key format configured, the keys' entries in that format are
-// invalidated too: processes still on it must not serve what changed.
+// dropped too: processes still on it must not serve what changed.
 func (l *Loader[T]) invalidate(ctx context.Context, keys []string) ([]string, error) {
-	return l.invalidateWith(ctx, keys, nil, l.redisCallKey)
+	return l.invalidateWith(ctx, keys, nil, l.s.redisTimeout, l.redisCallKey)
 }
 
-// invalidateWith is invalidate with its Redis call made by call, and with
-// floors[i] (when floors is not nil) the version floor of keys[i].
-func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, floors []int64, call redisCaller) ([]string, error) {
+// invalidateWith is invalidate with its Redis calls made by call within
+// budget, and with floors[i] (when floors is not nil) the version floor of
+// keys[i].
+func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, floors []int64, budget time.Duration, call redisCaller) ([]string, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	rkeys := make([]string, 0, 2*len(keys))
-	for _, k := range keys {
-		rkeys = append(rkeys, l.Key(k))
-	}
-	if l.s.prevPrefix != "" {
-		for _, k := range keys {
-			rkeys = append(rkeys, l.s.prevPrefix+k)
+	calls := make([]script.Call, len(keys))
+	for i, k := range keys {
+		var floor int64
+		if floors != nil {
+			floor = floors[i]
 		}
+		calls[i] = script.Invalidate(l.Key(k), l.s.tombstoneTTL, l.s.maxStale > 0, floor)
 	}
-	tomb := ms(l.s.tombstoneTTL)
-	keep := "0"
-	if l.s.maxStale > 0 {
-		keep = "1"
-	}
-	floor := func(i int) string {
-		if floors == nil || i >= len(keys) {
-			return "0" // no floor, and none for a previous key format's entry
-		}
-		return strconv.FormatInt(floors[i], 10)
-	}
-	if len(rkeys) == 1 {
-		err := call(ctx, &redisBudget{left: l.s.redisTimeout}, rkeys[0], func(ctx context.Context) error {
-			return script.Invalidate.Run(ctx, l.rdb, rkeys, tomb, keep, floor(0)).Err()
+	cmds := make([]*redis.Cmd, len(calls))
+	b := redisBudget{left: budget}
+	var err error
+	if len(calls) == 1 {
+		err = call(ctx, &b, calls[0].Key, func(ctx context.Context) error {
+			cmds[0] = calls[0].Run(ctx, l.rdb)
+			return cmds[0].Err()
 		})
-		if err != nil {
-			return keys, fmt.Errorf("cache: invalidate %q: %w", keys, err)
+	} else {
+		// One pipeline per Redis Cluster master, each through its
+		// breaker. A key whose invalidation was not sent has no command.
+		rkeys := make([]string, len(calls))
+		for i, c := range calls {
+			rkeys[i] = c.Key
 		}
-		return nil, nil
+		err = l.perMaster(ctx, &b, rkeys, call, func(ctx context.Context, idx []int) error {
+			sub := make([]script.Call, len(idx))
+			for j, i := range idx {
+				sub[j] = calls[i]
+			}
+			sent, err := script.Pipeline(ctx, l.rdb, sub)
+			for j, i := range idx {
+				cmds[i] = sent[j]
+			}
+			return err
+		})
 	}
-	// One pipeline per Redis Cluster master, each through its breaker. A
-	// key whose invalidation was not sent has no command.
-	cmds := make([]*redis.Cmd, len(rkeys))
-	err := l.perMaster(ctx, &redisBudget{left: l.s.redisTimeout}, rkeys, call, func(ctx context.Context, idx []int) error {
-		sub := make([]string, len(idx))
-		subFloors := make([]string, len(idx))
-		for j, i := range idx {
-			sub[j], subFloors[j] = rkeys[i], floor(i)
-		}
-		sent, err := l.invalidatePipeline(ctx, sub, subFloors, tomb, keep, false)
-		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			sent, err = l.invalidatePipeline(ctx, sub, subFloors, tomb, keep, true)
-		}
-		for j, i := range idx {
-			cmds[i] = sent[j]
-		}
-		return err
-	})
 	if err == nil {
+		err = l.dropPrevious(ctx, keys, &b, call)
+		if err != nil {
+			return keys, fmt.Errorf("cache: invalidate %q: previous key format: %w", keys, err)
+		}
 		return nil, nil
 	}
 	var failed []string
-	seen := make(map[string]bool)
 	for i, c := range cmds {
-		if k := keys[i%len(keys)]; (c == nil || c.Err() != nil) && !seen[k] {
-			seen[k] = true
-			failed = append(failed, k)
+		if c == nil || c.Err() != nil {
+			failed = append(failed, keys[i])
 		}
 	}
 	return failed, fmt.Errorf("cache: invalidate %q: %w", failed, err)
-}
-
-// invalidatePipeline sends one invalidate per Redis key in one round trip,
-// by script hash or, when the server lacks the script, by source.
-func (l *Loader[T]) invalidatePipeline(ctx context.Context, rkeys, floors []string, tomb int64, keep string, bySource bool) ([]*redis.Cmd, error) {
-	pipe := l.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(rkeys))
-	for i, k := range rkeys {
-		if bySource {
-			cmds[i] = script.Invalidate.Eval(ctx, pipe, []string{k}, tomb, keep, floors[i])
-		} else {
-			cmds[i] = script.Invalidate.EvalSha(ctx, pipe, []string{k}, tomb, keep, floors[i])
-		}
-	}
-	_, err := pipe.Exec(ctx)
-	return cmds, err
 }
 
 // WriteThrough runs write, which commits the change to the database and
@@ -257,8 +298,14 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	// than ours (it may have committed after us but reached Redis first),
 	// so our Set must not land. Unknown when Redis fails: then we only
 	// invalidate.
-	gen, genErr := l.generation(ctx, key)
-	v, err := write(ctx)
+	gen, genErr := "", errNoGeneration
+	if !l.pending.has(key) { // else it only invalidates: see below
+		gen, genErr = l.generation(ctx, key)
+	}
+	v, err := l.callWrite(ctx, key, write)
+	if errors.Is(err, ErrNotFound) {
+		return zero, notFound(l.name, key)
+	}
 	if err != nil {
 		return zero, err
 	}
@@ -269,7 +316,7 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 		// covers both commits, so try it rather than wait for the
 		// retrier (whose backoff may run to seconds); queue only if it
 		// fails.
-		if _, err := l.invalidateQueued(rctx, []string{key}); err != nil {
+		if _, err := l.invalidateQueued(rctx, []string{key}, nil, l.s.redisTimeout); err != nil {
 			l.enqueueInvalidation(key)
 		}
 		return v, nil
@@ -289,16 +336,19 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	return v, nil
 }
 
+// errNoGeneration marks a generation WriteThrough did not read.
+var errNoGeneration = errors.New("cache: generation not read")
+
 // generation returns key's entry generation as stored ("0" when absent).
 func (l *Loader[T]) generation(ctx context.Context, key string) (string, error) {
-	var g string
+	var g int64
 	err := l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, l.Key(key), func(ctx context.Context) error {
-		var err error
-		g, err = l.rdb.HGet(ctx, l.Key(key), entry.Generation).Result()
-		if errors.Is(err, redis.Nil) {
-			g, err = "0", nil
+		h, err := l.rdb.GetRange(ctx, l.Key(key), 0, entry.HeaderSize-1).Result()
+		if isWrongType(err) {
+			err = nil // not an entry: the set script treats it as absent
 		}
+		g = entry.GenerationOf(h)
 		return err
 	})
-	return g, err
+	return strconv.FormatInt(g, 10), err
 }

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -27,7 +28,7 @@ func TestSetVersions(t *testing.T) {
 			ctx := context.Background()
 			require.NoError(t, l.Set(ctx, "a", row{"stored", tc.stored}))
 			require.NoError(t, l.Set(ctx, "a", row{"set", tc.set}))
-			h := rdb.HGetAll(ctx, l.Key("a")).Val()
+			h := fields(t, rdb, l.Key("a"))
 			if tc.wantVal == "" {
 				require.NotContains(t, h, "p")
 				require.Equal(t, "2", h["f"], "a refused Set leaves a tombstone")
@@ -52,7 +53,7 @@ func TestSetVoidsLease(t *testing.T) {
 	require.NoError(t, l.Set(ctx, "a", row{"written", 0}))
 	close(release)
 	<-done
-	require.Contains(t, rdb.HGet(ctx, l.Key("a"), "p").Val(), "written")
+	require.Contains(t, fields(t, rdb, l.Key("a"))["p"], "written")
 	require.EqualValues(t, 1, l.Stats().StaleSetsPrevented)
 }
 
@@ -62,12 +63,12 @@ func TestInvalidateAbsentKeyWritesTombstone(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, l.Invalidate(ctx, "a", "b", "c"))
 	for _, k := range []string{"a", "b", "c"} {
-		require.Equal(t, "2", rdb.HGet(ctx, l.Key(k), "f").Val())
+		require.Equal(t, "2", fields(t, rdb, l.Key(k))["f"])
 		require.Equal(t, l.s.tombstoneTTL, mr.TTL(l.Key(k)))
 	}
-	g1, _ := rdb.HGet(ctx, l.Key("a"), "g").Int64()
+	g1, _ := strconv.ParseInt(fields(t, rdb, l.Key("a"))["g"], 10, 64)
 	require.NoError(t, l.Invalidate(ctx, "a"))
-	g2, _ := rdb.HGet(ctx, l.Key("a"), "g").Int64()
+	g2, _ := strconv.ParseInt(fields(t, rdb, l.Key("a"))["g"], 10, 64)
 	require.Greater(t, g2, g1, "every invalidation bumps the generation")
 	require.NoError(t, l.Invalidate(ctx), "no keys, nothing to do")
 }
@@ -144,7 +145,7 @@ func TestWriteThroughCallerCancelsAfterCommit(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.Equal(t, "v1", v.Val)
-	require.Contains(t, rdb.HGet(context.Background(), l.Key("a"), "p").Val(), "v1",
+	require.Contains(t, fields(t, rdb, l.Key("a"))["p"], "v1",
 		"the value still reached Redis")
 }
 

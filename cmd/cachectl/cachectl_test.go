@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/f4df6ac3/cache"
+	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
@@ -69,7 +70,7 @@ type fixture struct {
 	db     *sql.DB
 	table  string
 	users  *cache.Loader[User]
-	prefix string // full key prefix: Options.Prefix + "user:"
+	prefix string // full key prefix: Options.Prefix + "user#2:"
 }
 
 func newFixture(t *testing.T, opts cache.Options) *fixture {
@@ -92,7 +93,7 @@ func newFixture(t *testing.T, opts cache.Options) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.users.Close() })
-	f.prefix = opts.Prefix + "user:"
+	f.prefix = opts.Prefix + "user#2:"
 	return f
 }
 
@@ -113,8 +114,8 @@ func (f *fixture) get(t *testing.T, id string) {
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
-		vals, _ := f.rdb.HMGet(ctx, f.users.Key(id), "p", "f").Result()
-		if len(vals) == 2 && (vals[0] != nil || vals[1] != nil) {
+		h, _ := f.rdb.GetRange(ctx, f.users.Key(id), 0, entry.HeaderSize-1).Result()
+		if en, err := entry.Decode(h, 0); err == nil && en.Flags&(entry.FlagPayload|entry.FlagNegative) != 0 {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -77,7 +77,7 @@ func TestCluster(t *testing.T) {
 	for m, ks := range byMaster {
 		t.Logf("master %s: %d keys", m, len(ks))
 	}
-	pattern := prefix + "user:*"
+	pattern := prefix + "user#2:*"
 
 	t.Run("ttl", func(t *testing.T) {
 		for _, tc := range []struct {
@@ -128,7 +128,7 @@ func TestCluster(t *testing.T) {
 		var stdinKeys strings.Builder
 		for m, ks := range byMaster {
 			key := ks[0]
-			id := strings.TrimPrefix(key, prefix+"user:")
+			id := strings.TrimPrefix(key, prefix+"user#2:")
 			var r entryReport
 			runCluster(t, &r, seeds, "inspect", key)
 			if r.State != "value" || r.Version != 1 || !r.Fresh || !strings.Contains(r.Preview, `"u`+id+`"`) {

@@ -44,7 +44,7 @@ for stale serving, Options.MaxStale).`,
 type entryReport struct {
 	Key          string `json:"key"`
 	Exists       bool   `json:"exists"`
-	Type         string `json:"type"`  // Redis type: hash, none, or something that is not an entry
+	Type         string `json:"type"`  // Redis type: string, none, or something that is not an entry
 	State        string `json:"state"` // see state()
 	Corrupt      string `json:"corrupt,omitempty"`
 	Version      int64  `json:"version"`
@@ -71,7 +71,7 @@ type entryReport struct {
 // one round trip (a pipeline, so the soft TTL is measured against the
 // server clock of the same moment; on a cluster, the clock of the master
 // serving key). A key that is not an entry (another type) is an error; a
-// hash whose fields do not decode is reported with Corrupt set.
+// string whose header does not decode is reported with Corrupt set.
 func readEntry(ctx context.Context, rdb redis.UniversalClient, key string, preview int) (*entryReport, error) {
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
 		// TIME has no key: sent through the cluster client it would reach
@@ -88,7 +88,7 @@ func readEntry(ctx context.Context, rdb redis.UniversalClient, key string, previ
 	typ := pipe.Type(ctx, key)
 	pttl := pipe.PTTL(ctx, key)
 	now := pipe.Time(ctx)
-	vals := pipe.HMGet(ctx, key, entry.Fields...) // WRONGTYPE unless a hash: checked below
+	vals := pipe.Get(ctx, key) // WRONGTYPE unless a string: checked below
 	_, _ = pipe.Exec(ctx)
 	for _, c := range []redis.Cmder{typ, pttl, now} {
 		if err := c.Err(); err != nil {
@@ -104,14 +104,17 @@ func readEntry(ctx context.Context, rdb redis.UniversalClient, key string, previ
 	case "none":
 		r.State = "missing"
 		return r, nil
-	case "hash":
+	case "string":
 	default:
-		return r, fmt.Errorf("%s is a %s, not a cache entry (a hash)", key, r.Type)
+		return r, fmt.Errorf("%s is a %s, not a cache entry (a string)", key, r.Type)
 	}
 	if err := vals.Err(); err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
-	en, err := entry.Decode(vals.Val())
+	en, err := entry.Decode(vals.Val(), len(vals.Val()))
+	if err != nil && !strings.HasPrefix(vals.Val(), entry.Magic) {
+		return r, fmt.Errorf("%s is a string without an entry header, not a cache entry", key)
+	}
 	if err != nil {
 		r.Exists = true
 		r.State = "corrupt"
@@ -119,7 +122,7 @@ func readEntry(ctx context.Context, rdb redis.UniversalClient, key string, previ
 		return r, nil
 	}
 	r.Exists = en.Exists
-	r.Version, r.Flags, r.Generation = en.Version, en.Flags, en.Generation
+	r.Version, r.Flags, r.Generation = en.Version, en.Flags&^entry.FlagPayload, en.Generation
 	r.Negative, r.Invalidated = en.Negative(), en.Invalidated()
 	r.LastLoadMs = en.Delta
 	if en.SoftExpiry > 0 {

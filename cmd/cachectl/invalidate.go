@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/script"
 )
 
@@ -20,8 +21,8 @@ a tombstone for -tombstone (default 10s = the library's default
 LeaseTimeout + LoadTimeout; use at least your loaders' value). The next
 Get of the key loads from the database. Absent keys get a tombstone too.
 
-Keys that hold something other than a cache entry (another type, or a hash
-without a generation field) are refused unless -force: the script would
+Keys that hold something other than a cache entry (another type, or a string
+without an entry header) are refused unless -force: the script would
 replace them.`,
 	minArgs: 1, maxArgs: -1,
 	flags: func(fs *flag.FlagSet) runFunc {
@@ -44,17 +45,13 @@ type invalidateResult struct {
 }
 
 func invalidate(ctx context.Context, e *env, keys []string, tomb time.Duration, keep, force bool) error {
-	keepArg := "0"
-	if keep {
-		keepArg = "1"
-	}
 	var res []invalidateResult
 	failed := 0
 	for _, k := range keys {
 		r := invalidateResult{Key: k}
 		if err := checkEntryKey(ctx, e, k); err != nil && !force {
 			r.Error = err.Error()
-		} else if err := script.Invalidate.Run(ctx, e.rdb, []string{k}, tomb.Milliseconds(), keepArg).Err(); err != nil {
+		} else if err := script.Invalidate(k, tomb, keep, 0).Run(ctx, e.rdb).Err(); err != nil {
 			r.Error = "redis: " + err.Error()
 		} else {
 			r.Invalidated = true
@@ -87,7 +84,7 @@ func invalidate(ctx context.Context, e *env, keys []string, tomb time.Duration, 
 func checkEntryKey(ctx context.Context, e *env, key string) error {
 	pipe := e.rdb.Pipeline()
 	typ := pipe.Type(ctx, key)
-	gen := pipe.HExists(ctx, key, "g")
+	head := pipe.GetRange(ctx, key, 0, entry.HeaderSize-1)
 	_, _ = pipe.Exec(ctx)
 	if err := typ.Err(); err != nil {
 		return fmt.Errorf("redis: %w", err)
@@ -95,11 +92,11 @@ func checkEntryKey(ctx context.Context, e *env, key string) error {
 	switch typ.Val() {
 	case "none":
 		return nil
-	case "hash":
-		if gen.Err() == nil && gen.Val() {
+	case "string":
+		if head.Err() == nil && entry.GenerationOf(head.Val()) > 0 {
 			return nil
 		}
-		return fmt.Errorf("%s is a hash without a generation field, not a cache entry (-force to replace it)", key)
+		return fmt.Errorf("%s is a string without an entry header, not a cache entry (-force to replace it)", key)
 	}
 	return fmt.Errorf("%s is a %s, not a cache entry (-force to replace it)", key, typ.Val())
 }

@@ -20,7 +20,7 @@
 //	warm                              dry run: which keys read from stdin are cold
 //
 // KEY is always the full Redis key: Options.Prefix + loader name + ":" + key,
-// e.g. "app:user:42". Flags may follow the arguments. -redis defaults to
+// e.g. "app:user#2:42". Flags may follow the arguments. -redis defaults to
 // $CACHE_REDIS_ADDR, else 127.0.0.1:6379. Every command takes -json for
 // machine-readable output.
 //
@@ -297,7 +297,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 
 func mainUsage(w io.Writer, global *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: cachectl [-redis ADDR[,ADDR...]] [-cluster] [-json] [-timeout D] COMMAND [flags] ARGS")
-	fmt.Fprintln(w, "\nKEY is the full Redis key (Options.Prefix + loader name + \":\" + key), e.g. app:user:42.")
+	fmt.Fprintln(w, "\nKEY is the full Redis key (Options.Prefix + loader name + \"#2:\" + key), e.g. app:user#2:42.")
 	fmt.Fprintln(w, "\ncommands:")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)

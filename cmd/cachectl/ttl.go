@@ -16,7 +16,7 @@ var ttlCmd = &command{
 	args:    "PATTERN [-sample N] [-window D] [-threshold F]",
 	summary: "SCAN-sampled TTL histogram; warns on synchronized expiry",
 	help: `Samples up to -sample keys matching PATTERN (a SCAN MATCH glob, e.g.
-"app:user:*") with SCAN — never KEYS — and reads their PTTLs. Warns when
+"app:user#2:*") with SCAN — never KEYS — and reads their PTTLs. Warns when
 more than -threshold of the sampled keys with an expiry expire within one
 -window (default 20% within 1s): they will miss together and hit the
 database together. The fix is TTL jitter (Options.Jitter, on by default;

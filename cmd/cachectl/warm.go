@@ -52,7 +52,7 @@ func warmCheck(ctx context.Context, e *env, all bool) error {
 		en, err := readEntry(ctx, e.rdb, k, 0)
 		var wk warmKey
 		switch {
-		case en != nil && err != nil: // not a hash
+		case en != nil && err != nil: // not a string
 			wk = warmKey{Key: k, State: "not a cache entry (" + en.Type + ")"}
 		case err != nil:
 			return err

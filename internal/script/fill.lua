@@ -1,50 +1,48 @@
 -- fill: store a loaded value under a lease.
 -- KEYS[1] entry key
--- ARGV[1] lease token, ARGV[2] payload, ARGV[3] version (decimal, >= 0),
+-- ARGV[1] lease token, ARGV[2] payload, ARGV[3] version (19 digits),
 -- ARGV[4] '1' for a negative (not found) entry, ARGV[5] key TTL ms (the
 -- value's TTL plus how long it may be served stale), ARGV[6] load duration
 -- ms, ARGV[7] the value's TTL ms: the soft expiry is set that far ahead
 -- (0: none), ARGV[8] the channel that wakes waiters on this entry's lease
 -- ('': none; publishing touches no key, so this stays Cluster-safe)
 -- Returns 1 stored; 0 rejected, the lease is no longer ours;
---        -1 rejected, the stored version is newer.
-local key = KEYS[1]
-
--- int formats a number as a decimal integer (tostring would use an exponent).
-local function int(n) return string.format('%d', n) end
-
--- older(a, b): decimal a < decimal b, exact beyond 2^53.
-local function older(a, b)
-  if #a ~= #b then return #a < #b end
-  return a < b
-end
-
-local e = redis.call('HMGET', key, 'lo', 'v')
-if e[1] ~= ARGV[1] then
+--        -1 rejected, the stored version is newer (or, for a negative
+--        entry, the row is known to exist).
+-- The token stays in the entry with no deadline: run again (the client
+-- retrying after a lost reply), the fill answers what it did and changes
+-- nothing.
+local key, token = KEYS[1], ARGV[1]
+local e = read(key)
+if not e or e.lo ~= token then
   return 0
 end
 local negative = ARGV[4] == '1'
-if not negative and e[2] and older(ARGV[3], e[2]) then
-  redis.call('HDEL', key, 'lo', 'ld')
+local refused = (not negative and older(ARGV[3], e.v)) or (negative and has(e.flags, F_ROWFLOOR))
+if e.ld == 0 then
+  -- This fill already ran: it stored, unless it was refused.
+  if refused or (negative and not has(e.flags, F_NEGATIVE)) then return -1 end
+  return 1
+end
+if refused then
+  e.ld = 0 -- the token stays: this fill is done
+  redis.call('SETRANGE', key, 0, header(e))
   return -1
 end
 
-if negative then
-  redis.call('HDEL', key, 'p', 'lo', 'ld')
-  redis.call('HSET', key, 'f', 1, 'd', ARGV[6])
-else
-  redis.call('HDEL', key, 'f', 'lo', 'ld')
-  redis.call('HSET', key, 'p', ARGV[2], 'v', ARGV[3], 'd', ARGV[6])
-end
+local _, now_ms = now()
 local soft = tonumber(ARGV[7])
-if soft > 0 then
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('HSET', key, 's', int(now_ms + soft))
+e.s = 0
+if soft > 0 then e.s = now_ms + soft end
+e.d = math.min(tonumber(ARGV[6]), 99999999) -- 8 digits: about 27 hours
+e.ld = 0 -- the token stays: this fill is done
+local p = ''
+if negative then
+  e.flags = F_NEGATIVE
 else
-  redis.call('HDEL', key, 's')
+  e.flags, e.v, p = F_PAYLOAD, ARGV[3], ARGV[2]
 end
-redis.call('PEXPIRE', key, ARGV[5])
+redis.call('SET', key, header(e) .. p, 'PX', ARGV[5])
 if ARGV[8] ~= '' then
   redis.call('PUBLISH', ARGV[8], key)
 end

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestDecode(t *testing.T) {
+func TestDecodeHash(t *testing.T) {
 	vals := func(kv ...string) []any {
 		out := make([]any, len(Fields))
 		for i := 0; i < len(kv); i += 2 {
@@ -37,7 +37,7 @@ func TestDecode(t *testing.T) {
 		{"wrong type", append(vals()[:len(Fields)-1], int64(3)), false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := Decode(tc.in)
+			e, err := DecodeHash(tc.in)
 			if tc.corrupt {
 				if !errors.Is(err, ErrCorrupt) {
 					t.Fatalf("err = %v, want ErrCorrupt", err)
@@ -54,10 +54,10 @@ func TestDecode(t *testing.T) {
 	}
 }
 
-// FuzzDecode feeds arbitrary field values to Decode: it must never panic,
+// FuzzDecodeHash feeds arbitrary field values to DecodeHash: it must never panic,
 // and it either fails with ErrCorrupt or returns an entry that agrees with
 // its input.
-func FuzzDecode(f *testing.F) {
+func FuzzDecodeHash(f *testing.F) {
 	f.Add("{}", "", "5", "3", "", "1", "", "")
 	f.Add("", "1", "5", "", "", "", "", "")
 	f.Add("", "2", "1795397857463956", "9", "", "12", "", "")
@@ -70,7 +70,7 @@ func FuzzDecode(f *testing.F) {
 				in[i] = x
 			}
 		}
-		e, err := Decode(in)
+		e, err := DecodeHash(in)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("error %v does not wrap ErrCorrupt", err)
