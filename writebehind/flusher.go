@@ -221,7 +221,9 @@ func (f *Flusher) flushShard(ctx context.Context, s int) (applied, read int, err
 	}
 	entries, err := f.read(ctx, s)
 	if isNoGroup(err) {
-		f.ready[s] = false // Redis lost the group (restarted empty): create it again next pass
+		// Redis lost the group (restarted empty): create it again next pass,
+		// and claim from the start of its new pending list.
+		f.ready[s], f.cursors[s] = false, "0-0"
 	}
 	if err != nil || len(entries) == 0 {
 		return 0, 0, err
