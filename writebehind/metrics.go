@@ -21,7 +21,7 @@ const (
 // CounterStats is a snapshot of a Counter's counters.
 type CounterStats struct {
 	Counted     uint64 // calls of Add/AddOnce counted
-	Duplicates  uint64 // retried calls recognized by their token, not counted again
+	Duplicates  uint64 // calls found counted already by their token (an AddOnce retry, or a resend after a lost reply): not counted again
 	BacklogFull uint64 // calls refused with ErrBacklogFull
 	Errors      uint64 // calls that returned a Redis error
 }
