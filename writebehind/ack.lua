@@ -1,22 +1,28 @@
--- ack: after a batch committed to MySQL, acknowledge its entries, take their
--- deltas off the pending hash, and trim the stream of what nobody needs.
--- KEYS[1] the shard's pending hash, KEYS[2] the shard's stream
--- ARGV[1] the consumer group, then triples: ARGV[2+3i] entry id,
--- ARGV[3+3i] its counter key, ARGV[4+3i] its delta negated (decimal: what
--- to add to the pending hash; passed as text, Lua numbers lose int64 digits)
+-- ack: after a batch committed to MySQL, acknowledge its log entries, take
+-- their deltas off the pending hash, and trim the log of what nobody needs.
+-- KEYS[1] the shard's pending hash, KEYS[2] the shard's log (stream)
+-- ARGV[1] the consumer group, then per entry: its id, the number m of its
+-- counter keys, and m pairs: a counter key and its delta negated (decimal:
+-- what to add to the pending hash; text, since Lua numbers lose int64 digits)
 -- Returns the number of entries acknowledged by this run.
 -- Safe to run twice, and for entries another flusher acknowledged already:
--- a delta leaves the pending hash only when XACK acknowledges its entry now
--- (1), and an entry is acknowledged once.
+-- an entry's deltas leave the pending hash only when XACK acknowledges it
+-- now (1), and an entry is acknowledged once.
 local group = ARGV[1]
 local acked = 0
-for i = 2, #ARGV, 3 do
-  if redis.call('XACK', KEYS[2], group, ARGV[i]) == 1 then
+local i = 2
+while i <= #ARGV do
+  local m = tonumber(ARGV[i + 1])
+  local now = redis.call('XACK', KEYS[2], group, ARGV[i]) == 1
+  if now then
     acked = acked + 1
-    if redis.call('HINCRBY', KEYS[1], ARGV[i + 1], ARGV[i + 2]) == 0 then
-      redis.call('HDEL', KEYS[1], ARGV[i + 1])
+  end
+  for j = i + 2, i + 2 * m, 2 do
+    if now and redis.call('HINCRBY', KEYS[1], ARGV[j], ARGV[j + 1]) == 0 then
+      redis.call('HDEL', KEYS[1], ARGV[j])
     end
   end
+  i = i + 2 + 2 * m
 end
 
 -- Trim below the oldest entry the group still needs: the oldest pending one

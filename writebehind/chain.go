@@ -31,13 +31,14 @@ func parseID(s string) (streamID, error) {
 	return streamID{a, b}, nil
 }
 
-// entry is one logged call of Add: its id, the id of the entry before it
-// in the shard's log (its link in the chain), its key and delta.
+// entry is one log entry (one run of the add script): its id, the id of
+// the entry before it in the shard's log (its link in the chain), the
+// calls of Add it holds and their deltas summed per key.
 type entry struct {
 	id, prev streamID
 	raw      string // id as Redis wrote it
-	key      string
-	delta    int64
+	calls    int
+	deltas   []Delta
 }
 
 // plan is what one batch does with the entries read for a shard, given the
@@ -45,6 +46,7 @@ type entry struct {
 type plan struct {
 	apply  []entry  // applied now, in log order
 	skip   []entry  // applied before (a crash between commit and ack): only acknowledged
+	calls  int      // the calls of Add in apply
 	last   streamID // the last applied id once apply commits
 	losses int      // chain breaks showing that Redis lost entries already applied
 }
@@ -82,6 +84,7 @@ func planBatch(last streamID, entries []entry) plan {
 			return p
 		}
 		p.apply = append(p.apply, e)
+		p.calls += e.calls
 		p.last = e.id
 	}
 	return p
@@ -92,7 +95,9 @@ func planBatch(last streamID, entries []entry) plan {
 func sumByKey(entries []entry) []Delta {
 	m := make(map[string]int64, len(entries))
 	for _, e := range entries {
-		m[e.key] += e.delta
+		for _, d := range e.deltas {
+			m[d.Key] += d.Delta
+		}
 	}
 	out := make([]Delta, 0, len(m))
 	for k, d := range m {

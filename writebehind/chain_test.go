@@ -7,7 +7,9 @@ import (
 
 func TestPlanBatch(t *testing.T) {
 	id := func(ms uint64) streamID { return streamID{ms: ms} }
-	e := func(ms, prev uint64) entry { return entry{id: id(ms), prev: id(prev), key: "k", delta: 1} }
+	e := func(ms, prev uint64) entry {
+		return entry{id: id(ms), prev: id(prev), calls: 1, deltas: []Delta{{"k", 1}}}
+	}
 	ids := func(es []entry) []uint64 {
 		var out []uint64
 		for _, x := range es {
@@ -56,7 +58,11 @@ func TestPlanBatch(t *testing.T) {
 }
 
 func TestSumByKey(t *testing.T) {
-	got := sumByKey([]entry{{key: "b", delta: 2}, {key: "a", delta: 1}, {key: "b", delta: 3}, {key: "c", delta: 1}, {key: "c", delta: -1}})
+	got := sumByKey([]entry{
+		{deltas: []Delta{{"b", 2}, {"a", 1}}},
+		{deltas: []Delta{{"b", 3}, {"c", 1}}},
+		{deltas: []Delta{{"c", -1}}},
+	})
 	want := []Delta{{"a", 1}, {"b", 5}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("%v, want %v", got, want)

@@ -28,6 +28,8 @@ type Counter struct {
 	waitFor  time.Duration
 	single   *redis.Client // rdb, when Replicas needs WAIT on one connection
 	read     ReadFunc
+	timeout  time.Duration
+	batch    batcher
 	stats    counterStats
 	prom     *counterProm
 }
@@ -62,18 +64,23 @@ func New(rdb redis.UniversalClient, name string, opts *Options) (*Counter, error
 	if o.ReplicaTimeout == 0 {
 		o.ReplicaTimeout = 100 * time.Millisecond
 	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = 5 * time.Second
+	}
 	switch {
 	case o.Shards < 0 || o.Shards > 16384:
 		return nil, fmt.Errorf("writebehind: Shards %d out of 1..16384", o.Shards)
 	case o.TokenTTL < time.Second:
 		return nil, fmt.Errorf("writebehind: TokenTTL %v below 1s", o.TokenTTL)
-	case o.MaxPendingEntries < 0 || o.Replicas < 0 || o.ReplicaTimeout < 0:
-		return nil, errors.New("writebehind: negative MaxPendingEntries, Replicas or ReplicaTimeout")
+	case o.MaxPendingEntries < 0 || o.Replicas < 0 || o.ReplicaTimeout < 0 || o.WriteTimeout < 0:
+		return nil, errors.New("writebehind: negative MaxPendingEntries, Replicas, ReplicaTimeout or WriteTimeout")
+	case o.Replicas > 0 && o.WriteTimeout <= o.ReplicaTimeout:
+		return nil, errors.New("writebehind: WriteTimeout must exceed ReplicaTimeout")
 	}
 	c := &Counter{
 		rdb: rdb, name: name, id: o.Prefix + name, prefix: o.Prefix, shards: o.Shards,
 		tokenTTL: o.TokenTTL, maxLen: int64(o.MaxPendingEntries),
-		replicas: o.Replicas, waitFor: o.ReplicaTimeout, read: o.Read,
+		replicas: o.Replicas, waitFor: o.ReplicaTimeout, read: o.Read, timeout: o.WriteTimeout,
 	}
 	if o.Replicas > 0 {
 		single, ok := rdb.(*redis.Client)
@@ -162,19 +169,26 @@ func (c *Counter) tokenKey(s int, bucket int64) string {
 // (Pending, Get) and in its log, from which a Flusher applies it to MySQL
 // exactly once. A delta of 0 does nothing.
 //
+// Concurrent calls are sent together: while one round trip is in flight,
+// the calls arriving meanwhile queue, and the next round trip carries all
+// of them, one script run (and one log entry) per shard, their deltas
+// summed per key.
+//
 // Add does not fail open: when Redis is unreachable it returns the error,
 // and the caller decides (drop the increment, retry, or write to MySQL
-// directly). The client's own resend of a call whose reply was lost
-// (go-redis MaxRetries) is not counted twice; a caller that retries after
-// an error should use AddOnce with the same token, or it may count twice
-// when the first reply was lost.
+// directly). The client's own resend of a script whose reply was lost
+// (go-redis MaxRetries) is not counted twice: every run carries a token.
+// An Add that returned an error may still have been counted (its reply was
+// lost for good); a caller that retries should use AddOnce with one token
+// for all attempts, or accept that a retry may count twice.
 func (c *Counter) Add(ctx context.Context, key string, delta int64) error {
-	return c.add(ctx, key, delta, newToken())
+	return c.add(ctx, key, delta, "")
 }
 
 // AddOnce is Add with the caller's idempotency token (a request id): calls
 // with the same token within Options.TokenTTL are counted once, whatever
 // their key and delta. Use it to retry an Add whose outcome is unknown.
+// Each AddOnce is a script run of its own (it is not summed with others).
 func (c *Counter) AddOnce(ctx context.Context, key string, delta int64, token string) error {
 	if token == "" {
 		return ErrEmptyToken
@@ -201,77 +215,16 @@ func (c *Counter) add(ctx context.Context, key string, delta int64, token string
 	if delta == 0 {
 		return nil
 	}
-	s := c.shardOf(key)
-	// Token sets are bucketed by this process's clock; a call and its
-	// retries check the current and the previous bucket, so a retry is
-	// recognized for at least TokenTTL (go-redis resends the very same
-	// arguments; AddOnce retries recompute them).
-	bucket := time.Now().UnixMilli() / c.tokenTTL.Milliseconds()
-	keys := []string{c.pendingKey(s), c.streamKey(s), c.headKey(s), c.tokenKey(s, bucket), c.tokenKey(s, bucket-1)}
-	args := []any{key, delta, token, 2 * c.tokenTTL.Milliseconds(), c.maxLen}
-
-	var res any
-	var err error
-	var notReplicated error
-	if c.single != nil {
-		res, notReplicated, err = c.addWait(ctx, keys, args)
-	} else {
-		res, err = addScript.Run(ctx, c.rdb, keys, args...).Result()
+	cl := &call{ctx: ctx, key: key, delta: delta, token: token, done: make(chan struct{})}
+	c.batch.submit(c, cl)
+	select {
+	case <-cl.done:
+		return cl.err
+	case <-ctx.Done():
+		// The call may be counted yet (it may be on the wire): unknown.
+		return fmt.Errorf("writebehind: add to %s: outcome unknown: %w", c.name, ctx.Err())
 	}
-	if err != nil {
-		c.stats.count(c, resultError)
-		return fmt.Errorf("writebehind: add to %s: %w", c.name, err)
-	}
-	switch v := res.(type) {
-	case string:
-		c.stats.count(c, resultCounted)
-	case int64:
-		if v == -1 {
-			c.stats.count(c, resultBacklogFull)
-			return ErrBacklogFull
-		}
-		c.stats.count(c, resultDuplicate)
-	default:
-		c.stats.count(c, resultError)
-		return fmt.Errorf("writebehind: add to %s: unexpected reply %v", c.name, res)
-	}
-	return notReplicated
 }
-
-// addWait runs the add script and WAIT in one pipeline, so that WAIT
-// follows the write on its connection. It sends EVALSHA and falls back to
-// EVAL when the server lacks the script (the token makes the resend safe).
-func (c *Counter) addWait(ctx context.Context, keys []string, args []any) (res any, notReplicated, err error) {
-	run := func(eval bool) (*redis.Cmd, *redis.Cmd, error) {
-		pipe := c.single.Pipeline()
-		var cmd *redis.Cmd
-		if eval {
-			cmd = addScript.Eval(ctx, pipe, keys, args...)
-		} else {
-			cmd = addScript.EvalSha(ctx, pipe, keys, args...)
-		}
-		w := pipe.Do(ctx, "WAIT", c.replicas, c.waitFor.Milliseconds())
-		_, err := pipe.Exec(ctx)
-		if cmd.Err() != nil {
-			return cmd, w, cmd.Err()
-		}
-		return cmd, w, err
-	}
-	cmd, w, err := run(false)
-	if isNoScript(err) {
-		cmd, w, err = run(true)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	if _, counted := cmd.Val().(string); counted {
-		if n, _ := w.Int64(); n < int64(c.replicas) {
-			notReplicated = fmt.Errorf("%w: %d of %d replicas within %v", ErrNotReplicated, n, c.replicas, c.waitFor)
-		}
-	}
-	return cmd.Val(), notReplicated, nil
-}
-
 // Pending returns the sum of key's deltas that Redis counted and no
 // Flusher has acknowledged yet (0 when none).
 func (c *Counter) Pending(ctx context.Context, key string) (int64, error) {

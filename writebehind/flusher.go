@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,7 +73,7 @@ func (c *Counter) NewFlusher(db *sql.DB, apply ApplyFunc, opts *FlusherOptions) 
 		}
 	}
 	if o.BatchSize == 0 {
-		o.BatchSize = 10000
+		o.BatchSize = 1000
 	}
 	def(&o.Interval, time.Second)
 	def(&o.ClaimIdle, 30*time.Second)
@@ -151,8 +152,8 @@ func (f *Flusher) Run(ctx context.Context) error {
 }
 
 // FlushOnce makes one pass over every shard — one batch each at most — and
-// refreshes the Pending and Lag gauges. It returns the number of entries
-// applied and the errors of the shards that failed (the others were
+// refreshes the Pending and Lag gauges. It returns the number of calls of
+// Add applied and the errors of the shards that failed (the others were
 // flushed).
 func (f *Flusher) FlushOnce(ctx context.Context) (int, error) {
 	n, _, err := f.pass(ctx, true)
@@ -249,16 +250,16 @@ func (f *Flusher) flushShard(ctx context.Context, s int) (applied, read int, err
 	if err := f.ack(ctx, s, done); err != nil {
 		// Committed: the entries stay pending, and the next read finds them
 		// at or below the applied id and only acknowledges them.
-		return len(p.apply), read, fmt.Errorf("acknowledging %d committed entries: %w", len(done), err)
+		return p.calls, read, fmt.Errorf("acknowledging %d committed entries: %w", len(done), err)
 	}
 	f.stats.skipped.Add(uint64(len(p.skip)))
 	if len(p.apply) > 0 && f.o.OnFlushed != nil {
 		if err := f.guard(func() error { return f.o.OnFlushed(ctx, sumByKey(p.apply)) }); err != nil {
 			f.logger.Warn("writebehind: OnFlushed failed", "counter", f.c.name, "err", err)
-			return len(p.apply), read, fmt.Errorf("OnFlushed: %w", err)
+			return p.calls, read, fmt.Errorf("OnFlushed: %w", err)
 		}
 	}
-	return len(p.apply), read, nil
+	return p.calls, read, nil
 }
 
 // read returns, sorted by id, up to about BatchSize entries of shard s:
@@ -329,18 +330,33 @@ func parseEntry(m redis.XMessage) (entry, error) {
 	if err != nil {
 		return entry{}, err
 	}
-	k, _ := m.Values["k"].(string)
-	d, _ := m.Values["d"].(string)
-	p, _ := m.Values["p"].(string)
-	delta, err := strconv.ParseInt(d, 10, 64)
-	if err != nil || k == "" {
-		return entry{}, fmt.Errorf("writebehind: log entry %s is not a counted delta (k=%q d=%q); was it deleted or written by something else?", m.ID, k, d)
+	bad := func(why string) (entry, error) {
+		return entry{}, fmt.Errorf("writebehind: log entry %s is not one the add script wrote (%s); was it deleted or written by something else?", m.ID, why)
 	}
+	p, _ := m.Values["p"].(string)
 	prev, err := parseID(p)
 	if err != nil {
-		return entry{}, err
+		return bad("no p")
 	}
-	return entry{id: id, prev: prev, raw: m.ID, key: k, delta: delta}, nil
+	n, _ := m.Values["n"].(string)
+	calls, err := strconv.Atoi(n)
+	if err != nil {
+		return bad("no n")
+	}
+	e := entry{id: id, prev: prev, raw: m.ID, calls: calls, deltas: make([]Delta, 0, len(m.Values)-2)}
+	for f, v := range m.Values {
+		key, ok := strings.CutPrefix(f, "+")
+		if !ok {
+			continue
+		}
+		s, _ := v.(string)
+		d, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return bad("delta " + s)
+		}
+		e.deltas = append(e.deltas, Delta{Key: key, Delta: d})
+	}
+	return e, nil
 }
 
 // commit runs one batch's transaction: lock the shard's applied row, plan
@@ -370,7 +386,8 @@ func (f *Flusher) commit(ctx context.Context, s int, entries []entry) (plan, err
 			return plan{}, fmt.Errorf("apply: %w", err)
 		}
 	}
-	if _, err := tx.ExecContext(ctx, f.updateQ, p.last.ms, p.last.seq, len(p.apply), p.losses, f.c.id, s); err != nil {
+	calls := p.calls
+	if _, err := tx.ExecContext(ctx, f.updateQ, p.last.ms, p.last.seq, calls, p.losses, f.c.id, s); err != nil {
 		return plan{}, fmt.Errorf("recording the applied id: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -378,13 +395,13 @@ func (f *Flusher) commit(ctx context.Context, s int, entries []entry) (plan, err
 		// the next batch's read of the applied id tells.
 		return plan{}, fmt.Errorf("commit: %w", err)
 	}
-	f.stats.applied.Add(uint64(len(p.apply)))
+	f.stats.applied.Add(uint64(calls))
 	f.stats.batches.Add(1)
 	f.stats.rows.Add(uint64(len(batch)))
 	if f.prom != nil {
-		f.prom.flushed.WithLabelValues(f.c.name).Add(float64(len(p.apply)))
+		f.prom.flushed.WithLabelValues(f.c.name).Add(float64(calls))
 		f.prom.batches.WithLabelValues(f.c.name).Inc()
-		f.prom.batchEntries.WithLabelValues(f.c.name).Observe(float64(len(p.apply)))
+		f.prom.batchEntries.WithLabelValues(f.c.name).Observe(float64(calls))
 		f.prom.batchRows.WithLabelValues(f.c.name).Observe(float64(len(batch)))
 	}
 	return p, nil
@@ -406,10 +423,12 @@ func (f *Flusher) ack(ctx context.Context, s int, done []entry) error {
 	for len(done) > 0 {
 		chunk := done[:min(len(done), ackChunk)]
 		done = done[len(chunk):]
-		args := make([]any, 0, 1+3*len(chunk))
-		args = append(args, f.o.Group)
+		args := []any{f.o.Group}
 		for _, e := range chunk {
-			args = append(args, e.raw, e.key, strconv.FormatInt(-e.delta, 10))
+			args = append(args, e.raw, len(e.deltas))
+			for _, d := range e.deltas {
+				args = append(args, d.Key, strconv.FormatInt(-d.Delta, 10))
+			}
 		}
 		if err := ackScript.Run(ctx, f.c.rdb, keys, args...).Err(); err != nil {
 			return err

@@ -68,7 +68,7 @@ type FlusherStats struct {
 	Errors      uint64 // failed batches and passes; their entries stay pending
 	RedisLosses uint64 // times a shard's log was found to have lost entries already applied (Redis restarted without them)
 
-	Pending int64         // entries counted and not yet applied, all shards
+	Pending int64         // log entries counted and not yet applied, all shards
 	Lag     time.Duration // age of the oldest of them; 0 when none
 }
 

@@ -41,18 +41,20 @@ type Options struct {
 	// default: 16
 	Shards int
 
-	// TokenTTL is how long a call's idempotency token is remembered: a
-	// retry of the same call (go-redis resends a script whose reply was
-	// lost; AddOnce callers retry with their token) within it is not
-	// counted twice. Tokens cost Redis memory: about 60 bytes per call for
+	// TokenTTL is how long a script run's idempotency token is
+	// remembered: a resend of the same run (go-redis resends a script
+	// whose reply was lost; AddOnce callers retry with their token) within
+	// it is not counted twice. Tokens cost Redis memory: about 50 bytes
+	// per run (one AddOnce, or one shard's share of a batch of Adds) for
 	// between one and two TokenTTLs.
 	// default: 1m
 	TokenTTL time.Duration
 
-	// MaxPendingEntries bounds each shard's stream: once it holds that
-	// many unflushed entries, Add returns ErrBacklogFull instead of
-	// counting, so that a long MySQL outage ends in errors the caller sees
-	// rather than in Redis running out of memory.
+	// MaxPendingEntries bounds each shard's log: once it holds that many
+	// unflushed entries (an entry is one round trip's calls for the shard,
+	// one AddOnce, or a batch of concurrent Adds), Add returns
+	// ErrBacklogFull instead of counting, so that a long MySQL outage ends
+	// in errors the caller sees rather than in Redis running out of memory.
 	// default: 0 (no bound)
 	MaxPendingEntries int
 
@@ -67,6 +69,13 @@ type Options struct {
 	// ReplicaTimeout bounds the WAIT of Replicas.
 	// default: 100ms
 	ReplicaTimeout time.Duration
+
+	// WriteTimeout bounds one round trip carrying queued Add calls (a
+	// caller leaves earlier on its own context, not knowing whether its
+	// call was counted). It only bounds a blocked read if the client has
+	// ContextTimeoutEnabled; otherwise the client's ReadTimeout does.
+	// default: 5s
+	WriteTimeout time.Duration
 
 	// Read reads a key's flushed value for Get.
 	// default: nil (Get returns ErrNoRead; Pending still works)
@@ -106,9 +115,10 @@ type FlusherOptions struct {
 	// default: host name, process id and a random part
 	Consumer string
 
-	// BatchSize is the most log entries (calls of Add) one transaction
-	// applies, per shard.
-	// default: 10000
+	// BatchSize is the most log entries one transaction applies, per
+	// shard. An entry is one AddOnce or one round trip's Adds for the
+	// shard (up to 1,000 keys, summed).
+	// default: 1000
 	BatchSize int
 
 	// Interval is how long Run waits between passes, unless a pass found a

@@ -1,0 +1,107 @@
+package writebehind_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/f4df6ac3/cache/internal/testenv"
+	"github.com/f4df6ac3/cache/writebehind"
+)
+
+// benchKeys is how many counter keys the benchmarks spread increments over.
+const benchKeys = 1000
+
+// benchParallelism is goroutines per GOMAXPROCS in the parallel benchmarks:
+// 64 on 2 cores is 128 concurrent requests, a modest web server's load.
+const benchParallelism = 64
+
+// BenchmarkAdd: one increment through the counter (Redis with
+// appendonly everysec, as in production), 16 goroutines per core sharing
+// a client pool — the write path the direct UPDATE below is compared with.
+func BenchmarkAdd(b *testing.B) {
+	srv := testenv.StartRedis(b, testenv.RedisConfig{AppendOnly: true})
+	for _, shards := range []int{1, 4, 16} {
+		b.Run(fmt.Sprintf("shards=%d", shards), func(b *testing.B) {
+			c := newCounter(b, srv.Client(b), &writebehind.Options{Shards: shards})
+			ctx := context.Background()
+			b.SetParallelism(benchParallelism)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := c.Add(ctx, keyName(rand.N(benchKeys)), 1); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "increments/s")
+		})
+	}
+}
+
+// BenchmarkDirectUpdate: one increment as an autocommitted
+// UPDATE … SET n = n + 1 on MariaDB, at the same concurrency.
+func BenchmarkDirectUpdate(b *testing.B) {
+	db := testenv.MySQL(b)
+	table := testenv.Table(b, db, "wb_direct")
+	if _, err := db.Exec("CREATE TABLE " + table + " (k VARCHAR(64) NOT NULL PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB"); err != nil {
+		b.Fatal(err)
+	}
+	for i := range benchKeys {
+		if _, err := db.Exec("INSERT INTO "+table+" (k, n) VALUES (?, 0)", keyName(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	stmt, err := db.Prepare("UPDATE " + table + " SET n = n + 1 WHERE k = ?")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stmt.Close()
+	b.SetParallelism(benchParallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := stmt.Exec(keyName(rand.N(benchKeys))); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "increments/s")
+}
+
+// BenchmarkFlush: applying logged increments to MySQL, per increment: one
+// FlushOnce over batches of 10,000 entries.
+func BenchmarkFlush(b *testing.B) {
+	srv := testenv.StartRedis(b, testenv.RedisConfig{AppendOnly: true})
+	db := testenv.MySQL(b)
+	tb := newTables(b, db)
+	c := newCounter(b, srv.Client(b), nil)
+	f, err := c.NewFlusher(db, applyTo(tb.counts), &writebehind.FlusherOptions{Table: tb.applied})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	pipeAdds := func(n int) {
+		for range n {
+			if err := c.Add(ctx, keyName(rand.N(benchKeys)), 1); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	pipeAdds(b.N)
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		n, err := f.FlushOnce(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		done += n
+	}
+	b.StopTimer()
+	s := f.Stats()
+	b.ReportMetric(float64(s.Rows)/float64(b.N), "rows/increment")
+	b.ReportMetric(float64(s.Batches)/float64(b.N), "tx/increment")
+}
