@@ -5,6 +5,7 @@ import (
 	"flag"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,32 +16,37 @@ import (
 // long runs the long variants: 1M increments, 30 flusher kills.
 var long = flag.Bool("writebehind.long", false, "run the long variants (1M increments, 30 flusher kills)")
 
-// write runs writers goroutines, each with a client of its own (as separate
-// processes would have), adding 1 to random keys of nKeys until total
+// interval is TestTotalsExact's FlusherOptions.Interval: the longer, the
+// fewer row writes per increment.
+var interval = flag.Duration("writebehind.interval", time.Second, "TestTotalsExact's flush interval")
+
+// write runs procs writers, each with a Counter and client of its own (as
+// separate processes would have) shared by perProc goroutines (a process's
+// concurrent requests), adding 1 to random keys of nKeys until total
 // increments were acknowledged. It returns what was acknowledged.
-func write(t testing.TB, newClient func() *writebehind.Counter, writers, nKeys, total int) *tally {
+func write(t testing.TB, newClient func() *writebehind.Counter, procs, perProc, nKeys, total int) *tally {
 	t.Helper()
 	tl := newTally()
 	var wg sync.WaitGroup
-	for w := range writers {
+	var left atomic.Int64
+	left.Store(int64(total))
+	for range procs {
 		c := newClient()
-		n := total / writers
-		if w == 0 {
-			n += total % writers
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx := context.Background()
-			for range n {
-				k := keyName(rand.N(nKeys))
-				if err := c.Add(ctx, k, 1); err != nil {
-					t.Errorf("Add: %v", err)
-					return
+		for range perProc {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx := context.Background()
+				for left.Add(-1) >= 0 {
+					k := keyName(rand.N(nKeys))
+					if err := c.Add(ctx, k, 1); err != nil {
+						t.Errorf("Add: %v", err)
+						return
+					}
+					tl.add(k, 1)
 				}
-				tl.add(k, 1)
-			}
-		}()
+			}()
+		}
 	}
 	wg.Wait()
 	return tl
@@ -50,17 +56,17 @@ func write(t testing.TB, newClient func() *writebehind.Counter, writers, nKeys, 
 // own, two flushers running meanwhile: MySQL ends up holding exactly the
 // acknowledged increments, in far fewer row writes than increments.
 func TestTotalsExact(t *testing.T) {
-	total := 50_000
+	total := 30_000
 	if *long {
 		total = 1_000_000
 	}
-	const nKeys, writers = 1000, 8
+	const nKeys, procs, perProc = 1000, 4, 16
 	srv := testenv.StartRedis(t, testenv.RedisConfig{AppendOnly: true})
 	db := testenv.MySQL(t)
 	tb := newTables(t, db)
 	prefix := testenv.Prefix(t, srv.Client(t), "wbtest:")
 	opts := &writebehind.Options{Prefix: prefix}
-	fopts := &writebehind.FlusherOptions{Table: tb.applied, ClaimIdle: time.Second}
+	fopts := &writebehind.FlusherOptions{Table: tb.applied, ClaimIdle: time.Second, Interval: *interval}
 
 	ctx, stop := context.WithCancel(context.Background())
 	var fl []*writebehind.Flusher
@@ -76,7 +82,7 @@ func TestTotalsExact(t *testing.T) {
 	}
 
 	start := time.Now()
-	tl := write(t, func() *writebehind.Counter { return newCounter(t, srv.Client(t), opts) }, writers, nKeys, total)
+	tl := write(t, func() *writebehind.Counter { return newCounter(t, srv.Client(t), opts) }, procs, perProc, nKeys, total)
 	took := time.Since(start)
 	stop()
 	wg.Wait()
@@ -91,6 +97,7 @@ func TestTotalsExact(t *testing.T) {
 	if applied != uint64(total) {
 		t.Fatalf("flushers applied %d entries, want %d", applied, total)
 	}
-	t.Logf("%d increments over %d keys by %d writers in %v (%.0f/s, -race: %v); %d transactions, %d row writes (%.4f per increment)",
-		total, nKeys, writers, took.Round(time.Millisecond), float64(total)/took.Seconds(), raceEnabled, batches, rows, float64(rows)/float64(total))
+	t.Logf("%d increments over %d keys by %d writers × %d goroutines in %v (%.0f/s, -race: %v); %d transactions (%.5f per increment), %d row writes (%.4f per increment)",
+		total, nKeys, procs, perProc, took.Round(time.Millisecond), float64(total)/took.Seconds(), raceEnabled,
+		batches, float64(batches)/float64(total), rows, float64(rows)/float64(total))
 }
