@@ -225,6 +225,7 @@ func (c *Counter) add(ctx context.Context, key string, delta int64, token string
 		return fmt.Errorf("writebehind: add to %s: outcome unknown: %w", c.name, ctx.Err())
 	}
 }
+
 // Pending returns the sum of key's deltas that Redis counted and no
 // Flusher has acknowledged yet (0 when none).
 func (c *Counter) Pending(ctx context.Context, key string) (int64, error) {

@@ -8,4 +8,3 @@ func SetAfterCommit(fn func()) { afterCommit = fn }
 
 // ClientOf returns the Redis client a Counter was made with.
 func ClientOf(c *Counter) redis.UniversalClient { return c.rdb }
-

@@ -45,7 +45,7 @@ func TestClientRetryCountsOnce(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- c.Add(ctx, "post:1", 1) }()
 	waitFor(t, 10*time.Second, func() bool { p, _ := view.Pending(ctx, "post:1"); return p == 1 }) // the script ran
-	time.Sleep(200 * time.Millisecond)                                                              // its reply was given up on
+	time.Sleep(200 * time.Millisecond)                                                             // its reply was given up on
 	if err := proxy.Set(faultproxy.Pass, 0); err != nil {
 		t.Fatal(err)
 	}
