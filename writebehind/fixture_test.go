@@ -101,16 +101,36 @@ func sum(m map[string]int64) int64 {
 
 // tally counts the increments a test's writers had acknowledged, per key.
 type tally struct {
-	mu sync.Mutex // protects n
-	n  map[string]int64
+	mu    sync.Mutex // protects n and times
+	n     map[string]int64
+	times []time.Time // when each increment was acknowledged
 }
 
 func newTally() *tally { return &tally{n: map[string]int64{}} }
 
 func (t *tally) add(key string, d int64) {
+	now := time.Now()
 	t.mu.Lock()
 	t.n[key] += d
+	t.times = append(t.times, now)
 	t.mu.Unlock()
+}
+
+// ackedBefore counts the increments acknowledged in the d before any of
+// the moments at.
+func (t *tally) ackedBefore(at []time.Time, d time.Duration) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var n int64
+	for _, x := range t.times {
+		for _, a := range at {
+			if !x.After(a) && a.Sub(x) <= d {
+				n++
+				break
+			}
+		}
+	}
+	return n
 }
 
 func (t *tally) snapshot() map[string]int64 {

@@ -4,7 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/f4df6ac3/cache/writebehind"
@@ -104,4 +108,79 @@ func BenchmarkFlush(b *testing.B) {
 	s := f.Stats()
 	b.ReportMetric(float64(s.Rows)/float64(b.N), "rows/increment")
 	b.ReportMetric(float64(s.Batches)/float64(b.N), "tx/increment")
+}
+
+// TestThroughputVersusUpdate (with -writebehind.long) compares increments/s
+// through Add with direct UPDATE … SET n = n + 1, at the same concurrency,
+// in alternating 3-second rounds so that both see the same machine load.
+func TestThroughputVersusUpdate(t *testing.T) {
+	if !*long {
+		t.Skip("a measurement: run with -writebehind.long")
+	}
+	const goroutines, round, rounds = 128, 3 * time.Second, 3
+	srv := testenv.StartRedis(t, testenv.RedisConfig{AppendOnly: true})
+	db := testenv.MySQL(t)
+	db.SetMaxOpenConns(goroutines)
+	db.SetMaxIdleConns(goroutines)
+	table := testenv.Table(t, db, "wb_direct")
+	if _, err := db.Exec("CREATE TABLE " + table + " (k VARCHAR(64) NOT NULL PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range benchKeys {
+		if _, err := db.Exec("INSERT INTO "+table+" (k, n) VALUES (?, 0)", keyName(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// measure runs op from goroutines for d and returns the rate.
+	measure := func(d time.Duration, op func(ctx context.Context, key string) error) float64 {
+		var n atomic.Int64
+		var wg sync.WaitGroup
+		stop := time.Now().Add(d)
+		for range goroutines {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx := context.Background()
+				for time.Now().Before(stop) {
+					if err := op(ctx, keyName(rand.N(benchKeys))); err != nil {
+						t.Error(err)
+						return
+					}
+					n.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		return float64(n.Load()) / d.Seconds()
+	}
+	update := func(ctx context.Context, key string) error {
+		_, err := db.ExecContext(ctx, "UPDATE "+table+" SET n = n + 1 WHERE k = ?", key)
+		return err
+	}
+	for _, shards := range []int{1, 4, 16} {
+		c := newCounter(t, srv.Client(t), &writebehind.Options{Shards: shards})
+		add := func(ctx context.Context, key string) error { return c.Add(ctx, key, 1) }
+		var adds, updates []float64
+		for range rounds {
+			adds = append(adds, measure(round, add))
+			updates = append(updates, measure(round, update))
+		}
+		a, u := median(adds), median(updates)
+		t.Logf("shards=%d, %d goroutines, median of %d rounds of %v: Add %.0f/s, UPDATE %.0f/s: %.1f×  (Add %v, UPDATE %v)",
+			shards, goroutines, rounds, round, a, u, a/u, rounded(adds), rounded(updates))
+	}
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func rounded(xs []float64) []int {
+	out := make([]int, len(xs))
+	for i, x := range xs {
+		out[i] = int(x)
+	}
+	return out
 }
