@@ -98,7 +98,7 @@ func New(rdb redis.UniversalClient, name string, opts *Options) (*Counter, error
 		}
 	}
 	if o.Registerer != nil {
-		p, err := newCounterProm(o.Registerer)
+		p, err := newCounterProm(o.Registerer, name)
 		if err != nil {
 			return nil, err
 		}

@@ -73,7 +73,7 @@ func (c *Counter) NewFlusher(db *sql.DB, apply ApplyFunc, opts *FlusherOptions) 
 		}
 	}
 	if o.BatchSize == 0 {
-		o.BatchSize = 1000
+		o.BatchSize = 10000
 	}
 	def(&o.Interval, time.Second)
 	def(&o.ClaimIdle, 30*time.Second)
@@ -101,7 +101,7 @@ func (c *Counter) NewFlusher(db *sql.DB, apply ApplyFunc, opts *FlusherOptions) 
 		f.cursors[i] = "0-0"
 	}
 	if o.Registerer != nil {
-		if f.prom, err = newFlusherProm(o.Registerer); err != nil {
+		if f.prom, err = newFlusherProm(o.Registerer, c.name); err != nil {
 			return nil, err
 		}
 	}

@@ -97,13 +97,19 @@ type counterProm struct {
 	adds *prometheus.CounterVec
 }
 
-func newCounterProm(reg prometheus.Registerer) (*counterProm, error) {
+// newCounterProm registers the metric with reg (or reuses the one another
+// counter registered there) and creates counter's series at 0, so that
+// they exist before the first call.
+func newCounterProm(reg prometheus.Registerer, counter string) (*counterProm, error) {
 	adds, err := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "cache_writebehind_adds_total",
 		Help: "Calls of a write-behind counter's Add, by result (counted, duplicate, backlog_full, error).",
 	}, []string{"counter", "result"}))
 	if err != nil {
 		return nil, err
+	}
+	for _, r := range []string{resultCounted, resultDuplicate, resultBacklogFull, resultError} {
+		adds.WithLabelValues(counter, r)
 	}
 	return &counterProm{adds: adds}, nil
 }
@@ -125,17 +131,20 @@ type flusherProm struct {
 	pending, lag                              *prometheus.GaugeVec
 }
 
-func newFlusherProm(reg prometheus.Registerer) (*flusherProm, error) {
+// newFlusherProm registers the metrics with reg (or reuses those another
+// flusher registered there) and creates the series of the counter name, so that they
+// exist before the first flush.
+func newFlusherProm(reg prometheus.Registerer, name string) (*flusherProm, error) {
 	label := []string{"counter"}
-	counter := func(name, help string) *prometheus.CounterVec {
-		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, label)
+	counter := func(metric, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: metric, Help: help}, label)
 	}
-	gauge := func(name, help string) *prometheus.GaugeVec {
-		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, label)
+	gauge := func(metric, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: metric, Help: help}, label)
 	}
-	hist := func(name, help string) *prometheus.HistogramVec {
+	hist := func(metric, help string) *prometheus.HistogramVec {
 		return prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: name, Help: help, Buckets: prometheus.ExponentialBuckets(1, 4, 10), // 1 .. 262144
+			Name: metric, Help: help, Buckets: prometheus.ExponentialBuckets(1, 4, 10), // 1 .. 262144
 		}, label)
 	}
 	p := &flusherProm{
@@ -165,6 +174,13 @@ func newFlusherProm(reg prometheus.Registerer) (*flusherProm, error) {
 			return nil, err
 		}
 	}
+	for _, c := range []*prometheus.CounterVec{p.flushed, p.batches, p.claimed, p.errors, p.losses} {
+		c.WithLabelValues(name)
+	}
+	p.batchEntries.WithLabelValues(name)
+	p.batchRows.WithLabelValues(name)
+	p.pending.WithLabelValues(name)
+	p.lag.WithLabelValues(name)
 	return p, nil
 }
 

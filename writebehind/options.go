@@ -118,7 +118,7 @@ type FlusherOptions struct {
 	// BatchSize is the most log entries one transaction applies, per
 	// shard. An entry is one AddOnce or one round trip's Adds for the
 	// shard (up to 1,000 keys, summed).
-	// default: 1000
+	// default: 10000
 	BatchSize int
 
 	// Interval is how long Run waits between passes, unless a pass found a
