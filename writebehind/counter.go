@@ -56,7 +56,7 @@ func New(rdb redis.UniversalClient, name string, opts *Options) (*Counter, error
 		return nil, fmt.Errorf("writebehind: prefix %q contains '{' or '}' (the counter sets its own hash tag)", o.Prefix)
 	}
 	if o.Shards == 0 {
-		o.Shards = 16
+		o.Shards = 1
 	}
 	if o.TokenTTL == 0 {
 		o.TokenTTL = time.Minute
