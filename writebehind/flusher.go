@@ -171,9 +171,9 @@ func (f *Flusher) pass(ctx context.Context, refresh bool) (total int, full bool,
 	start := rand.N(f.c.shards)
 	for i := range f.c.shards {
 		s := (start + i) % f.c.shards
-		n, read, err := f.flushShard(ctx, s)
+		n, done, err := f.flushShard(ctx, s)
 		total += n
-		full = full || read >= f.o.BatchSize
+		full = full || done >= f.o.BatchSize
 		if err != nil {
 			f.stats.errors.Add(1)
 			if f.prom != nil {
@@ -214,9 +214,11 @@ func (f *Flusher) prepare(ctx context.Context, s int) error {
 	return nil
 }
 
-// flushShard applies at most one batch of shard s. It returns the
-// entries applied and the entries read.
-func (f *Flusher) flushShard(ctx context.Context, s int) (applied, read int, err error) {
+// flushShard applies at most one batch of shard s. It returns the calls
+// of Add applied and the log entries done with (applied or found applied
+// before): a full batch of those means more is waiting. Entries read but
+// waiting behind a gap do not count, or Run would spin until they can go.
+func (f *Flusher) flushShard(ctx context.Context, s int) (applied, done int, err error) {
 	if err := f.prepare(ctx, s); err != nil {
 		return 0, 0, err
 	}
@@ -229,11 +231,10 @@ func (f *Flusher) flushShard(ctx context.Context, s int) (applied, read int, err
 	if err != nil || len(entries) == 0 {
 		return 0, 0, err
 	}
-	read = len(entries)
 
 	p, err := f.commit(ctx, s, entries)
 	if err != nil {
-		return 0, read, err
+		return 0, 0, err
 	}
 	if p.losses > 0 {
 		f.stats.losses.Add(uint64(p.losses))
@@ -246,20 +247,21 @@ func (f *Flusher) flushShard(ctx context.Context, s int) (applied, read int, err
 	if afterCommit != nil {
 		afterCommit()
 	}
-	done := append(p.apply, p.skip...)
-	if err := f.ack(ctx, s, done); err != nil {
+	finished := append(p.apply, p.skip...)
+	done = len(finished)
+	if err := f.ack(ctx, s, finished); err != nil {
 		// Committed: the entries stay pending, and the next read finds them
 		// at or below the applied id and only acknowledges them.
-		return p.calls, read, fmt.Errorf("acknowledging %d committed entries: %w", len(done), err)
+		return p.calls, done, fmt.Errorf("acknowledging %d committed entries: %w", done, err)
 	}
 	f.stats.skipped.Add(uint64(len(p.skip)))
 	if len(p.apply) > 0 && f.o.OnFlushed != nil {
 		if err := f.guard(func() error { return f.o.OnFlushed(ctx, sumByKey(p.apply)) }); err != nil {
 			f.logger.Warn("writebehind: OnFlushed failed", "counter", f.c.name, "err", err)
-			return p.calls, read, fmt.Errorf("OnFlushed: %w", err)
+			return p.calls, done, fmt.Errorf("OnFlushed: %w", err)
 		}
 	}
-	return p.calls, read, nil
+	return p.calls, done, nil
 }
 
 // read returns, sorted by id, up to about BatchSize entries of shard s:

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -155,4 +156,55 @@ func gatherSum(reg *prometheus.Registry, name string) (float64, error) {
 		}
 	}
 	return total, nil
+}
+
+// A flusher that read entries and then died (its batch failed and it never
+// ran again) leaves them pending: another flusher waits behind them — it
+// applies nothing out of order — until they are idle for ClaimIdle, then
+// claims them and applies everything, in order, once.
+func TestTakeoverAndGap(t *testing.T) {
+	rdb, db := testenv.Redis(t, ""), testenv.MySQL(t)
+	tb := newTables(t, db)
+	c := newCounter(t, rdb, nil)
+	ctx := context.Background()
+	want := map[string]int64{}
+	add := func(n int) {
+		for i := range n {
+			if err := c.Add(ctx, keyName(i%7), 1); err != nil {
+				t.Fatal(err)
+			}
+			want[keyName(i%7)]++
+		}
+	}
+	add(30)
+	dead, err := c.NewFlusher(db, func(context.Context, *sql.Tx, []writebehind.Delta) error {
+		return errors.New("dies here")
+	}, &writebehind.FlusherOptions{Table: tb.applied, Consumer: "dead"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dead.FlushOnce(ctx); err == nil {
+		t.Fatal("the dying flusher's batch succeeded")
+	}
+	add(20) // after the dead flusher's entries
+
+	const idle = 300 * time.Millisecond
+	f, err := c.NewFlusher(db, applyTo(tb.counts), &writebehind.FlusherOptions{Table: tb.applied, Consumer: "heir", ClaimIdle: idle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	n, err := f.FlushOnce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) < idle && n != 0 {
+		t.Fatalf("applied %d calls past the dead flusher's pending entries", n)
+	}
+	time.Sleep(idle)
+	drain(t, f, 10*time.Second)
+	requireEqualTotals(t, db, tb.counts, want)
+	if s := f.Stats(); s.Claimed == 0 || s.Applied != 50 {
+		t.Fatalf("stats %+v: want the dead flusher's entries claimed and all 50 calls applied", s)
+	}
 }
