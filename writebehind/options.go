@@ -39,9 +39,10 @@ type Options struct {
 	// the counter over Cluster nodes and let several flushers apply at
 	// once (one transaction per shard at a time). Fewer shards make the
 	// writes cheaper: concurrent Adds share one script run per shard per
-	// round trip (measured with 128 concurrent callers: 1 shard ~26×, 4
-	// shards ~17×, 16 shards ~10× the increments/s of direct UPDATEs; see
-	// README.md). On Cluster use at least as many as there are masters.
+	// round trip (measured with 128 concurrent callers, three runs: 1
+	// shard 20-26×, 4 shards 15-17×, 16 shards 8-10× the increments/s of
+	// direct UPDATEs; see README.md). On Cluster use at least as many as
+	// there are masters.
 	// Every Counter and Flusher of one name must use the same number.
 	// default: 1
 	Shards int
@@ -140,7 +141,9 @@ type FlusherOptions struct {
 	// default: 30s
 	ClaimIdle time.Duration
 
-	// ApplyTimeout bounds one batch's transaction (Apply included).
+	// ApplyTimeout bounds one batch's transaction (Apply included). A
+	// flusher that hangs inside a batch holds its shard's applied row
+	// locked (the other flushers of that shard wait) for at most this long.
 	// default: 30s
 	ApplyTimeout time.Duration
 

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -171,13 +174,21 @@ func TestThroughputVersusUpdate(t *testing.T) {
 		c := newCounter(t, srv.Client(t), &writebehind.Options{Shards: shards})
 		add := func(ctx context.Context, key string) error { return c.Add(ctx, key, 1) }
 		var adds, updates []float64
+		var redisSec, clientSec float64
 		for range rounds {
+			r0, c0 := redisCPU(t, srv), selfCPU()
 			adds = append(adds, measure(round, add))
+			redisSec, clientSec = redisSec+redisCPU(t, srv)-r0, clientSec+selfCPU()-c0
 			updates = append(updates, measure(round, update))
 		}
 		a, u := median(adds), median(updates)
-		t.Logf("shards=%d, %d goroutines, median of %d rounds of %v: Add %.0f/s, UPDATE %.0f/s: %.1f×  (Add %v, UPDATE %v)",
-			shards, goroutines, rounds, round, a, u, a/u, rounded(adds), rounded(updates))
+		var n float64
+		for _, x := range adds {
+			n += x * round.Seconds()
+		}
+		t.Logf("shards=%d, %d goroutines, median of %d rounds of %v: Add %.0f/s, UPDATE %.0f/s: %.1f×  (Add %v, UPDATE %v); "+
+			"CPU per Add: Redis %.1f µs, client %.1f µs",
+			shards, goroutines, rounds, round, a, u, a/u, rounded(adds), rounded(updates), redisSec/n*1e6, clientSec/n*1e6)
 	}
 }
 
@@ -193,4 +204,30 @@ func rounded(xs []float64) []int {
 		out[i] = int(x)
 	}
 	return out
+}
+
+// redisCPU is the CPU time (user + system) the server has used, from INFO.
+func redisCPU(t testing.TB, srv *testenv.LocalRedis) float64 {
+	info, err := srv.Client(t).Info(context.Background(), "cpu").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s float64
+	for _, l := range strings.Split(info, "\n") {
+		l = strings.TrimSpace(l)
+		for _, p := range []string{"used_cpu_user:", "used_cpu_sys:"} {
+			if v, ok := strings.CutPrefix(l, p); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				s += f
+			}
+		}
+	}
+	return s
+}
+
+// selfCPU is the CPU time this process has used.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
