@@ -62,6 +62,11 @@
 // WARNING: the exactly-once argument assumes the Redis server's clock does
 // not go back past the last applied entry across a restart (stream ids
 // are timestamps; after a restart from an older file, new ids must still
-// be later than what MySQL recorded). Do not delete log entries by hand:
-// a gap in a shard's chain stops that shard's flushing.
+// be later than what MySQL recorded). Do not delete log entries or the
+// consumer group by hand: a gap in a shard's chain stops that shard's
+// flushing, and a recreated group delivers the last acknowledged entry
+// again (its delta would leave the pending hash twice; MySQL stays right).
+// Changing Options.Shards moves keys between logs: drain first (stop the
+// Adds, flush until Pending is 0), then restart everything with the new
+// number.
 package writebehind

@@ -414,24 +414,29 @@ func (f *Flusher) commit(ctx context.Context, s int, entries []entry) (plan, err
 // committed entries pending.
 var afterCommit func()
 
-// ackChunk is how many entries one run of the ack script acknowledges: a
-// script blocks Redis while it runs.
-const ackChunk = 1000
+// ackArgs is about how many arguments one run of the ack script takes at
+// most: a script blocks Redis while it runs, and an entry may hold up to
+// 1,000 keys.
+const ackArgs = 20000
 
 // ack acknowledges done (committed or found applied) and takes their
-// deltas off the pending hash, in chunks.
+// deltas off the pending hash, in chunks of about ackArgs arguments.
 func (f *Flusher) ack(ctx context.Context, s int, done []entry) error {
 	keys := []string{f.c.pendingKey(s), f.c.streamKey(s)}
 	for len(done) > 0 {
-		chunk := done[:min(len(done), ackChunk)]
-		done = done[len(chunk):]
 		args := []any{f.o.Group}
-		for _, e := range chunk {
+		n := 0
+		for _, e := range done {
+			if n > 0 && len(args)+2+2*len(e.deltas) > ackArgs {
+				break
+			}
 			args = append(args, e.raw, len(e.deltas))
 			for _, d := range e.deltas {
 				args = append(args, d.Key, strconv.FormatInt(-d.Delta, 10))
 			}
+			n++
 		}
+		done = done[n:]
 		if err := ackScript.Run(ctx, f.c.rdb, keys, args...).Err(); err != nil {
 			return err
 		}
