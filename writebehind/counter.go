@@ -248,8 +248,9 @@ func (c *Counter) Pending(ctx context.Context, key string) (int64, error) {
 // It is an approximation while a batch holding key is being flushed: it
 // reads Pending first and the database value second, so a batch that
 // commits in between is counted twice, by at most that batch's delta for
-// key, until the read after it. A Read through a cache is also as stale
-// as the cache (invalidate it in FlusherOptions.OnFlushed). Redis
+// key, in that call. A Read through a cache is also as stale as the cache:
+// invalidate it in FlusherOptions.OnFlushed; until then (a round trip
+// after the batch's acknowledgement) Get is low by the batch. Redis
 // unreachable is an error: Pending cannot be known.
 func (c *Counter) Get(ctx context.Context, key string) (int64, error) {
 	if c.read == nil {
