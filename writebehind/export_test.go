@@ -8,3 +8,6 @@ func SetAfterCommit(fn func()) { afterCommit = fn }
 
 // ClientOf returns the Redis client a Counter was made with.
 func ClientOf(c *Counter) redis.UniversalClient { return c.rdb }
+
+// StreamKey returns the Redis key of shard s's log.
+func StreamKey(c *Counter, s int) string { return c.streamKey(s) }

@@ -41,9 +41,10 @@ type Flusher struct {
 	stats    flusherStats
 	consumer string
 
-	mu      sync.Mutex // serializes passes; protects the fields below
-	ready   []bool     // per shard: group created, applied row inserted
-	cursors []string   // per shard: where the next XAUTOCLAIM starts
+	mu       sync.Mutex // serializes passes; protects the fields below
+	ready    []bool     // per shard: group created, applied row inserted
+	cursors  []string   // per shard: where the next XAUTOCLAIM starts
+	lastReap time.Time  // when idle consumers were last deleted
 }
 
 // NewFlusher returns a Flusher of c's log that applies batches to db with
@@ -187,6 +188,12 @@ func (f *Flusher) pass(ctx context.Context, refresh bool) (total int, full bool,
 	}
 	if refresh && ctx.Err() == nil {
 		if err := f.refreshStats(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if reapAfter := 10 * f.o.ClaimIdle; ctx.Err() == nil && time.Since(f.lastReap) >= reapAfter {
+		f.lastReap = time.Now()
+		if err := f.reap(ctx, reapAfter); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -452,6 +459,22 @@ func (f *Flusher) guard(fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// reap deletes, in every shard's group, the consumers with nothing pending
+// that have been idle for idle (dead flushers' names), at most once per
+// that long.
+func (f *Flusher) reap(ctx context.Context, idle time.Duration) error {
+	for s := range f.c.shards {
+		n, err := reapScript.Run(ctx, f.c.rdb, []string{f.c.streamKey(s)}, f.o.Group, idle.Milliseconds(), f.consumer).Int()
+		if err != nil && !isNoGroup(err) && !isNoSuchKey(err) {
+			return fmt.Errorf("deleting idle consumers of shard %d: %w", s, err)
+		}
+		if n > 0 {
+			f.logger.Info("writebehind: deleted idle consumers with nothing pending", "counter", f.c.name, "shard", s, "deleted", n)
+		}
+	}
+	return nil
 }
 
 // refreshStats reads every shard's pending count and oldest unapplied

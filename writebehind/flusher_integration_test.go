@@ -208,3 +208,53 @@ func TestTakeoverAndGap(t *testing.T) {
 		t.Fatalf("stats %+v: want the dead flusher's entries claimed and all 50 calls applied", s)
 	}
 }
+
+// Dead flushers' names do not pile up in the group: consumers idle for
+// 10 × ClaimIdle with nothing pending are deleted; one with entries
+// pending is kept until they are claimed.
+func TestReapsIdleConsumers(t *testing.T) {
+	rdb, db := testenv.Redis(t, ""), testenv.MySQL(t)
+	tb := newTables(t, db)
+	c := newCounter(t, rdb, nil)
+	ctx := context.Background()
+	newFlusher := func(name string, apply writebehind.ApplyFunc) *writebehind.Flusher {
+		f, err := c.NewFlusher(db, apply, &writebehind.FlusherOptions{Table: tb.applied, Consumer: name, ClaimIdle: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	fail := func(context.Context, *sql.Tx, []writebehind.Delta) error { return errors.New("dies here") }
+	newFlusher("idle", applyTo(tb.counts)).FlushOnce(ctx) // a consumer with nothing pending
+	if err := c.Add(ctx, "post:1", 1); err != nil {
+		t.Fatal(err)
+	}
+	newFlusher("holder", fail).FlushOnce(ctx) // a consumer holding an entry
+	consumers := func() map[string]int64 {
+		cs, err := rdb.XInfoConsumers(ctx, writebehind.StreamKey(c, 0), "flushers").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]int64{}
+		for _, x := range cs {
+			m[x.Name] = x.Pending
+		}
+		return m
+	}
+	if got := consumers(); len(got) != 2 || got["holder"] != 1 {
+		t.Fatalf("consumers %v", got)
+	}
+	time.Sleep(600 * time.Millisecond) // > 10 × ClaimIdle
+	// The heir's pass claims the holder's entry (idle > ClaimIdle), then
+	// reaps: the idle one at once, the holder once it has nothing pending.
+	heir := newFlusher("heir", applyTo(tb.counts))
+	drain(t, heir, 5*time.Second)
+	got := consumers()
+	if _, ok := got["idle"]; ok {
+		t.Fatalf("consumers %v: the idle one was kept", got)
+	}
+	if got["heir"] != 0 {
+		t.Fatalf("consumers %v", got)
+	}
+	requireEqualTotals(t, db, tb.counts, map[string]int64{"post:1": 1})
+}

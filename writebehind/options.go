@@ -137,7 +137,8 @@ type FlusherOptions struct {
 	// ClaimIdle is how long an entry delivered to another flusher may stay
 	// unacknowledged before this one claims it (XAUTOCLAIM): the time a
 	// dead flusher's entries wait. Claiming from a live but slow flusher
-	// is safe, only wasted work.
+	// is safe, only wasted work. Consumers idle for 10 × ClaimIdle with
+	// nothing pending (dead flushers' names) are deleted from the group.
 	// default: 30s
 	ClaimIdle time.Duration
 

@@ -13,9 +13,12 @@ var (
 	addSource string
 	//go:embed ack.lua
 	ackSource string
+	//go:embed reap.lua
+	reapSource string
 
-	addScript = redis.NewScript(addSource)
-	ackScript = redis.NewScript(ackSource)
+	addScript  = redis.NewScript(addSource)
+	ackScript  = redis.NewScript(ackSource)
+	reapScript = redis.NewScript(reapSource)
 )
 
 // isNoScript reports whether err is Redis's NOSCRIPT (EVALSHA of a script
