@@ -186,9 +186,10 @@ func (c *Counter) Add(ctx context.Context, key string, delta int64) error {
 }
 
 // AddOnce is Add with the caller's idempotency token (a request id): calls
-// with the same token within Options.TokenTTL are counted once, whatever
-// their key and delta. Use it to retry an Add whose outcome is unknown.
-// Each AddOnce is a script run of its own (it is not summed with others).
+// with the same key and token within Options.TokenTTL are counted once
+// (tokens are kept per shard: the same token on keys of different shards
+// counts on each). Use it to retry an Add whose outcome is unknown. Each
+// AddOnce is a script run of its own (it is not summed with others).
 func (c *Counter) AddOnce(ctx context.Context, key string, delta int64, token string) error {
 	if token == "" {
 		return ErrEmptyToken

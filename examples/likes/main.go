@@ -14,7 +14,9 @@
 // other's after a crash.
 //
 // A like that Redis cannot count is refused with 503: the caller (the
-// browser) retries, or gives up. It is never silently dropped.
+// browser) retries, or gives up. It is never silently dropped. A request
+// with an Idempotency-Key header counts once however often it is retried
+// (within writebehind's TokenTTL, a minute by default).
 //
 // Run it against a MySQL or MariaDB and a Redis (appendonly yes for the
 // stated loss bound, see writebehind's README):
