@@ -3,6 +3,7 @@ package observability
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,11 +16,13 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	_ "github.com/go-sql-driver/mysql" // the driver of driveWritebehind's (unconnected) pool
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	cache "github.com/f4df6ac3/cache"
+	"github.com/f4df6ac3/cache/writebehind"
 )
 
 const (
@@ -98,6 +101,8 @@ func gatherExported(t *testing.T) exported {
 	get("a", noErr) // bypass (loads from the database)
 	l.SetReadBypass(false)
 
+	driveWritebehind(t, rdb, reg)
+
 	mr.Close()
 	get("a", noErr) // Redis down: redis_error, breaker opens (BreakerFailures: 1)
 	get("a", noErr) // redis_skipped
@@ -124,8 +129,10 @@ func gatherExported(t *testing.T) exported {
 			}
 		}
 	}
-	if ex.families["cache_load_duration_seconds"] == dto.MetricType_HISTOGRAM {
-		ex.labels["cache_load_duration_seconds"] = append(ex.labels["cache_load_duration_seconds"], "le")
+	for name, typ := range ex.families {
+		if typ == dto.MetricType_HISTOGRAM {
+			ex.labels[name] = append(ex.labels[name], "le")
+		}
 	}
 
 	// The label values the library defines.
@@ -143,6 +150,7 @@ func gatherExported(t *testing.T) exported {
 	// and what was gathered must agree with the defined values.
 	want := []string{"cache_requests_total", "cache_events_total", "cache_loads_total",
 		"cache_load_duration_seconds", "cache_breaker_state", "cache_read_bypass", "cache_invalidations_pending"}
+	want = append(want, writebehindFamilies...)
 	for _, name := range want {
 		if _, ok := ex.families[name]; !ok {
 			t.Fatalf("family %s not gathered; got %v", name, keys(ex.families))
@@ -168,6 +176,35 @@ func gatherExported(t *testing.T) exported {
 		}
 	}
 	return ex
+}
+
+// writebehindFamilies are the metric families of the writebehind package.
+var writebehindFamilies = []string{"cache_writebehind_adds_total", "cache_writebehind_flushed_total",
+	"cache_writebehind_batches_total", "cache_writebehind_batch_entries", "cache_writebehind_batch_rows",
+	"cache_writebehind_claimed_total", "cache_writebehind_flush_errors_total", "cache_writebehind_redis_losses_total",
+	"cache_writebehind_pending_entries", "cache_writebehind_lag_seconds"}
+
+// driveWritebehind registers a write-behind Counter and Flusher on reg and
+// counts one delta: their series exist from construction (the flusher
+// needs no database for that; sql.Open does not connect).
+func driveWritebehind(t *testing.T, rdb redis.UniversalClient, reg prometheus.Registerer) {
+	t.Helper()
+	c, err := writebehind.New(rdb, "likes", &writebehind.Options{Registerer: reg, SkipPolicyCheck: true}) // miniredis has no CONFIG
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Add(context.Background(), "post:1", 1); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("mysql", "root@tcp(127.0.0.1:1)/unused")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	apply := func(context.Context, *sql.Tx, []writebehind.Delta) error { return nil }
+	if _, err := c.NewFlusher(db, apply, &writebehind.FlusherOptions{Registerer: reg}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // quiet drops go-redis's own log lines.
@@ -495,8 +532,8 @@ func TestDashboardShape(t *testing.T) {
 			}
 		}
 	}
-	if vars["datasource"] == "" || vars["loader"] == "" {
-		t.Errorf("template variables %v, want datasource and loader", vars)
+	if vars["datasource"] == "" || vars["loader"] == "" || vars["counter"] == "" {
+		t.Errorf("template variables %v, want datasource, loader and counter", vars)
 	}
 	ids := map[int]bool{}
 	for _, p := range d.Panels {
@@ -520,7 +557,11 @@ func TestDashboardShape(t *testing.T) {
 			if tg.Expr == "" || tg.RefID == "" {
 				t.Errorf("panel %q: target %+v", p.Title, tg)
 			}
-			if strings.Contains(tg.Expr, "cache_") && !strings.Contains(tg.Expr, `loader=~"$loader"`) {
+			if strings.Contains(tg.Expr, "cache_writebehind_") {
+				if !strings.Contains(tg.Expr, `counter=~"$counter"`) {
+					t.Errorf("panel %q ignores the counter variable: %s", p.Title, tg.Expr)
+				}
+			} else if strings.Contains(tg.Expr, "cache_") && !strings.Contains(tg.Expr, `loader=~"$loader"`) {
 				t.Errorf("panel %q ignores the loader variable: %s", p.Title, tg.Expr)
 			}
 		}

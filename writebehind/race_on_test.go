@@ -1,0 +1,5 @@
+//go:build race
+
+package writebehind_test
+
+const raceEnabled = true
