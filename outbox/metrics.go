@@ -22,8 +22,10 @@ type Stats struct {
 	Errors  uint64 // failed attempts (Invalidate, SQL or commit errors); their rows were kept
 
 	Pending int64         // rows of this relay's loaders in the outbox
-	Unowned int64         // rows naming a loader this relay was not given (left alone)
+	Unowned int64         // rows of namespaces this relay was not given (left alone)
 	Lag     time.Duration // age of the oldest pending row; 0 when none
+
+	Parked int // loaders whose Invalidate failed, skipped until their backoff ends (at the end of the last drain)
 }
 
 // stats holds a Relay's counters and its last gauge readings.
@@ -33,6 +35,7 @@ type stats struct {
 	pending atomic.Int64
 	unowned atomic.Int64
 	lag     atomic.Int64 // nanoseconds
+	parked  atomic.Int64
 }
 
 // Stats returns a snapshot of the relay's counters and gauges.
@@ -43,6 +46,7 @@ func (r *Relay) Stats() Stats {
 		Pending: r.stats.pending.Load(),
 		Unowned: r.stats.unowned.Load(),
 		Lag:     time.Duration(r.stats.lag.Load()),
+		Parked:  int(r.stats.parked.Load()),
 	}
 }
 
@@ -61,8 +65,12 @@ func (r *Relay) refreshStats(ctx context.Context) error {
 	r.stats.pending.Store(pending)
 	r.stats.lag.Store(int64(lag))
 	if old := r.stats.unowned.Swap(unowned); old != unowned && unowned > 0 {
-		r.logger.Warn("outbox: rows name loaders this relay does not know; left for their owner",
-			"table", r.table, "rows", unowned, "known", r.names)
+		known := make([]string, len(r.targets))
+		for i, t := range r.targets {
+			known[i] = t.ns
+		}
+		r.logger.Warn("outbox: rows of namespaces this relay does not know; left for their owner",
+			"table", r.table, "rows", unowned, "known", known)
 	}
 	if r.prom != nil {
 		r.prom.pending.WithLabelValues(r.table).Set(float64(pending))
@@ -77,14 +85,16 @@ func (r *Relay) refreshStats(ctx context.Context) error {
 //	cache_outbox_applied_total{table}   rows applied to Redis and deleted
 //	cache_outbox_errors_total{table}    failed relay attempts
 //	cache_outbox_pending_rows{table}    rows waiting for a relay
-//	cache_outbox_unowned_rows{table}    rows naming a loader the relay does not know
+//	cache_outbox_unowned_rows{table}    rows of namespaces the relay does not know
 //	cache_outbox_lag_seconds{table}     age of the oldest pending row
+//	cache_outbox_parked_loaders{table}  loaders skipped after a failed Invalidate
 type promMetrics struct {
 	applied *prometheus.CounterVec
 	errors  *prometheus.CounterVec
 	pending *prometheus.GaugeVec
 	unowned *prometheus.GaugeVec
 	lag     *prometheus.GaugeVec
+	parked  *prometheus.GaugeVec
 }
 
 // newPromMetrics registers the metrics with reg, or reuses those another
@@ -106,11 +116,15 @@ func newPromMetrics(reg prometheus.Registerer) (*promMetrics, error) {
 		}, label),
 		unowned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "cache_outbox_unowned_rows",
-			Help: "Outbox rows naming a loader the relay does not know.",
+			Help: "Outbox rows of namespaces the relay does not know.",
 		}, label),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "cache_outbox_lag_seconds",
 			Help: "Age of the oldest pending outbox row.",
+		}, label),
+		parked: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cache_outbox_parked_loaders",
+			Help: "Loaders whose invalidations failed, skipped by the relay until their backoff ends.",
 		}, label),
 	}
 	var err error
@@ -127,6 +141,9 @@ func newPromMetrics(reg prometheus.Registerer) (*promMetrics, error) {
 		return nil, err
 	}
 	if p.lag, err = register(reg, p.lag); err != nil {
+		return nil, err
+	}
+	if p.parked, err = register(reg, p.parked); err != nil {
 		return nil, err
 	}
 	return p, nil
