@@ -75,6 +75,10 @@ const (
 	campaignKeys   = 16 // ids per loader
 	relaysPerSvc   = 2
 	killAfterApply = 0.02 // chance that a relay dies right after an Invalidate, before its commit
+	// recoveryWindow: a loader whose fault ended this recently is not
+	// counted among the unfaulted ones in the lag figures (relay backoff up
+	// to 500ms, the breaker's 1s cooldown).
+	recoveryWindow = 3 * time.Second
 )
 
 type campaign struct {
@@ -96,7 +100,14 @@ type campaign struct {
 	killed, killedAfterApply           atomic.Int64
 	outages                            map[string]int
 	replyFaultPeriods                  int
-	applied, failedAttempts            atomic.Uint64
+	// At the end of each outage, the age of the oldest pending row: the
+	// down loader's, and the worst of the loaders without a fault in the
+	// last recoveryWindow (head-of-line blocking would make theirs grow
+	// like the down one's; a loader whose fault ended shortly before may
+	// still be in its relay backoff or its breaker's cooldown).
+	downLagMax, othersLagMax time.Duration
+	lastFault                map[*cloader]time.Time // when each loader's latest fault ended (or will)
+	applied, failedAttempts  atomic.Uint64
 }
 
 // service is one of the two services sharing the outbox table.
@@ -145,7 +156,8 @@ func newCampaign(t *testing.T, seed uint64) *campaign {
 	db := realMySQL(t)
 	direct := realRedis(t)
 	c := &campaign{
-		t: t, db: db, ob: newOutbox(t, db),
+		lastFault: map[*cloader]time.Time{},
+		t:         t, db: db, ob: newOutbox(t, db),
 		chaos:   rand.New(rand.NewPCG(seed, 1)),
 		rng:     rand.New(rand.NewPCG(seed, 2)),
 		ledger:  ledger{commitCall: map[string]time.Time{}, inval: map[string]time.Time{}},
@@ -362,6 +374,8 @@ func (c *campaign) run(length time.Duration) {
 		length, drain.Round(time.Millisecond), c.committed.Load(), keysWritten, c.rolledBack.Load(), c.writeErrors.Load(), c.reads.Load(), c.readErrors.Load())
 	t.Logf("faults: %d relays killed at random, %d right after an Invalidate; loader outages %v; %d reply-fault periods: %d replies lost, %d pipeline resets, %d replies delayed",
 		c.killed.Load(), c.killedAfterApply.Load(), c.outages, c.replyFaultPeriods, lostReplies, resets, delayed)
+	t.Logf("at the end of the outages, the oldest pending row: the down loader's up to %v, the loaders without a fault in the last %v up to %v",
+		c.downLagMax.Round(time.Millisecond), recoveryWindow, c.othersLagMax.Round(time.Millisecond))
 	t.Logf("relays: %d rows applied, %d failed attempts retried; violations: %d rows left, %d lost invalidations, %d stale entries",
 		c.applied.Load(), c.failedAttempts.Load(), left, lost, stale)
 	require.True(t, ok, "the outbox did not drain within 90s of the faults stopping (%d rows left)", left)
@@ -380,6 +394,7 @@ func (c *campaign) schedule(length time.Duration) {
 	for now := time.Now(); now.Before(end); now = time.Now() {
 		c.restartDead()
 		if down != nil && now.After(downUntil) {
+			c.measureLag(down, now)
 			require.NoError(c.t, down.proxy.Set(faultproxy.Pass, 0))
 			down = nil
 		}
@@ -404,6 +419,7 @@ func (c *campaign) schedule(length time.Duration) {
 			c.outages[[]string{"blackhole", "refuse", "reset"}[mode-faultproxy.Blackhole]]++
 			require.NoError(c.t, down.proxy.Set(mode, 0))
 			downUntil = now.Add(time.Duration(100+c.chaos.IntN(900)) * time.Millisecond)
+			c.lastFault[down] = downUntil
 		case 5, 6: // replies lost, pipelines reset, replies delayed on one loader's Redis
 			cl := c.all[c.chaos.IntN(len(c.all))]
 			require.NoError(c.t, cl.proxy.SetReplyFaults(faultproxy.ReplyFaults{
@@ -411,12 +427,42 @@ func (c *campaign) schedule(length time.Duration) {
 				DelayMin: 20 * time.Millisecond, DelayMax: 200 * time.Millisecond,
 			}))
 			faultsUntil[cl] = now.Add(time.Duration(200+c.chaos.IntN(600)) * time.Millisecond)
+			c.lastFault[cl] = faultsUntil[cl]
 			c.replyFaultPeriods++
 		case 7: // one lost reply to the next command, whatever it is
-			c.all[c.chaos.IntN(len(c.all))].proxy.LoseNextReply("")
+			cl := c.all[c.chaos.IntN(len(c.all))]
+			cl.proxy.LoseNextReply("")
+			c.lastFault[cl] = now
 		}
 		time.Sleep(time.Duration(20+c.chaos.IntN(200)) * time.Millisecond)
 	}
+}
+
+// measureLag records the age of the oldest pending row of the down loader
+// and of the others.
+func (c *campaign) measureLag(down *cloader, now time.Time) {
+	skip := map[string]bool{}
+	for cl, at := range c.lastFault {
+		if cl != down && now.Sub(at) < recoveryWindow {
+			skip[cl.ns] = true
+		}
+	}
+	rows, err := c.db.Query("SELECT namespace, TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) FROM " + c.ob.Table() + " GROUP BY namespace")
+	require.NoError(c.t, err)
+	defer rows.Close()
+	for rows.Next() {
+		var ns string
+		var us int64
+		require.NoError(c.t, rows.Scan(&ns, &us))
+		lag := time.Duration(us) * time.Microsecond
+		switch {
+		case ns == down.ns:
+			c.downLagMax = max(c.downLagMax, lag)
+		case !skip[ns]:
+			c.othersLagMax = max(c.othersLagMax, lag)
+		}
+	}
+	require.NoError(c.t, rows.Err())
 }
 
 // writer commits data changes with their invalidations; one in ten is
@@ -440,7 +486,7 @@ func (c *campaign) writer(seed uint64, stop <-chan struct{}) {
 		if err := c.write(ctx, cl, keys, commit); err != nil {
 			c.writeErrors.Add(1)
 		}
-		time.Sleep(time.Duration(rng.IntN(5)) * time.Millisecond)
+		time.Sleep(time.Duration(5+rng.IntN(10)) * time.Millisecond) // below the relays' throughput: lag measures blocking, not a backlog
 	}
 }
 

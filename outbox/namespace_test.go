@@ -2,7 +2,9 @@ package outbox_test
 
 import (
 	"context"
+	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +43,7 @@ func TestSharedTableTwoServices(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	require.Equal(t, int64(1), relayA.Stats().Unowned, "B's row is B's")
+	require.Positive(t, relayA.Stats().UnownedLag)
 	ua, _ := a.Get(ctx, "1")
 	require.Equal(t, "a1", ua.Name)
 	ub, _ := b.Get(ctx, "1")
@@ -202,4 +205,43 @@ func TestFailingLoaderDoesNotBlockOthers(t *testing.T) {
 	require.ErrorIs(t, <-done, context.Canceled)
 	require.Equal(t, uint64(25+25+3*batch), relay.Stats().Applied)
 	require.Equal(t, 0, relay.Stats().Parked)
+}
+
+// Rows nobody takes: a warning once their oldest has waited longer than
+// UnownedWarnAge, not at every refresh, and again after they were gone.
+func TestUnownedRowsWarnOnce(t *testing.T) {
+	ctx := context.Background()
+	db := realMySQL(t)
+	ob := newOutbox(t, db)
+	var logs strings.Builder
+	relay, err := ob.NewRelay([]outbox.Invalidator{userNop}, &outbox.RelayOptions{
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	require.NoError(t, err)
+	old := func() {
+		_, err := db.Exec("INSERT INTO "+ob.Table()+" (loader, namespace, cache_key, created_at) VALUES ('ghost', 'ghost:', 'k', NOW(6) - INTERVAL 2 MINUTE)")
+		require.NoError(t, err)
+	}
+	_, err = db.Exec("INSERT INTO " + ob.Table() + " (loader, namespace, cache_key) VALUES ('other', 'other:', 'k')")
+	require.NoError(t, err)
+	_, err = relay.RelayOnce(ctx)
+	require.NoError(t, err)
+	require.Empty(t, logs.String(), "a fresh row of another service is no news")
+
+	old()
+	for range 3 {
+		_, err = relay.RelayOnce(ctx)
+		require.NoError(t, err)
+	}
+	require.Equal(t, 1, strings.Count(logs.String(), "have waited long"), logs.String())
+	require.Greater(t, relay.Stats().UnownedLag, outbox.UnownedWarnAge)
+
+	_, err = db.Exec("DELETE FROM " + ob.Table() + " WHERE namespace = 'ghost:'")
+	require.NoError(t, err)
+	_, err = relay.RelayOnce(ctx)
+	require.NoError(t, err)
+	old()
+	_, err = relay.RelayOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, strings.Count(logs.String(), "have waited long"), logs.String())
 }

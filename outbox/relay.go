@@ -62,8 +62,9 @@ type RelayOptions struct {
 	// default: nil (Stats only)
 	Registerer prometheus.Registerer
 
-	// Logger receives failed attempts and changes in the number of unowned
-	// rows; never keys.
+	// Logger receives failed attempts, and a warning when a row of a
+	// namespace the relay does not know has waited longer than
+	// UnownedWarnAge (no relay seems to own it); never keys.
 	// default: discards everything
 	Logger *slog.Logger
 }
@@ -87,12 +88,15 @@ type RelayOptions struct {
 // its Invalidate succeeded, so no committed invalidation is lost.
 //
 // A loader whose Invalidate fails does not hold up the others: its rows
-// are skipped, and the loader parked with exponential backoff (MinBackoff
-// to MaxBackoff), while the batches carry on with the other loaders' rows.
+// are skipped, and the loader parked and retried alone with exponential
+// backoff (MinBackoff to MaxBackoff), while the batches carry on with the
+// other loaders' rows.
 //
 // Rows of namespaces the relay was not given are left alone, counted as
-// Unowned and logged: another service's relay may own them. Rows nobody
-// owns stay until an operator deletes them.
+// Unowned: another service's relay may own them. Once the oldest of them
+// has waited longer than UnownedWarnAge (1 minute), a warning is logged:
+// nobody seems to own them. Rows nobody owns stay until an operator
+// deletes them.
 //
 // A Relay is safe for concurrent use.
 type Relay struct {
@@ -109,7 +113,7 @@ type Relay struct {
 	statsArgs   []any
 	deleteQuery string
 
-	parked parking // Run's parked loaders
+	parked parking // Run's parked loaders, each retried by a probe goroutine
 
 	stats stats
 	prom  *promMetrics // nil without a Registerer
@@ -175,8 +179,9 @@ func (o *Outbox) NewRelay(loaders []Invalidator, opts *RelayOptions) (*Relay, er
 	// The age is computed by the server, so application clocks don't skew it.
 	where, args := r.ownedBy(r.targets)
 	r.statsQuery = "SELECT COUNT(*), COALESCE(SUM(" + where + "), 0), " +
-		"TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN " + where + " THEN created_at END), NOW(6)) FROM " + o.quoted
-	r.statsArgs = append(args, args...)
+		"TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN " + where + " THEN created_at END), NOW(6)), " +
+		"TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN NOT " + where + " THEN created_at END), NOW(6)) FROM " + o.quoted
+	r.statsArgs = slices.Concat(args, args, args)
 	r.deleteQuery = "DELETE FROM " + o.quoted + " WHERE id = ?"
 	if ro.Registerer != nil {
 		p, err := newPromMetrics(ro.Registerer)
@@ -235,7 +240,7 @@ func or[V comparable](v, def V) V {
 // tests and cron-style jobs may call it directly.
 func (r *Relay) RelayOnce(ctx context.Context) (applied int, err error) {
 	p := &parking{min: r.o.MinBackoff, max: r.o.MaxBackoff}
-	applied, err = r.drain(ctx, p)
+	applied, err = r.drain(ctx, p, nil)
 	if serr := r.refreshStats(ctx); err == nil {
 		err = serr
 	}
@@ -243,12 +248,19 @@ func (r *Relay) RelayOnce(ctx context.Context) (applied int, err error) {
 }
 
 // Run relays until ctx ends: it drains the outbox, waits PollInterval, and
-// again. A loader whose Invalidate fails is parked with exponential backoff
-// (MinBackoff doubling up to MaxBackoff, jittered) while the other loaders'
-// rows keep flowing; after a database failure Run waits with the same
-// backoff. Failures are logged and counted, never returned. Run returns
-// ctx's error.
+// again. A loader whose Invalidate fails is parked: Run leaves its rows
+// out of its batches and retries it on a goroutine of its own with
+// exponential backoff (MinBackoff doubling up to MaxBackoff, jittered),
+// so that a loader whose Redis is slow to fail (a blackhole holds each
+// call for its whole timeout) does not slow the others; once it succeeds
+// it has drained its rows and rejoins the batches. After a database
+// failure Run waits with the same backoff. Failures are logged and
+// counted, never returned. Run returns ctx's error once its goroutines
+// have ended.
 func (r *Relay) Run(ctx context.Context) error {
+	var probes sync.WaitGroup
+	defer probes.Wait()
+	onPark := func(t *target) { probes.Go(func() { r.probe(ctx, t) }) }
 	var backoff time.Duration
 	var lastStats time.Time
 	t := time.NewTimer(0)
@@ -259,7 +271,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		_, err := r.drain(ctx, &r.parked)
+		_, err := r.drain(ctx, &r.parked, onPark)
 		var dbErr error
 		if errors.As(err, new(*sqlError)) {
 			dbErr = err
@@ -286,6 +298,56 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
+// probe retries a parked loader alone, with backoff, until its batches
+// succeed (it is then unparked, its rows drained) or ctx ends.
+func (r *Relay) probe(ctx context.Context, t *target) {
+	only := []*target{t}
+	for {
+		if !sleep(ctx, r.parked.until(t)) {
+			return
+		}
+		ok := true
+		for ctx.Err() == nil {
+			res, err := r.batch(ctx, only)
+			if ctx.Err() != nil {
+				return
+			}
+			if len(res.failed) > 0 || err != nil {
+				ok = false
+				r.failures(res.failed, &r.parked, nil)
+				if err != nil {
+					r.countError()
+					r.logger.Warn("outbox: relay attempt failed; rows kept for a retry", "table", r.table, "error", err)
+					r.parked.failed(t, time.Now())
+				}
+				break
+			}
+			if !res.more {
+				break
+			}
+		}
+		if ok && ctx.Err() == nil {
+			r.parked.release(t)
+			r.setParked(r.parked.count())
+			r.logger.Info("outbox: invalidations work again; the loader rejoins the batches",
+				"table", r.table, "loader", t.name, "namespace", t.ns)
+			return
+		}
+	}
+}
+
+// sleep waits until at, or until ctx ends (false).
+func sleep(ctx context.Context, at time.Time) bool {
+	tm := time.NewTimer(time.Until(at))
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
+	}
+}
+
 // jitter returns a wait between half and all of d.
 func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
 
@@ -298,8 +360,8 @@ func (e *sqlError) Unwrap() error { return e.err }
 
 func sqlErrorf(format string, a ...any) error { return &sqlError{fmt.Errorf(format, a...)} }
 
-// parking holds the loaders whose Invalidate failed and when each may be
-// tried again: the others' rows are not held up by theirs.
+// parking holds the loaders whose Invalidate failed: they are left out of
+// the relay's batches, and each has a backoff before its next attempt.
 type parking struct {
 	min, max time.Duration
 
@@ -309,70 +371,100 @@ type parking struct {
 }
 
 type park struct {
-	until time.Time
-	wait  time.Duration // the last backoff; doubles at every failure
+	next time.Time     // when to try again
+	wait time.Duration // the last backoff; doubles at every failure
 }
 
-// active returns the targets not parked at now.
-func (p *parking) active(targets []*target, now time.Time) []*target {
+// active returns the targets not parked.
+func (p *parking) active(targets []*target) []*target {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []*target
 	for _, t := range targets {
-		if pk := p.byNS[t.ns]; pk == nil || !now.Before(pk.until) {
+		if p.byNS[t.ns] == nil {
 			out = append(out, t)
 		}
 	}
 	return out
 }
 
-// failed parks t after a failed Invalidate.
-func (p *parking) failed(t *target, now time.Time) time.Duration {
+// failed parks t (again) after a failed Invalidate: its wait, and whether
+// it was not parked before.
+func (p *parking) failed(t *target, now time.Time) (wait time.Duration, first bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.byNS == nil {
 		p.byNS = make(map[string]*park)
 	}
 	pk := p.byNS[t.ns]
-	if pk == nil {
+	if first = pk == nil; first {
 		pk = &park{}
 		p.byNS[t.ns] = pk
 	}
 	pk.wait = min(max(2*pk.wait, p.min), p.max)
 	w := jitter(pk.wait)
-	pk.until = now.Add(w)
-	return w
+	pk.next = now.Add(w)
+	return w, first
 }
 
-// ok unparks t after a successful Invalidate.
-func (p *parking) ok(t *target) {
+// until returns when t may be tried again.
+func (p *parking) until(t *target) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pk := p.byNS[t.ns]; pk != nil {
+		return pk.next
+	}
+	return time.Time{}
+}
+
+// release unparks t.
+func (p *parking) release(t *target) {
 	p.mu.Lock()
 	delete(p.byNS, t.ns)
 	p.mu.Unlock()
 }
 
-// count returns how many loaders are parked at now.
-func (p *parking) count(now time.Time) int {
+// count returns how many loaders are parked.
+func (p *parking) count() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := 0
-	for _, pk := range p.byNS {
-		if now.Before(pk.until) {
-			n++
+	return len(p.byNS)
+}
+
+func (r *Relay) setParked(n int) {
+	r.stats.parked.Store(int64(n))
+	if r.prom != nil {
+		r.prom.parked.WithLabelValues(r.table).Set(float64(n))
+	}
+}
+
+// failures parks the loaders whose Invalidate failed, counting and logging
+// each; onPark (if set) is called for those newly parked.
+func (r *Relay) failures(fs []failure, p *parking, onPark func(*target)) []error {
+	var errs []error
+	for _, f := range fs {
+		wait, first := p.failed(f.t, time.Now())
+		r.countError()
+		r.logger.Warn("outbox: invalidation failed; the loader's rows are kept and it is parked",
+			"table", r.table, "loader", f.t.name, "namespace", f.t.ns, "keys", f.keys, "retry_in", wait, "error", f.err)
+		errs = append(errs, fmt.Errorf("outbox: invalidating %d keys of %s: %w", f.keys, f.t.ns, f.err))
+		if first && onPark != nil {
+			onPark(f.t)
 		}
 	}
-	return n
+	r.setParked(p.count())
+	return errs
 }
 
 // drain runs batches over the loaders not parked while batches come back
-// full; a loader whose Invalidate fails is parked in p and the batches go
-// on without it. A database failure ends the drain.
-func (r *Relay) drain(ctx context.Context, p *parking) (int, error) {
+// full; a loader whose Invalidate fails is parked in p (and handed to
+// onPark, if set) and the batches go on without it. A database failure
+// ends the drain.
+func (r *Relay) drain(ctx context.Context, p *parking, onPark func(*target)) (int, error) {
 	total := 0
 	var errs []error
 	for ctx.Err() == nil {
-		active := p.active(r.targets, time.Now())
-		r.stats.parked.Store(int64(len(r.targets) - len(active)))
+		active := p.active(r.targets)
 		if len(active) == 0 {
 			break
 		}
@@ -383,16 +475,7 @@ func (r *Relay) drain(ctx context.Context, p *parking) (int, error) {
 			// like after any error, but nothing is counted.
 			return total, errors.Join(append(errs, err)...)
 		}
-		for _, t := range res.ok {
-			p.ok(t)
-		}
-		for _, f := range res.failed {
-			wait := p.failed(f.t, time.Now())
-			r.countError()
-			r.logger.Warn("outbox: invalidation failed; the loader's rows are kept and it is parked",
-				"table", r.table, "loader", f.t.name, "namespace", f.t.ns, "keys", f.keys, "retry_in", wait, "error", f.err)
-			errs = append(errs, fmt.Errorf("outbox: invalidating %d keys of %s: %w", f.keys, f.t.ns, f.err))
-		}
+		errs = append(errs, r.failures(res.failed, p, onPark)...)
 		if err != nil {
 			r.countError()
 			r.logger.Warn("outbox: relay attempt failed; rows kept for a retry", "table", r.table, "error", err)
@@ -401,10 +484,6 @@ func (r *Relay) drain(ctx context.Context, p *parking) (int, error) {
 		if !res.more {
 			break
 		}
-	}
-	r.stats.parked.Store(int64(p.count(time.Now())))
-	if r.prom != nil {
-		r.prom.parked.WithLabelValues(r.table).Set(float64(r.stats.parked.Load()))
 	}
 	return total, errors.Join(append(errs, ctx.Err())...)
 }
