@@ -219,7 +219,7 @@ func TestUnownedRowsWarnOnce(t *testing.T) {
 	})
 	require.NoError(t, err)
 	old := func() {
-		_, err := db.Exec("INSERT INTO "+ob.Table()+" (loader, namespace, cache_key, created_at) VALUES ('ghost', 'ghost:', 'k', NOW(6) - INTERVAL 2 MINUTE)")
+		_, err := db.Exec("INSERT INTO " + ob.Table() + " (loader, namespace, cache_key, created_at) VALUES ('ghost', 'ghost:', 'k', NOW(6) - INTERVAL 2 MINUTE)")
 		require.NoError(t, err)
 	}
 	_, err = db.Exec("INSERT INTO " + ob.Table() + " (loader, namespace, cache_key) VALUES ('other', 'other:', 'k')")
