@@ -320,21 +320,33 @@ func (p *Proxy) pumpReplies(client, server net.Conn, l *link) {
 	for {
 		n, err := server.Read(buf)
 		if n > 0 {
+			chunk := buf[:n]
+			if !fr.broken {
+				evs = fr.feed(chunk, evs[:0])
+			} else {
+				evs = evs[:0]
+			}
 			mode, lat, changed := p.state()
 			switch mode {
 			case Blackhole:
+				// Dropped, but still answers to their commands: the
+				// replies after the blackhole match theirs.
+				for _, ev := range evs {
+					switch {
+					case ev.start:
+						push = ev.push
+					case !push:
+						l.answered()
+					default:
+						push = false
+					}
+				}
 				continue
 			case Latency:
 				select {
 				case <-time.After(lat):
 				case <-changed:
 				}
-			}
-			chunk := buf[:n]
-			if !fr.broken {
-				evs = fr.feed(chunk, evs[:0])
-			} else {
-				evs = evs[:0]
 			}
 			from := 0
 			for _, ev := range evs {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -328,5 +329,94 @@ func TestSetReplyFaultsValidates(t *testing.T) {
 		if err := p.SetReplyFaults(f); err == nil {
 			t.Errorf("%+v accepted", f)
 		}
+	}
+}
+
+// RESP3 pushes are no command's reply: a client-tracking invalidation
+// arriving among a pipeline's replies does not shift which reply a fault
+// armed for a command hits.
+func TestPushesAreNotReplies(t *testing.T) {
+	p, _, prefix := redisProxy(t)
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	// read returns the next top-level messages, as the framer cuts them.
+	var fr framer
+	var pending []byte
+	buf := make([]byte, 4096)
+	read := func() (string, error) {
+		for {
+			// Feed what is buffered one byte at a time until a message ends.
+			for i := 0; i < len(pending); i++ {
+				for _, ev := range fr.feed(pending[i:i+1], nil) {
+					if !ev.start {
+						msg := string(pending[:i+1])
+						pending = pending[i+1:]
+						return msg, nil
+					}
+				}
+			}
+			// Nothing complete: what was fed is part of the next message.
+			fr = framer{}
+			n, err := c.Read(buf)
+			if err != nil {
+				return "", err
+			}
+			pending = append(pending, buf[:n]...)
+		}
+	}
+	send := func(cmds ...string) {
+		t.Helper()
+		var b []byte
+		for _, cmd := range cmds {
+			f := strings.Fields(cmd)
+			b = fmt.Appendf(b, "*%d\r\n", len(f))
+			for _, a := range f {
+				b = fmt.Appendf(b, "$%d\r\n%s\r\n", len(a), a)
+			}
+		}
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := prefix + "tracked"
+	send("HELLO 3", "CLIENT TRACKING ON", "GET "+key)
+	for _, want := range []string{"%", "+OK", "_"} {
+		m, err := read()
+		if err != nil || !strings.HasPrefix(m, want) {
+			t.Fatalf("setup reply %q, %v; want %s…", m, err, want)
+		}
+	}
+	// SET invalidates the key this connection tracks: a push comes among
+	// the replies of the pipeline SET, ECHO.
+	p.LoseNextReply("echo")
+	send("SET "+key+" v", "ECHO lost")
+	var got []string
+	for {
+		m, err := read()
+		if err != nil {
+			break
+		}
+		got = append(got, m)
+	}
+	var sawOK, sawPush bool
+	for _, m := range got {
+		switch {
+		case m == "+OK\r\n":
+			sawOK = true
+		case strings.HasPrefix(m, ">2\r\n$10\r\ninvalidate"):
+			sawPush = true
+		case strings.Contains(m, "lost"):
+			t.Fatalf("the ECHO reply was delivered: %q", got)
+		}
+	}
+	if !sawOK || !sawPush {
+		t.Fatalf("want SET's +OK and the invalidation push before the reset, got %q", got)
+	}
+	if s := p.Stats(); s.LostReplies != 1 {
+		t.Fatalf("stats %+v", s)
 	}
 }
