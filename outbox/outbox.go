@@ -47,29 +47,57 @@ func New(db *sql.DB, opts *Options) (*Outbox, error) {
 // Table returns the name of the outbox table.
 func (o *Outbox) Table() string { return o.table }
 
-// insertChunk is how many rows one INSERT carries at most: 2 placeholders a
+// Target is the cache namespace an outbox row is for: what Enqueue needs of
+// a Loader. *cache.Loader[T] satisfies it.
+type Target interface {
+	// Name is the loader's name (recorded for operators and for rows
+	// written before the namespace column existed).
+	Name() string
+	// Key returns the full Redis key of key; Key("") — Options.Prefix +
+	// name + ":" — is the namespace a row names. A Target may instead
+	// have a method Namespace() string, which is then used.
+	Key(key string) string
+}
+
+// Namespace returns the namespace rows for t name: t.Namespace() if t has
+// that method, else t.Key(""), the full Redis key prefix of t's entries.
+// Two Loaders named alike under different Options.Prefix values (two
+// services sharing one outbox table, each with a loader "user") have
+// different namespaces, so each service's relay takes only its own rows.
+func Namespace(t Target) string {
+	if n, ok := t.(interface{ Namespace() string }); ok {
+		return n.Namespace()
+	}
+	return t.Key("")
+}
+
+// insertChunk is how many rows one INSERT carries at most: 3 placeholders a
 // row stays far below MySQL's 65,535 per statement.
 const insertChunk = 1000
 
-// Enqueue records that the given keys of the cache Loader named loader (use
-// [github.com/f4df6ac3/cache.Loader.Name]) must be invalidated once tx commits. It writes them
-// in tx — one multi-row INSERT, or one per 1,000 keys — so they commit or
-// roll back with the data change made in the same transaction. A Relay then
-// applies them to Redis. Call it before tx.Commit; with no keys it does
-// nothing.
+// Enqueue records that the given keys of the cache Loader t must be
+// invalidated once tx commits. It writes them in tx — one multi-row INSERT,
+// or one per 1,000 keys — so they commit or roll back with the data change
+// made in the same transaction. A Relay holding a Loader of the same
+// namespace (see [Namespace]) then applies them to Redis. Call it before
+// tx.Commit; with no keys it does nothing.
 //
 // Enqueue takes a *sql.Tx on purpose: an invalidation recorded outside the
 // data change's transaction could be lost (or applied) independently of it.
 //
-// The loader name may have up to 191 characters and each key up to 767;
-// neither may be empty. Invalid arguments are reported before anything is
-// written.
-func (o *Outbox) Enqueue(ctx context.Context, tx *sql.Tx, loader string, keys ...string) error {
+// The loader name may have up to 191 characters, the namespace up to 512
+// and each key up to 767; none may be empty. Invalid arguments are reported
+// before anything is written.
+func (o *Outbox) Enqueue(ctx context.Context, tx *sql.Tx, t Target, keys ...string) error {
 	if tx == nil {
 		return errors.New("outbox: Enqueue needs a transaction")
 	}
-	if loader == "" || utf8.RuneCountInString(loader) > maxLoaderLen || !utf8.ValidString(loader) {
-		return fmt.Errorf("outbox: invalid loader name %q (1 to %d characters of UTF-8)", loader, maxLoaderLen)
+	if t == nil {
+		return errors.New("outbox: Enqueue needs a Target (a cache Loader)")
+	}
+	loader, ns := t.Name(), Namespace(t)
+	if err := checkNames(loader, ns); err != nil {
+		return err
 	}
 	for _, k := range keys {
 		if k == "" || utf8.RuneCountInString(k) > maxKeyLen || !utf8.ValidString(k) {
@@ -82,18 +110,29 @@ func (o *Outbox) Enqueue(ctx context.Context, tx *sql.Tx, loader string, keys ..
 		var b strings.Builder
 		b.WriteString("INSERT INTO ")
 		b.WriteString(o.quoted)
-		b.WriteString(" (loader, cache_key) VALUES ")
-		args := make([]any, 0, 2*len(chunk))
+		b.WriteString(" (loader, namespace, cache_key) VALUES ")
+		args := make([]any, 0, 3*len(chunk))
 		for i, k := range chunk {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			b.WriteString("(?,?)")
-			args = append(args, loader, k)
+			b.WriteString("(?,?,?)")
+			args = append(args, loader, ns, k)
 		}
 		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
-			return fmt.Errorf("outbox: enqueue %d keys of %s: %w", len(chunk), loader, err)
+			return fmt.Errorf("outbox: enqueue %d keys of %s: %w", len(chunk), ns, err)
 		}
+	}
+	return nil
+}
+
+// checkNames validates a loader's name and namespace against the columns.
+func checkNames(loader, ns string) error {
+	if loader == "" || utf8.RuneCountInString(loader) > maxLoaderLen || !utf8.ValidString(loader) {
+		return fmt.Errorf("outbox: invalid loader name %q (1 to %d characters of UTF-8)", loader, maxLoaderLen)
+	}
+	if ns == "" || utf8.RuneCountInString(ns) > maxNamespaceLen || !utf8.ValidString(ns) {
+		return fmt.Errorf("outbox: invalid namespace %q of loader %s (1 to %d characters of UTF-8)", ns, loader, maxNamespaceLen)
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ func TestSchema(t *testing.T) {
 			require.NoError(t, err)
 			require.Contains(t, s, tc.want)
 			require.Contains(t, s, "cache_key  VARCHAR(767) NOT NULL")
+			require.Contains(t, s, "namespace  VARCHAR(512) NOT NULL DEFAULT ''")
 		})
 	}
 	for _, bad := range []string{"a b", "x;DROP TABLE y", "`t`", "a.b.c", strings.Repeat("x", 65)} {
@@ -36,9 +37,18 @@ func TestSchema(t *testing.T) {
 	}
 }
 
-type nop struct{}
+// names is a Target: a loader name under a key prefix.
+type names struct{ name, prefix string }
+
+func (n names) Name() string        { return n.name }
+func (n names) Key(k string) string { return n.prefix + n.name + ":" + k }
+
+// nop is an Invalidator that does nothing.
+type nop struct{ names }
 
 func (nop) Invalidate(context.Context, ...string) error { return nil }
+
+var userNop = nop{names{"user", ""}}
 
 func TestValidation(t *testing.T) {
 	ctx := context.Background()
@@ -50,24 +60,27 @@ func TestValidation(t *testing.T) {
 
 	// Argument errors come before any use of the transaction.
 	tx := &sql.Tx{}
-	require.Error(t, ob.Enqueue(ctx, nil, "user", "1"))
-	require.Error(t, ob.Enqueue(ctx, tx, "", "1"))
-	require.Error(t, ob.Enqueue(ctx, tx, strings.Repeat("l", 192), "1"))
-	require.Error(t, ob.Enqueue(ctx, tx, "user", "1", ""))
-	require.Error(t, ob.Enqueue(ctx, tx, "user", strings.Repeat("k", 768)))
-	require.Error(t, ob.Enqueue(ctx, tx, "user", "\xff"))
-	require.NoError(t, ob.Enqueue(ctx, tx, "user"), "no keys: nothing to do")
+	require.Error(t, ob.Enqueue(ctx, nil, userNop, "1"))
+	require.Error(t, ob.Enqueue(ctx, tx, nil, "1"))
+	require.Error(t, ob.Enqueue(ctx, tx, names{"", ""}, "1"))
+	require.Error(t, ob.Enqueue(ctx, tx, names{strings.Repeat("l", 192), ""}, "1"))
+	require.Error(t, ob.Enqueue(ctx, tx, names{"user", strings.Repeat("p", 508)}, "1"), "namespace over 512 characters")
+	require.Error(t, ob.Enqueue(ctx, tx, userNop, "1", ""))
+	require.Error(t, ob.Enqueue(ctx, tx, userNop, strings.Repeat("k", 768)))
+	require.Error(t, ob.Enqueue(ctx, tx, userNop, "\xff"))
+	require.NoError(t, ob.Enqueue(ctx, tx, userNop), "no keys: nothing to do")
 
 	for _, tc := range []struct {
 		name    string
-		loaders map[string]outbox.Invalidator
+		loaders []outbox.Invalidator
 		opts    *outbox.RelayOptions
 	}{
 		{"no loaders", nil, nil},
-		{"empty name", map[string]outbox.Invalidator{"": nop{}}, nil},
-		{"nil invalidator", map[string]outbox.Invalidator{"user": nil}, nil},
-		{"negative", map[string]outbox.Invalidator{"user": nop{}}, &outbox.RelayOptions{BatchSize: -1}},
-		{"backoff", map[string]outbox.Invalidator{"user": nop{}}, &outbox.RelayOptions{MinBackoff: 10e9, MaxBackoff: 1e9}},
+		{"empty name", []outbox.Invalidator{nop{names{"", ""}}}, nil},
+		{"nil invalidator", []outbox.Invalidator{nil}, nil},
+		{"same namespace twice", []outbox.Invalidator{userNop, nop{names{"user", ""}}}, nil},
+		{"negative", []outbox.Invalidator{userNop}, &outbox.RelayOptions{BatchSize: -1}},
+		{"backoff", []outbox.Invalidator{userNop}, &outbox.RelayOptions{MinBackoff: 10e9, MaxBackoff: 1e9}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ob.NewRelay(tc.loaders, tc.opts)
@@ -81,7 +94,7 @@ func TestPrometheusSharedRegistry(t *testing.T) {
 	ob, err := outbox.New(&sql.DB{}, nil)
 	require.NoError(t, err)
 	for range 2 { // a second relay on the same registry reuses the metrics
-		_, err := ob.NewRelay(map[string]outbox.Invalidator{"user": nop{}}, &outbox.RelayOptions{Registerer: reg})
+		_, err := ob.NewRelay([]outbox.Invalidator{userNop}, &outbox.RelayOptions{Registerer: reg})
 		require.NoError(t, err)
 	}
 }
@@ -92,17 +105,17 @@ func TestPrometheusMetrics(t *testing.T) {
 	db := realMySQL(t)
 	ob := newOutbox(t, db)
 	reg := prometheus.NewRegistry()
-	relay, err := ob.NewRelay(map[string]outbox.Invalidator{"user": nop{}}, &outbox.RelayOptions{Registerer: reg})
+	relay, err := ob.NewRelay([]outbox.Invalidator{userNop}, &outbox.RelayOptions{Registerer: reg})
 	require.NoError(t, err)
 	tx, err := db.BeginTx(ctx, nil)
 	require.NoError(t, err)
-	require.NoError(t, ob.Enqueue(ctx, tx, "user", "1", "2"))
+	require.NoError(t, ob.Enqueue(ctx, tx, userNop, "1", "2"))
 	require.NoError(t, tx.Commit())
 	_, err = relay.RelayOnce(ctx)
 	require.NoError(t, err)
 	n, err := testutil.GatherAndCount(reg)
 	require.NoError(t, err)
-	require.Equal(t, 4, n, "all but cache_outbox_errors_total, which has no series before an error")
+	require.Equal(t, 5, n, "all but cache_outbox_errors_total, which has no series before an error")
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP cache_outbox_applied_total Outbox rows applied to Redis (invalidated) and deleted.
 # TYPE cache_outbox_applied_total counter

@@ -18,11 +18,6 @@ import (
 // except under CI (CI set) or with CACHE_REQUIRE_SERVERS=1, where they fail.
 // (internal/testenv holds the rules; these are the package's short names.)
 
-func unreachable(t testing.TB, what string, err error) {
-	t.Helper()
-	testenv.Unreachable(t, what, err)
-}
-
 func redisAddr() string { return testenv.RedisAddr() }
 
 func mysqlDSN() string { return testenv.MySQLDSN() }
@@ -44,8 +39,6 @@ func realMySQL(t testing.TB) *sql.DB {
 	t.Helper()
 	return testenv.MySQL(t)
 }
-
-func randHex(n int) string { return testenv.Random(n) }
 
 // uniqueTable returns a table name no other test uses, dropped after.
 func uniqueTable(t testing.TB, db *sql.DB, base string) string {

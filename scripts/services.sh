@@ -5,6 +5,10 @@
 #   Redis    127.0.0.1:${CACHE_REDIS_PORT:-6379}   (no password)
 #   MariaDB  127.0.0.1:3306, user root, empty password, database "test"
 #
+# and that the tools test.sh needs besides Go are installed: promtool (from
+# Debian's prometheus package) for the example alerting rules. A tool that
+# cannot be installed is reported, not fatal: the step needing it fails.
+#
 # That is what the tests' defaults expect (CACHE_REDIS_ADDR,
 # CACHE_MYSQL_DSN; see servers_test.go). Missing servers are installed with
 # apt-get and started by hand (no systemd needed), so this works in a bare
@@ -303,5 +307,26 @@ ensure_mariadb() {
 	log "mariadb: ${did%, } (root@$addr over TCP, empty password)"
 }
 
+# ---------------------------------------------------------------- Tools
+
+# ensure_promtool: promtool checks examples/observability/alerts.yml. It
+# ships in Debian's prometheus package (on a host with systemd the package
+# also enables and starts a Prometheus server on :9090; in a container
+# nothing starts).
+ensure_promtool() {
+	if command -v promtool >/dev/null 2>&1; then
+		log "promtool: found ($(command -v promtool))"
+		return 0
+	fi
+	# A subshell: apt_install dies on failure, and a missing promtool
+	# should fail only test.sh's promtool step.
+	if (apt_install --no-install-recommends prometheus) && command -v promtool >/dev/null 2>&1; then
+		log "promtool: installed Debian's prometheus package ($(command -v promtool))"
+		return 0
+	fi
+	log "promtool: WARNING: could not install it (apt-get install prometheus); the promtool step will fail"
+}
+
 ensure_redis
 ensure_mariadb
+ensure_promtool

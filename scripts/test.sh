@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # test.sh: THE test command. Starts (or finds) Redis and MariaDB, then vets,
-# format-checks and race-tests the library and every other Go module in the
-# repository (examples/..., bench/..., found by their go.mod).
+# format-checks, lints (staticcheck) and race-tests the library and every
+# other Go module in the repository (examples/..., bench/..., found by their
+# go.mod), and checks the example Prometheus rules with promtool.
+#
+# staticcheck is installed with `go install` when missing (into
+# $(go env GOPATH)/bin, or GOBIN); its findings fail every module's step
+# except the root module's, which only reports them for now (the root
+# package is being rewritten). promtool comes from Debian's prometheus
+# package (services.sh installs it).
 #
 # Integration tests run with CACHE_REQUIRE_SERVERS=1: an unreachable server
 # is a failure, not a skip. Runs every step even after a failure, lists the
@@ -46,11 +53,72 @@ gofmt_check() {
 	fi
 }
 
+STATICCHECK_VERSION=v0.8.2
+staticcheck_bin=""
+
+# find_staticcheck: set staticcheck_bin to a staticcheck of
+# STATICCHECK_VERSION, installing it with go install if needed.
+find_staticcheck() {
+	local gobin
+	gobin="$(go env GOBIN)"
+	[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+	local c
+	for c in "$gobin/staticcheck" "$(command -v staticcheck 2>/dev/null || true)"; do
+		# "staticcheck 2026.2.2 (0.8.2)": the module version without its v.
+		if [ -n "$c" ] && [ -x "$c" ] && "$c" -version 2>/dev/null | grep -qF "(${STATICCHECK_VERSION#v})"; then
+			staticcheck_bin="$c"
+			return 0
+		fi
+	done
+	echo "staticcheck $STATICCHECK_VERSION not found: go install honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+	if ! (cd "$root" && GOBIN="$gobin" go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"); then
+		echo "staticcheck: go install failed"
+		return 1
+	fi
+	staticcheck_bin="$gobin/staticcheck"
+}
+
+# staticcheck_run ./...: staticcheck, failing on findings.
+staticcheck_run() {
+	[ -n "$staticcheck_bin" ] || { echo "no staticcheck (see above)"; return 1; }
+	"$staticcheck_bin" "$@"
+}
+
+# staticcheck_report ./...: staticcheck, printing its findings without
+# failing on them (a missing or broken staticcheck still fails).
+staticcheck_report() {
+	[ -n "$staticcheck_bin" ] || { echo "no staticcheck (see above)"; return 1; }
+	local out rc=0
+	out="$("$staticcheck_bin" "$@" 2>&1)" || rc=$?
+	if [ "$rc" -eq 0 ]; then
+		echo "staticcheck: no findings"
+		return 0
+	fi
+	printf '%s\n' "$out"
+	if [ "$rc" -ne 1 ] || ! printf '%s\n' "$out" | grep -q '([A-Z]*[0-9]*)$'; then
+		echo "staticcheck did not run (exit $rc)"
+		return 1
+	fi
+	echo "staticcheck: $(printf '%s\n' "$out" | grep -c '([A-Z]*[0-9]*)$') finding(s), reported only (not failing) for this module"
+}
+
+promtool_check() {
+	if ! command -v promtool >/dev/null 2>&1; then
+		echo "promtool not found (Debian package prometheus; services.sh installs it)"
+		return 1
+	fi
+	promtool check rules "$@"
+}
+
 go version
+# Once, here: steps run in subshells.
+find_staticcheck || true
 
 step . "go vet ./..." go vet ./...
 step . "gofmt -l ." gofmt_check
+step . "staticcheck ./... (report-only while the root package is rewritten)" staticcheck_report ./...
 step . "go test -race -count=1 -timeout 12m ./..." go test -race -count=1 -timeout 12m ./...
+step examples/observability "promtool check rules alerts.yml" promtool_check alerts.yml
 
 # Every other module below the root, skipping the directories the go
 # command skips itself (hidden, _-prefixed, testdata, vendor).
@@ -61,6 +129,7 @@ mapfile -t modules < <(
 )
 for mod in "${modules[@]}"; do
 	step "$mod" "go vet ./..." go vet ./...
+	step "$mod" "staticcheck ./..." staticcheck_run ./...
 	step "$mod" "go test -race -count=1 -timeout 10m ./..." go test -race -count=1 -timeout 10m ./...
 done
 

@@ -26,11 +26,6 @@ import (
 // live under a unique prefix and tables have unique names, both removed at
 // the end.
 
-func unreachable(t testing.TB, what string, err error) {
-	t.Helper()
-	testenv.Unreachable(t, what, err)
-}
-
 func redisAddr() string { return testenv.RedisAddr() }
 
 func mysqlDSN() string { return testenv.MySQLDSN() }
@@ -206,8 +201,20 @@ func TestInvalidate(t *testing.T) {
 	key := f.users.Key("1")
 
 	out, errOut, code := cachectl(t, "invalidate", "-tombstone", "7s", key, f.users.Key("never-read"))
-	if code != exitOK || !strings.Contains(out, "invalidated "+key) {
+	if code != exitOK || !strings.Contains(out, "invalidated "+key+" ") {
 		t.Fatalf("exit %d: %s%s", code, out, errOut)
+	}
+	// A key that held no entry (a typo at 2 a.m.?) says so.
+	if !strings.Contains(out, "ABSENT "+f.users.Key("never-read")+": there was no entry") || strings.Contains(out, "invalidated "+f.users.Key("never-read")) {
+		t.Errorf("absent key not reported as absent:\n%s", out)
+	}
+	var res []invalidateResult
+	cachectlJSON(t, &res, "invalidate", "-tombstone", "7s", key, f.prefix+"typo")
+	if len(res) != 2 || !res[0].Invalidated || res[0].Absent || !res[1].Invalidated || !res[1].Absent {
+		t.Errorf("invalidate -json: %+v", res)
+	}
+	if err := f.rdb.Del(context.Background(), f.prefix+"typo").Err(); err != nil {
+		t.Fatal(err)
 	}
 	var r entryReport
 	cachectlJSON(t, &r, "inspect", key)
@@ -251,9 +258,22 @@ func TestCompare(t *testing.T) {
 	f.get(t, "1")
 	key := f.users.Key("1")
 	query := "SELECT id, name, version FROM " + f.table + " WHERE id = ?"
+	// compare runs compare -json; the exit status must match the verdict:
+	// 3 for DIFFER, else 0.
 	compare := func() compareReport {
+		t.Helper()
 		var r compareReport
-		cachectlJSON(t, &r, "compare", key, "-dsn", mysqlDSN(), "-query", query, "-arg", "1")
+		out, errOut, code := cachectl(t, "-json", "compare", key, "-dsn", mysqlDSN(), "-query", query, "-arg", "1")
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("compare: exit %d, %v: %s%s", code, err, out, errOut)
+		}
+		want := exitOK
+		if strings.HasPrefix(r.Verdict, "DIFFER") {
+			want = exitDiffer
+		}
+		if code != want || r.Differ != (want == exitDiffer) {
+			t.Fatalf("compare %q: exit %d, differ %v; want exit %d", r.Verdict, code, r.Differ, want)
+		}
 		return r
 	}
 
@@ -274,9 +294,9 @@ func TestCompare(t *testing.T) {
 	if r.Agree || r.Newer != "database" || !strings.Contains(r.Verdict, "database is newer") {
 		t.Errorf("row newer: %+v", r)
 	}
-	out, _, _ = cachectl(t, "compare", key, "-dsn", mysqlDSN(), "-query", query, "-arg", "1")
-	if !strings.Contains(out, `differs: name: database "Grace", cache "Ada"`) {
-		t.Errorf("human compare lacks the field:\n%s", out)
+	out, _, code = cachectl(t, "compare", key, "-dsn", mysqlDSN(), "-query", query, "-arg", "1")
+	if !strings.Contains(out, `differs: name: database "Grace", cache "Ada"`) || code != exitDiffer {
+		t.Errorf("human compare: exit %d, want %d (DIFFER), or lacks the field:\n%s", code, exitDiffer, out)
 	}
 
 	// Changed without a version bump: fields decide.
@@ -300,6 +320,22 @@ func TestCompare(t *testing.T) {
 	// Missing flags: usage error.
 	if _, _, code := cachectl(t, "compare", key); code != exitUsage {
 		t.Errorf("compare without -dsn: exit %d, want 2", code)
+	}
+
+	// The query runs in a read-only transaction: a pasted statement that
+	// writes fails and changes nothing.
+	for _, q := range []string{
+		"DELETE FROM " + f.table + " WHERE id = ?",
+		"UPDATE " + f.table + " SET name = 'x' WHERE id = ?",
+	} {
+		out, errOut, code := cachectl(t, "compare", key, "-dsn", mysqlDSN(), "-query", q, "-arg", "1")
+		if code != exitError || !strings.Contains(errOut, "READ ONLY") {
+			t.Errorf("compare -query %q: exit %d, want 1 (read-only transaction)\n%s%s", q, code, out, errOut)
+		}
+	}
+	var n int
+	if err := f.db.QueryRow("SELECT COUNT(*) FROM " + f.table + " WHERE id = 1 AND name = 'Eve'").Scan(&n); err != nil || n != 1 {
+		t.Errorf("the row changed under a read-only compare: %d rows, %v", n, err)
 	}
 }
 
@@ -360,6 +396,46 @@ func TestHealth(t *testing.T) {
 	}
 }
 
+// The eviction policy a cache needs: noeviction and allkeys-* are warned
+// about, volatile-* is not.
+func TestHealthEvictionPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		policy    string
+		maxmemory int64
+		want      string // "" no warning
+	}{
+		{"noeviction", 0, "noeviction is wrong for a cache: when memory reaches the host's memory"},
+		{"noeviction", 1 << 30, "noeviction is wrong for a cache: when memory reaches maxmemory (1073741824 bytes)"},
+		{"allkeys-lru", 1 << 30, "can evict any key"},
+		{"allkeys-lfu", 0, "can evict any key"},
+		{"", 0, "unknown"},
+		{"volatile-lru", 1 << 30, ""},
+		{"volatile-ttl", 0, ""},
+	} {
+		got := policyWarning(tc.policy, tc.maxmemory)
+		if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s, maxmemory %d: %q; want %q", tc.policy, tc.maxmemory, got, tc.want)
+		}
+	}
+
+	// On real servers of each policy, in the human output.
+	for _, tc := range []struct {
+		policy, want string
+	}{
+		{"noeviction", "WARNING: maxmemory-policy noeviction is wrong for a cache"},
+		{"volatile-lru", "no warnings"},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			r := testenv.StartRedis(t, testenv.RedisConfig{Args: []string{"--maxmemory-policy", tc.policy}})
+			var o, e bytes.Buffer
+			code := run(context.Background(), []string{"-redis", r.Addr, "health", "-pings", "1"}, &o, &e)
+			if code != exitOK || !strings.Contains(o.String(), tc.want) {
+				t.Errorf("health: exit %d, want 0 and %q:\n%s%s", code, tc.want, o.String(), e.String())
+			}
+		})
+	}
+}
+
 func TestWarmCheck(t *testing.T) {
 	f := newFixture(t, cache.Options{TTL: time.Minute})
 	f.insert(t, 1, "Ada", 3)
@@ -391,6 +467,11 @@ func TestUsage(t *testing.T) {
 	var o, e bytes.Buffer
 	if code := run(context.Background(), []string{"help", "inspect"}, &o, &e); code != exitOK || !strings.Contains(o.String(), "soft TTL") {
 		t.Errorf("help inspect: %d %s", code, o.String())
+	}
+	o.Reset()
+	if code := run(context.Background(), []string{"help", "invalidate"}, &o, &e); code != exitOK ||
+		!strings.Contains(o.String(), "usage: cachectl [global flags] invalidate [-tombstone D] [-keep-stale] [-force] KEY ...") {
+		t.Errorf("help invalidate: the usage line lacks a flag: %d\n%s", code, o.String())
 	}
 	// An unreachable Redis is an error, not a hang.
 	start := time.Now()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -27,7 +28,13 @@ of the same name, matched case-insensitively and ignoring underscores
 (user_name = UserName); columns without a field are listed, not compared.
 A version column (-version-column, default "version") is compared with the
 entry's version and tells which side is newer. -dsn defaults to
-$CACHE_MYSQL_DSN.`,
+$CACHE_MYSQL_DSN.
+
+The query runs in a read-only transaction (rolled back at the end): a
+pasted statement that writes fails instead of changing the database.
+
+Exit status: 0 when the entry and the row agree (or the verdict is
+unknown), 3 when they DIFFER, 1 on an error.`,
 	minArgs: 1, maxArgs: 1,
 	flags: func(fs *flag.FlagSet) runFunc {
 		dsn := fs.String("dsn", os.Getenv("CACHE_MYSQL_DSN"), "MySQL DSN (go-sql-driver form, e.g. root@tcp(127.0.0.1:3306)/test)")
@@ -69,7 +76,8 @@ type compareReport struct {
 	RowVersion   *int64         `json:"row_version,omitempty"`
 	CacheVersion int64          `json:"cache_version"`
 	Agree        bool           `json:"agree"`
-	Newer        string         `json:"newer"` // "database", "cache", "" (agree or unknown)
+	Differ       bool           `json:"differ"` // the verdict is DIFFER: exit status 3
+	Newer        string         `json:"newer"`  // "database", "cache", "" (agree or unknown)
 	Verdict      string         `json:"verdict"`
 }
 
@@ -130,8 +138,12 @@ func compare(ctx context.Context, e *env, key, dsn, query string, qargs []string
 		}
 	}
 	verdict(r, en, fieldsEqual, cached != nil)
+	r.Differ = strings.HasPrefix(r.Verdict, "DIFFER")
 	if e.json {
-		return writeJSON(e.stdout, r)
+		if err := writeJSON(e.stdout, r); err != nil {
+			return err
+		}
+		return differs(r.Differ)
 	}
 	w := e.stdout
 	fmt.Fprintf(w, "key:       %s\n", key)
@@ -163,6 +175,17 @@ func compare(ctx context.Context, e *env, key, dsn, query string, qargs []string
 		fmt.Fprintf(w, "  not in the payload (not compared): %s\n", strings.Join(r.Unmatched, ", "))
 	}
 	fmt.Fprintf(w, "verdict:   %s\n", r.Verdict)
+	return differs(r.Differ)
+}
+
+// errDiffer is compare's answer "they differ": exit status 3, no message
+// (the verdict was printed).
+var errDiffer = errors.New("the entry and the row differ")
+
+func differs(d bool) error {
+	if d {
+		return errDiffer
+	}
 	return nil
 }
 
@@ -218,9 +241,16 @@ func verdict(r *compareReport, en *entryReport, fieldsEqual, comparable bool) {
 	}
 }
 
-// queryRow runs query and returns its first row as column → value.
+// queryRow runs query in a read-only transaction (rolled back after) and
+// returns its first row as column → value: a pasted query that writes
+// fails rather than changing the database.
 func queryRow(ctx context.Context, db *sql.DB, query string, args []any) (map[string]any, bool, error) {
-	rows, err := db.QueryContext(ctx, query, args...)
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, false, err
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, false, err
 	}

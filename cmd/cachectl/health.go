@@ -20,6 +20,10 @@ var healthCmd = &command{
   - maxmemory-policy allkeys-*: under memory pressure Redis may evict any key,
     including cache leases and tombstones (weakening the stale-set guard) and
     locks or sessions that share the instance;
+  - maxmemory-policy noeviction: wrong for a cache; when memory is full
+    (maxmemory, or the host's memory when unlimited) every fill and
+    invalidation fails instead of old entries making room (volatile-lru or
+    volatile-lfu suit a cache: every entry has a TTL);
   - evicted_keys > 0: memory pressure has already evicted keys;
   - mem_fragmentation_ratio > 1.5 (with at least 64 MiB used);
   - keyspace hit ratio < 50% (over the server's lifetime, all clients).
@@ -127,13 +131,8 @@ func nodeHealth(ctx context.Context, rdb redis.UniversalClient, addr string, pin
 		}
 	}
 
-	switch {
-	case r.MaxmemoryPol == "":
-		r.Warnings = append(r.Warnings, "maxmemory-policy unknown (CONFIG GET refused): check it with your provider")
-	case strings.HasPrefix(r.MaxmemoryPol, "allkeys-"):
-		r.Warnings = append(r.Warnings, fmt.Sprintf("maxmemory-policy %s can evict any key: cache leases and tombstones (a stale set can then land) and any locks or sessions sharing this instance; use volatile-* or a separate instance for them", r.MaxmemoryPol))
-	case r.MaxmemoryPol == "noeviction" && r.Maxmemory > 0:
-		r.Warnings = append(r.Warnings, "maxmemory-policy noeviction with a maxmemory: when full, every cache fill and invalidation fails (reads fail open to the database)")
+	if w := policyWarning(r.MaxmemoryPol, r.Maxmemory); w != "" {
+		r.Warnings = append(r.Warnings, w)
 	}
 	if r.EvictedKeys > 0 {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("%d keys evicted since start: memory pressure", r.EvictedKeys))
@@ -146,6 +145,24 @@ func nodeHealth(ctx context.Context, rdb redis.UniversalClient, addr string, pin
 	}
 
 	return r, nil
+}
+
+// policyWarning returns the warning about an eviction policy ("" none).
+func policyWarning(policy string, maxmemory int64) string {
+	switch {
+	case policy == "":
+		return "maxmemory-policy unknown (CONFIG GET refused): check it with your provider"
+	case strings.HasPrefix(policy, "allkeys-"):
+		return fmt.Sprintf("maxmemory-policy %s can evict any key: cache leases and tombstones (a stale set can then land) and any locks or sessions sharing this instance; use volatile-* or a separate instance for them", policy)
+	case policy == "noeviction":
+		limit := "the host's memory (maxmemory unlimited)"
+		if maxmemory > 0 {
+			limit = fmt.Sprintf("maxmemory (%d bytes)", maxmemory)
+		}
+		return "maxmemory-policy noeviction is wrong for a cache: when memory reaches " + limit +
+			", every cache fill and invalidation fails (reads fail open to the database) instead of old entries making room; use volatile-lru or volatile-lfu"
+	}
+	return ""
 }
 
 // printHealth prints one server's report.

@@ -12,14 +12,15 @@ import (
 
 var invalidateCmd = &command{
 	name:    "invalidate",
-	args:    "[-tombstone D] [-force] KEY ...",
+	args:    "[-tombstone D] [-keep-stale] [-force] KEY ...",
 	summary: "turn entries into tombstones, exactly as Loader.Invalidate does",
 	help: `Runs the library's own invalidate script on each full key: any lease is
 dropped (an in-flight fill of older data is rejected), the version is kept
 (older writes stay refused), the generation is bumped, and the key becomes
 a tombstone for -tombstone (default 10s = the library's default
 LeaseTimeout + LoadTimeout; use at least your loaders' value). The next
-Get of the key loads from the database. Absent keys get a tombstone too.
+Get of the key loads from the database. Absent keys get a tombstone too,
+and are reported as absent: no entry was there (a mistyped key?).
 
 Keys that hold something other than a cache entry (another type, or a string
 without an entry header) are refused unless -force: the script would
@@ -41,6 +42,7 @@ replace them.`,
 type invalidateResult struct {
 	Key         string `json:"key"`
 	Invalidated bool   `json:"invalidated"`
+	Absent      bool   `json:"absent"` // there was no entry at the key (it got a tombstone anyway)
 	Error       string `json:"error,omitempty"`
 }
 
@@ -49,12 +51,13 @@ func invalidate(ctx context.Context, e *env, keys []string, tomb time.Duration, 
 	failed := 0
 	for _, k := range keys {
 		r := invalidateResult{Key: k}
-		if err := checkEntryKey(ctx, e, k); err != nil && !force {
+		absent, err := checkEntryKey(ctx, e, k)
+		if err != nil && !force {
 			r.Error = err.Error()
 		} else if err := script.Invalidate(k, tomb, keep, 0).Run(ctx, e.rdb).Err(); err != nil {
 			r.Error = "redis: " + err.Error()
 		} else {
-			r.Invalidated = true
+			r.Invalidated, r.Absent = true, absent
 		}
 		if r.Error != "" {
 			failed++
@@ -67,9 +70,12 @@ func invalidate(ctx context.Context, e *env, keys []string, tomb time.Duration, 
 		}
 	} else {
 		for _, r := range res {
-			if r.Invalidated {
+			switch {
+			case r.Absent:
+				fmt.Fprintf(e.stdout, "ABSENT %s: there was no entry at this key (mistyped?); it holds a tombstone for %s now\n", r.Key, tomb)
+			case r.Invalidated:
 				fmt.Fprintf(e.stdout, "invalidated %s (tombstone for %s)\n", r.Key, tomb)
-			} else {
+			default:
 				fmt.Fprintf(e.stdout, "NOT invalidated %s: %s\n", r.Key, r.Error)
 			}
 		}
@@ -80,23 +86,24 @@ func invalidate(ctx context.Context, e *env, keys []string, tomb time.Duration, 
 	return nil
 }
 
-// checkEntryKey refuses keys that exist and are not cache entries.
-func checkEntryKey(ctx context.Context, e *env, key string) error {
+// checkEntryKey refuses keys that exist and are not cache entries, and
+// reports whether the key is absent.
+func checkEntryKey(ctx context.Context, e *env, key string) (absent bool, err error) {
 	pipe := e.rdb.Pipeline()
 	typ := pipe.Type(ctx, key)
 	head := pipe.GetRange(ctx, key, 0, entry.HeaderSize-1)
 	_, _ = pipe.Exec(ctx)
 	if err := typ.Err(); err != nil {
-		return fmt.Errorf("redis: %w", err)
+		return false, fmt.Errorf("redis: %w", err)
 	}
 	switch typ.Val() {
 	case "none":
-		return nil
+		return true, nil
 	case "string":
 		if head.Err() == nil && entry.GenerationOf(head.Val()) > 0 {
-			return nil
+			return false, nil
 		}
-		return fmt.Errorf("%s is a string without an entry header, not a cache entry (-force to replace it)", key)
+		return false, fmt.Errorf("%s is a string without an entry header, not a cache entry (-force to replace it)", key)
 	}
-	return fmt.Errorf("%s is a %s, not a cache entry (-force to replace it)", key, typ.Val())
+	return false, fmt.Errorf("%s is a %s, not a cache entry (-force to replace it)", key, typ.Val())
 }

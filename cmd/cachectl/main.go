@@ -7,6 +7,15 @@
 //
 //	go install github.com/f4df6ac3/cache/cmd/cachectl@latest
 //
+// or, from a checkout of the repository (its own version, local changes
+// included), at the repository's root:
+//
+//	go install ./cmd/cachectl
+//
+// Either puts the binary in $(go env GOBIN), by default $(go env GOPATH)/bin
+// (~/go/bin): put that directory on your PATH, or run go build -o cachectl
+// ./cmd/cachectl for a binary in the current directory.
+//
 // Usage:
 //
 //	cachectl [-redis ADDR[,ADDR...]] [-cluster] [-json] [-timeout D] COMMAND [flags] ARGS
@@ -16,7 +25,9 @@
 //	                                  the entry beside the MySQL row
 //	ttl PATTERN [-sample N]           TTL histogram; warns on synchronized expiry
 //	health                            latency, eviction policy, hit ratio, memory
-//	invalidate [-tombstone D] KEY ... turn entries into tombstones (library semantics)
+//	invalidate [-tombstone D] [-keep-stale] [-force] KEY ...
+//	                                  turn entries into tombstones (library semantics);
+//	                                  says ABSENT for a key that held no entry
 //	warm                              dry run: which keys read from stdin are cold
 //
 // KEY is always the full Redis key: Options.Prefix + loader name + ":" + key,
@@ -29,7 +40,11 @@
 // SCANs every master, and health reports on every master.
 //
 // Exit status: 0 the command ran (warnings included), 1 an error (Redis or
-// MySQL unreachable, a key that is not a cache entry), 2 a usage error.
+// MySQL unreachable, a key that is not a cache entry), 2 a usage error, 3
+// compare's verdict is DIFFER (the entry and the row disagree).
+//
+// compare runs its -query in a read-only transaction: a pasted statement
+// that writes fails instead of changing the database.
 package main
 
 import (
@@ -51,9 +66,10 @@ import (
 
 // Exit codes.
 const (
-	exitOK    = 0
-	exitError = 1
-	exitUsage = 2
+	exitOK     = 0
+	exitError  = 1
+	exitUsage  = 2
+	exitDiffer = 3 // compare: the entry and the row differ
 )
 
 func main() {
@@ -182,6 +198,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer rdb.Close()
 	e := &env{rdb: rdb, json: *jsonOut || *cmdJSON, timeout: *timeout, stdin: stdin, stdout: stdout, stderr: stderr}
 	if err := do(ctx, e, pos); err != nil {
+		if errors.Is(err, errDiffer) {
+			return exitDiffer
+		}
 		var ue usageError
 		if errors.As(err, &ue) {
 			fmt.Fprintf(stderr, "cachectl %s: %v\n", c.name, err)
@@ -308,7 +327,7 @@ func mainUsage(w io.Writer, global *flag.FlagSet) {
 	global.SetOutput(w)
 	global.PrintDefaults()
 	global.SetOutput(out)
-	fmt.Fprintln(w, "\nexit status: 0 ok (warnings included), 1 error, 2 usage")
+	fmt.Fprintln(w, "\nexit status: 0 ok (warnings included), 1 error, 2 usage, 3 compare found a difference")
 }
 
 // writeJSON prints v indented.
