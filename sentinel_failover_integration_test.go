@@ -7,11 +7,13 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/f4df6ac3/cache/internal/testenv"
@@ -153,9 +155,27 @@ func (tl *sentinelTimeline) ObserveLoad(string, time.Duration, error) {}
 // at returns the time a first* field holds, or -1.
 func (tl *sentinelTimeline) at(a *atomic.Int64) time.Duration { return time.Duration(a.Load()) }
 
-func TestSentinelFailover(t *testing.T) {
+func TestSentinelFailover(t *testing.T) { runSentinelFault(t, false) }
+
+// TestSentinelPartition cuts the master off from the sentinels and its
+// replica while the application still reaches it: the classic split brain.
+// The sentinels promote the replica; until each client learns of it, it
+// goes on reading from and writing to the old master, whose writes (the
+// invalidations among them) never reach the new one. Nothing here can
+// return an error or leave an entry stale beyond the TTL: stale entries
+// must end by the last client's switch + TTL, and writes that began after
+// it must be seen.
+func TestSentinelPartition(t *testing.T) { runSentinelFault(t, true) }
+
+// runSentinelFault runs the scenario with the master SIGKILLed, or
+// partitioned away.
+func runSentinelFault(t *testing.T, partition bool) {
 	begin := time.Now()
-	s := testenv.Sentinel(t)
+	s := testenv.StartSentinel(t, testenv.SentinelConfig{Partitionable: partition})
+	fault := "kill"
+	if partition {
+		fault = "partition"
+	}
 	t.Logf("master, replica and %d sentinels up in %v", len(s.SentinelAddrs), time.Since(begin).Round(time.Millisecond))
 	seed := raceSeed(t)
 	db := newRaceDB(t, seed)
@@ -305,37 +325,59 @@ func TestSentinelFailover(t *testing.T) {
 		}()
 	}
 
-	// Steady state, then the crash.
+	// Steady state, then the crash or the partition.
 	old, err := s.Master(ctx)
 	require.NoError(t, err)
+	oldConn := s.Server(old).Client(t).Conn() // direct: not cut by the partition
+	t.Cleanup(func() { oldConn.Close() })
 	time.Sleep(sentinelWarm)
 	before := lib.stats()
+	var oldBefore sentinelServerCalls
+	if partition {
+		oldBefore = sentinelCalls(t, oldConn)
+	}
 	killAt := since()
 	tl.errorsAfter.Store(int64(killAt))
-	s.Server(old).Kill(t)
-	// killed is when the old master was gone: a write that began later
-	// cannot have reached it.
-	killed := since()
-	// A Get whose read the master answered just before the kill counts its
-	// hit just after it; the sentinels cannot promote the replica before
-	// down-after (1s) has passed: recovery is what happens from half of it.
-	tl.recoveryAfter.Store(int64(killAt + sentinelRecoveryFrom))
+	if partition {
+		s.Partition(t)
+	} else {
+		s.Server(old).Kill(t)
+	}
+	// safeFrom is when no client could reach the old master any more: a
+	// write that began later reached the new master (or was queued).
+	safeFrom := since()
+	if !partition {
+		// A Get whose read the master answered just before the kill counts
+		// its hit just after it; the sentinels cannot promote the replica
+		// before down-after (1s) has passed: recovery is what happens from
+		// half of it.
+		tl.recoveryAfter.Store(int64(killAt + sentinelRecoveryFrom))
+	}
 	promotedAddr, promotedAt := s.WaitPromoted(t, old, sentinelPromote)
 	promoted := promotedAt.Sub(start)
-	t.Logf("killed the master %s at %v (gone %v later); the sentinels promoted %s %v after the kill", old,
-		killAt.Round(time.Millisecond), (killed - killAt).Round(time.Millisecond),
-		promotedAddr, (promoted - killAt).Round(time.Millisecond))
+	t.Logf("%s of the master %s at %v (done %v later); the sentinels promoted %s %v after the %s", fault, old,
+		killAt.Round(time.Millisecond), (safeFrom - killAt).Round(time.Millisecond),
+		promotedAddr, (promoted - killAt).Round(time.Millisecond), fault)
+	if partition {
+		// The clients leave the old master as they learn of the promotion
+		// from their sentinels.
+		safeFrom = sentinelWaitClientsLeft(t, oldConn, sentinelResume).Sub(start)
+		tl.recoveryAfter.Store(int64(safeFrom))
+		d := sentinelCalls(t, oldConn).minus(oldBefore)
+		t.Logf("the last client left the old master %v after the promotion; meanwhile (from the partition) the old master ran %d scripts (invalidations, sets, leases, fills) and answered %d reads, which the new master never saw",
+			(safeFrom - promoted).Round(time.Millisecond), d.scripts, d.reads)
+	}
 
-	// Hits resume: bounded wait on the Loaders' events. No Get can be a
-	// hit between the kill and the promotion: there is no master.
+	// Hits resume: bounded wait on the Loaders' events. After a kill no
+	// Get can be a hit until the promotion: there is no master.
 	resumeDeadline := time.Now().Add(sentinelResume)
 	for tl.at(&tl.firstHit) < 0 {
 		require.True(t, time.Now().Before(resumeDeadline), "no Get was answered from Redis within %v of the promotion", sentinelResume)
 		time.Sleep(5 * time.Millisecond) // polling the Loaders' events
 	}
 	resumed := tl.at(&tl.firstHit)
-	t.Logf("first hit %v after the promotion (%v after the kill)", (resumed - promoted).Round(time.Millisecond),
-		(resumed - killAt).Round(time.Millisecond))
+	t.Logf("first hit %v after the promotion (%v after the %s)", (resumed - promoted).Round(time.Millisecond),
+		(resumed - killAt).Round(time.Millisecond), fault)
 	time.Sleep(sentinelAfter)
 	close(stopW)
 	writers.Wait()
@@ -350,7 +392,7 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	drained := since()
 	// Readers go on for a moment: no Get may be stale now (but for a write
-	// lost in the crash).
+	// lost with the old master).
 	time.Sleep(sentinelQuiet)
 	close(stop)
 	readers.Wait()
@@ -359,6 +401,9 @@ func TestSentinelFailover(t *testing.T) {
 	lib.drain() // Close: loads, fills and queued invalidations finish
 	final := lib.stats()
 	require.NoError(t, errors.Join(errs...), "Gets must fail open: no error reaches the caller")
+	// The checks below read Redis through clients that dial now: their
+	// sentinel must not send them to the old master.
+	s.WaitMaster(t, promotedAddr, sentinelPromote)
 
 	var all []sentinelRead
 	for _, rs := range reads {
@@ -376,12 +421,16 @@ func TestSentinelFailover(t *testing.T) {
 		from, to time.Duration
 	}
 	phases := []phase{
-		{"before the kill", 0, killAt},
-		{"kill to promotion", killAt, promoted},
+		{"before the " + fault, 0, killAt},
+		{fault + " to promotion", killAt, promoted},
 		{"promotion to first hit", promoted, resumed},
 		{"after", resumed, writersDone},
 		{"writers stopped, invalidations queued", writersDone, drained},
 		{"no invalidation queued", drained, end},
+	}
+	if partition {
+		phases = slices.Insert(phases, 2, phase{"promotion to the last client's switch", promoted, safeFrom})
+		phases[3].from = safeFrom
 	}
 	for _, p := range phases {
 		var lat []time.Duration
@@ -417,21 +466,22 @@ func TestSentinelFailover(t *testing.T) {
 		}
 		return (tl.at(a) - killAt).Round(time.Millisecond).String()
 	}
-	t.Logf("after the kill: first Redis error %s, promotion %v, first breaker close %s, first queued invalidation applied %s, first hit %s",
-		rel(&tl.firstError), (promoted - killAt).Round(time.Millisecond), rel(&tl.firstClose), rel(&tl.firstRetried), rel(&tl.firstHit))
+	t.Logf("after the %s: first Redis error %s, promotion %v, first breaker close %s, first queued invalidation applied %s, first hit %s",
+		fault, rel(&tl.firstError), (promoted - killAt).Round(time.Millisecond), rel(&tl.firstClose), rel(&tl.firstRetried), rel(&tl.firstHit))
 
-	// Stale reads: none before the kill; those explained by a queued
-	// invalidation end when it lands, those by a write lost in the crash by
-	// the TTL; and a Get that began after a write that began after the kill
-	// and returned must see it (or something newer): that write reached
-	// the new master, nothing can have lost it.
+	// Stale reads: none before the fault; those explained by a queued
+	// invalidation end when it lands, those by a write lost with the old
+	// master by the TTL; and a Get that began after a write that began
+	// once no client could reach the old master, and returned, must see it
+	// (or something newer): that write reached the new master, nothing can
+	// have lost it.
 	ackedAfter := make([][]sentinelWrite, raceKeys) // by key, in order of return
 	var queuedWrites int
 	for _, w := range allWrites {
 		if w.queued {
 			queuedWrites++
 		}
-		if !w.queued && w.began > killed {
+		if !w.queued && w.began > safeFrom {
 			ackedAfter[w.id] = append(ackedAfter[w.id], w)
 		}
 	}
@@ -439,11 +489,11 @@ func TestSentinelFailover(t *testing.T) {
 		slices.SortFunc(ackedAfter[id], func(a, b sentinelWrite) int { return int(a.returned - b.returned) })
 	}
 	var maxTook time.Duration
-	var staleAfterKill, degradedStale, lostStale, violations int
-	var lastLost time.Duration = -1
+	var staleAfterFault, degradedStale, lostStale, violations int
+	var lastLost, lastDegraded time.Duration = -1, -1
 	for _, r := range all {
 		maxTook = max(maxTook, r.took)
-		var seen int64 // the newest post-kill acknowledged write returned before r began
+		var seen int64 // the newest write after safeFrom acknowledged before r began
 		for _, w := range ackedAfter[r.id] {
 			if w.returned >= r.at {
 				break
@@ -453,18 +503,19 @@ func TestSentinelFailover(t *testing.T) {
 		if r.ver < seen {
 			violations++
 			if violations <= 5 {
-				t.Errorf("stale read at %v: key %d answered version %d, version %d was written (begun after the kill) and acknowledged by Redis before the Get began", r.at, r.id, r.ver, seen)
+				t.Errorf("stale read at %v: key %d answered version %d, version %d was written (begun at %v, when no client could reach the old master) and acknowledged by Redis before the Get began", r.at, r.id, r.ver, seen, safeFrom)
 			}
 		}
 		if !r.stale {
 			continue
 		}
 		if r.at < killAt {
-			t.Errorf("stale read at %v, before the kill", r.at)
+			t.Errorf("stale read at %v, before the %s", r.at, fault)
 		}
-		staleAfterKill++
+		staleAfterFault++
 		if r.degraded {
 			degradedStale++
+			lastDegraded = r.at
 			if r.at >= drained {
 				t.Errorf("stale read at %v, after the queued invalidations were applied (%v)", r.at, drained)
 			}
@@ -476,38 +527,53 @@ func TestSentinelFailover(t *testing.T) {
 	d := after.minus(before)
 	t.Logf("writes %d: %d Invalidate calls failed and were retried, %d write-throughs queued their invalidation",
 		len(allWrites), invErrs.Load(), queuedWrites)
-	t.Logf("from the kill on: redis errors %d, redis calls skipped (breaker open) %d, breaker opened %d times, loads %d, hits %d, misses %d, bypasses %d, lease waits %d",
-		d.RedisErrors, d.RedisSkipped, d.BreakerOpened, d.Loads, d.Hits, d.Misses, d.Bypassed, d.LeaseWaits)
+	t.Logf("from the %s on: redis errors %d, redis calls skipped (breaker open) %d, breaker opened %d times, loads %d, hits %d, misses %d, bypasses %d, lease waits %d",
+		fault, d.RedisErrors, d.RedisSkipped, d.BreakerOpened, d.Loads, d.Hits, d.Misses, d.Bypassed, d.LeaseWaits)
 	t.Logf("invalidations: queued %d, retried %d, dropped %d; none pending %v after the writers stopped",
 		final.InvalidationsQueued, final.InvalidationsRetried, final.InvalidationsDropped, (drained - writersDone).Round(time.Millisecond))
-	t.Logf("stale reads after the kill: %d of %d Gets: %d after a write-through whose Redis write failed (queued invalidation), %d otherwise (a write acknowledged by the old master and lost, the last at %v)",
-		staleAfterKill, len(all), degradedStale, lostStale, lastLost.Round(time.Millisecond))
+	ago := func(d time.Duration) string {
+		if d < 0 {
+			return "none"
+		}
+		return (d - killAt).Round(time.Millisecond).String() + " after the " + fault
+	}
+	t.Logf("stale reads after the %s: %d of %d Gets: %d after a write-through whose Redis write failed (queued invalidation; the last %s), %d otherwise (a write acknowledged by the old master and lost, or read from it; the last %s)",
+		fault, staleAfterFault, len(all), degradedStale, ago(lastDegraded), lostStale, ago(lastLost))
 
 	// Fail-open, bounded: RedisTimeout is a Get's whole Redis budget.
 	bound := sentinelRedisTimeout + time.Duration(maxLoad.Load()) + sentinelMargin
 	t.Logf("slowest Get %v; bound %v (RedisTimeout %v + slowest load %v + margin %v)", maxTook.Round(time.Millisecond),
 		bound.Round(time.Millisecond), sentinelRedisTimeout, time.Duration(maxLoad.Load()).Round(time.Millisecond), sentinelMargin)
 	require.LessOrEqual(t, maxTook, bound, "a Get outlasted RedisTimeout + load")
-	require.NotZero(t, before.Hits, "no hits before the kill")
+	require.NotZero(t, before.Hits, "no hits before the %s", fault)
 	require.Zero(t, final.LoadErrors)
-	// The outage lasts at least down-after (1s) while a writer writes
-	// through every few milliseconds: its Redis writes fail and queue
-	// invalidations, which must all land on the new master.
-	require.NotZero(t, final.InvalidationsQueued, "no invalidation was queued during the failover: the scenario did not test their replay")
 	require.Zero(t, final.InvalidationsDropped, "queued invalidations were dropped")
-	require.Positive(t, tl.at(&tl.firstRetried), "no queued invalidation was applied after the kill")
+	if !partition {
+		// The outage lasts at least down-after (1s) while a writer writes
+		// through every few milliseconds: its Redis writes fail and queue
+		// invalidations, which must all land on the new master.
+		require.NotZero(t, final.InvalidationsQueued, "no invalidation was queued during the failover: the scenario did not test their replay")
+		require.Positive(t, tl.at(&tl.firstRetried), "no queued invalidation was applied after the kill")
+	}
+	// A write lost with the old master leaves the value the new one had:
+	// filled before the last client left the old master (before the kill),
+	// so its soft TTL ends it by then + TTL × (1 + Jitter).
+	lostFrom := killAt
+	if partition {
+		lostFrom = safeFrom
+	}
 	if lastLost >= 0 {
-		require.Less(t, lastLost, killAt+sentinelTTL*11/10+sentinelMargin, "stale reads from a lost write outlived the TTL bound")
+		require.Less(t, lastLost, lostFrom+sentinelTTL*11/10+sentinelMargin, "stale reads from a lost write outlived the TTL bound")
 	}
 
 	// After the writers: every entry agrees with the database. A key
-	// written after the kill must agree at once (its last write reached
-	// the new master, directly or from the retry queue); one whose last
-	// write was before the kill may hold a value the crash lost the
-	// invalidation of, until its hard TTL has run out.
+	// written after safeFrom must agree at once (its last write reached the
+	// new master, directly or from the retry queue); one whose last write
+	// was before may hold a value whose invalidation was lost with the old
+	// master, until its hard TTL has run out.
 	writtenAfter := make([]bool, raceKeys)
 	for _, w := range allWrites {
-		if w.began > killed {
+		if w.began > safeFrom {
 			writtenAfter[w.id] = true
 		}
 	}
@@ -518,7 +584,7 @@ func TestSentinelFailover(t *testing.T) {
 			got, ok, err := lib.cached(ctx, id)
 			require.NoError(t, err)
 			if ok && got != want {
-				stale = append(stale, fmt.Sprintf("key %d: cached %+v, database %+v (written after the kill: %v)", id, got, want, writtenAfter[id]))
+				stale = append(stale, fmt.Sprintf("key %d: cached %+v, database %+v (written once the old master was out of reach: %v)", id, got, want, writtenAfter[id]))
 				if writtenAfter[id] {
 					strict++
 				}
@@ -528,7 +594,7 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	stale, strict := check()
 	t.Logf("stale entries once quiet: %d %v", len(stale), stale)
-	require.Zero(t, strict, "entries of keys written after the kill differ from the database once quiet: %v", stale)
+	require.Zero(t, strict, "entries of keys written once the old master was out of reach differ from the database once quiet: %v", stale)
 	ttlDeadline := time.Now().Add(sentinelTTL*11/10 + sentinelMargin)
 	for len(stale) > 0 {
 		require.True(t, time.Now().Before(ttlDeadline), "stale entries outlived their TTL: %v", stale)
@@ -539,4 +605,80 @@ func TestSentinelFailover(t *testing.T) {
 	// A fresh process reads every key and sees the database.
 	requireFreshLoaderSeesDB(t, s.Client(t), db, lib.prefix, sentinelTTL)
 	t.Logf("test took %v", time.Since(begin).Round(time.Millisecond))
+}
+
+// sentinelServerCalls counts what a server ran.
+type sentinelServerCalls struct{ scripts, reads int64 }
+
+func (c sentinelServerCalls) minus(b sentinelServerCalls) sentinelServerCalls {
+	return sentinelServerCalls{c.scripts - b.scripts, c.reads - b.reads}
+}
+
+// sentinelCalls reads the server's INFO commandstats: scripts (EVAL,
+// EVALSHA) and entry reads (HMGET, HGETALL) run so far.
+func sentinelCalls(t *testing.T, c *redis.Conn) sentinelServerCalls {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	info, err := c.Info(ctx, "commandstats").Result()
+	require.NoError(t, err)
+	var n sentinelServerCalls
+	for line := range strings.Lines(info) {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
+		if !ok {
+			continue
+		}
+		calls, _, _ := strings.Cut(rest, ",")
+		v, err := strconv.ParseInt(calls, 10, 64)
+		require.NoError(t, err, "commandstats line %q", line)
+		switch name {
+		case "cmdstat_eval", "cmdstat_evalsha":
+			n.scripts += v
+		case "cmdstat_hmget", "cmdstat_hgetall":
+			n.reads += v
+		}
+	}
+	return n
+}
+
+// sentinelWaitClientsLeft polls the server on c (every few milliseconds,
+// for at most within) until the only connections it has are c and
+// subscribers, and returns when it first saw that. go-redis drops its
+// connections to the old master when it learns of a failover, but not its
+// subscriptions (the Loaders' wake-up channels).
+func sentinelWaitClientsLeft(t *testing.T, c *redis.Conn, within time.Duration) time.Time {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	self, err := c.ClientID(ctx).Result()
+	require.NoError(t, err)
+	var left []string
+	for {
+		list, err := c.ClientList(ctx).Result()
+		require.NoError(t, err, "CLIENT LIST on the old master")
+		left = left[:0]
+		for line := range strings.Lines(list) {
+			var id int64
+			var flags string
+			for f := range strings.FieldsSeq(line) {
+				if v, ok := strings.CutPrefix(f, "id="); ok {
+					id, _ = strconv.ParseInt(v, 10, 64)
+				}
+				if v, ok := strings.CutPrefix(f, "flags="); ok {
+					flags = v
+				}
+			}
+			if id != self && !strings.Contains(flags, "P") {
+				left = append(left, strings.TrimSpace(line))
+			}
+		}
+		if len(left) == 0 {
+			return time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("clients still on the old master %v after the promotion: %q", within, left)
+		case <-time.After(5 * time.Millisecond): // polling the server's state
+		}
+	}
 }

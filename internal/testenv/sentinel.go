@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/f4df6ac3/cache/internal/faultproxy"
 )
 
 // Sentinel layout and bounds of the local Redis Sentinel setup.
@@ -53,6 +55,12 @@ type SentinelConfig struct {
 	// electing a leader sentinel, promoting the replica).
 	// default: 1s
 	DownAfter time.Duration
+	// Partitionable puts the master behind a TCP proxy for the sentinels
+	// and the replica, while the clients of Client reach it directly, so
+	// that Partition can cut the master off from the rest of its setup but
+	// not from the application, as a network partition would.
+	// default: false
+	Partitionable bool
 }
 
 // LocalSentinel is a Redis master, its replica and three sentinels
@@ -69,6 +77,9 @@ type LocalSentinel struct {
 
 	servers   []*LocalRedis // the master and the replica, as started
 	sentinels []*LocalRedis
+	// proxy stands for the master as started, for the sentinels and the
+	// replica (nil unless Partitionable): they know it by proxy.Addr().
+	proxy *faultproxy.Proxy
 }
 
 // Sentinel starts a local Redis master, one replica of it and three
@@ -108,7 +119,17 @@ func StartSentinel(t testing.TB, cfg SentinelConfig) *LocalSentinel {
 	// A replica syncs as soon as it asks (the default waits 5s for more
 	// replicas), so that it holds the data early in a test.
 	master := StartRedis(t, RedisConfig{Args: []string{"--repl-diskless-sync-delay", "0"}})
-	mhost, mport, _ := net.SplitHostPort(master.Addr)
+	// The address the sentinels and the replica know the master by.
+	known := master.Addr
+	if cfg.Partitionable {
+		p, err := faultproxy.Start(master.Addr)
+		if err != nil {
+			t.Fatalf("redis sentinel: proxy of the master: %v", err)
+		}
+		t.Cleanup(func() { p.Close() })
+		s.proxy, known = p, p.Addr()
+	}
+	mhost, mport, _ := net.SplitHostPort(known)
 	replica := StartRedis(t, RedisConfig{Args: []string{
 		"--repl-diskless-sync-delay", "0", "--replicaof", mhost, mport,
 	}})
@@ -216,13 +237,27 @@ func (s *LocalSentinel) checkSentinelReady(ctx context.Context, addr, replica st
 // redis.NewFailoverClient with ContextTimeoutEnabled), closed when the test
 // ends. Every call returns a separate client, as a separate process would
 // have.
+//
+// With Partitionable, the client dials the first master directly where
+// the sentinels name its proxy: Partition does not cut it off.
 func (s *LocalSentinel) Client(t testing.TB) *redis.Client {
 	t.Helper()
-	c := redis.NewFailoverClient(&redis.FailoverOptions{
+	opts := &redis.FailoverOptions{
 		MasterName:            s.MasterName,
 		SentinelAddrs:         s.SentinelAddrs,
 		ContextTimeoutEnabled: true,
-	})
+	}
+	if s.proxy != nil {
+		proxied, direct := s.proxy.Addr(), s.servers[0].Addr
+		opts.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr == proxied {
+				addr = direct
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}
+	}
+	c := redis.NewFailoverClient(opts)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -231,8 +266,13 @@ func (s *LocalSentinel) Client(t testing.TB) *redis.Client {
 // roles change with a failover: see Master).
 func (s *LocalSentinel) Servers() []*LocalRedis { return append([]*LocalRedis(nil), s.servers...) }
 
-// Server returns the server (master or replica) at addr, or nil.
+// Server returns the server (master or replica) at addr, or nil. addr may
+// be the address the sentinels know the first master by (its proxy, with
+// Partitionable).
 func (s *LocalSentinel) Server(addr string) *LocalRedis {
+	if s.proxy != nil && addr == s.proxy.Addr() {
+		return s.servers[0]
+	}
 	for _, r := range s.servers {
 		if r.Addr == addr {
 			return r
@@ -291,6 +331,36 @@ func (s *LocalSentinel) KillMaster(t testing.TB) string {
 	return addr
 }
 
+// Partition cuts the first master off from the sentinels and the replica
+// (its proxy refuses connections and resets the open ones); the clients of
+// Client still reach it. It needs Partitionable. The sentinels then
+// promote the replica while the old master goes on accepting writes from
+// the clients that have not learnt of the promotion: what it accepts is
+// lost, as it never reaches the new master.
+func (s *LocalSentinel) Partition(t testing.TB) {
+	t.Helper()
+	if s.proxy == nil {
+		t.Fatal("redis sentinel: Partition needs SentinelConfig.Partitionable")
+	}
+	if err := s.proxy.Set(faultproxy.Refuse, 0); err != nil {
+		t.Fatalf("redis sentinel: partition: %v", err)
+	}
+}
+
+// Heal ends a Partition: the sentinels reach the old master again and,
+// after a failover, turn it into a replica of the new master (some seconds
+// later: a sentinel waits 4 hello periods, 8s, before it does), which
+// discards what it accepted meanwhile.
+func (s *LocalSentinel) Heal(t testing.TB) {
+	t.Helper()
+	if s.proxy == nil {
+		t.Fatal("redis sentinel: Heal needs SentinelConfig.Partitionable")
+	}
+	if err := s.proxy.Set(faultproxy.Pass, 0); err != nil {
+		t.Fatalf("redis sentinel: heal: %v", err)
+	}
+}
+
 // WaitPromoted polls (every few milliseconds, for at most within) until a
 // sentinel reports a master other than old and that server says it is a
 // master; it returns the new master and when that was first seen. After
@@ -313,6 +383,32 @@ func (s *LocalSentinel) WaitPromoted(t testing.TB, old string, within time.Durat
 	}
 	t.Fatalf("redis sentinel: no server was promoted in place of %s within %v: %v%s", old, within, last, s.logs(30))
 	return "", time.Time{}
+}
+
+// WaitMaster polls (every few milliseconds, for at most within) until every
+// live sentinel reports addr as the master, and returns when that was first
+// seen. After a promotion the sentinels other than the leader learn of it
+// from the leader's hello messages (every 2s); a client that asks one of
+// them before then is sent to the old master.
+func (s *LocalSentinel) WaitMaster(t testing.TB, addr string, within time.Duration) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var last error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		got, err := s.Master(ctx)
+		cancel()
+		if err == nil && got == addr {
+			return time.Now()
+		}
+		if err == nil {
+			err = fmt.Errorf("the sentinels report %s", got)
+		}
+		last = err
+		time.Sleep(5 * time.Millisecond) // polling the sentinels' state; nothing to block on
+	}
+	t.Fatalf("redis sentinel: the sentinels did not all report %s as the master within %v: %v%s", addr, within, last, s.logs(30))
+	return time.Time{}
 }
 
 // checkPromoted returns the new master when a live sentinel reports one

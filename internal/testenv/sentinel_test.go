@@ -40,16 +40,8 @@ func TestSentinelPromotesTheReplicaWhenTheMasterIsKilled(t *testing.T) {
 		t.Fatalf("promoted %s, the replica was %s", promoted, s.Servers()[1].Addr)
 	}
 	// The other sentinels learn the switch from the leader's hello messages.
-	err = waitFor(10*time.Second, func(ctx context.Context) error {
-		got, err := s.Master(ctx)
-		if err == nil && got != promoted {
-			err = fmt.Errorf("the sentinels report %s", got)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatalf("Master after the failover: %v; want %s", err, promoted)
-	}
+	agreed := s.WaitMaster(t, promoted, 10*time.Second)
+	t.Logf("every sentinel reports %s %v after the promotion", promoted, agreed.Sub(at).Round(time.Millisecond))
 
 	// The same client follows the failover.
 	var got string
@@ -63,4 +55,62 @@ func TestSentinelPromotesTheReplicaWhenTheMasterIsKilled(t *testing.T) {
 	if err := c.Set(ctx, "k", "w", 0).Err(); err != nil {
 		t.Fatalf("SET on the new master: %v", err)
 	}
+}
+
+func TestSentinelPartitionedMasterAcceptsWritesUntilItRejoinsAsAReplica(t *testing.T) {
+	s := StartSentinel(t, SentinelConfig{Partitionable: true})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := s.Client(t)
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Wait(ctx, 1, 5*time.Second).Result(); err != nil || n != 1 {
+		t.Fatalf("WAIT 1: %d replicas, %v", n, err)
+	}
+	old, err := s.Master(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := s.Server(old).Client(t) // what the partition does not cut
+
+	s.Partition(t)
+	cut := time.Now()
+	promoted, at := s.WaitPromoted(t, old, 30*time.Second)
+	t.Logf("%s promoted %v after the partition", promoted, at.Sub(cut).Round(time.Millisecond))
+	// Split brain: the old master still takes writes, which the new one
+	// never sees.
+	if err := direct.Set(ctx, "k", "lost", 0).Err(); err != nil {
+		t.Fatalf("SET on the partitioned old master: %v", err)
+	}
+	err = waitFor(10*time.Second, func(ctx context.Context) error {
+		got, err := c.Get(ctx, "k").Result()
+		if err == nil && got != "v" {
+			err = fmt.Errorf("GET k answered %q (the client still reads the old master)", got)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("the failover client never read the new master: %v", err)
+	}
+	switched := time.Now()
+	t.Logf("the failover client read the new master %v after the promotion", switched.Sub(at).Round(time.Millisecond))
+
+	s.Heal(t)
+	healed := time.Now()
+	err = waitFor(30*time.Second, func(ctx context.Context) error {
+		if err := checkReplicaSynced(ctx, s.Server(old).Addr); err != nil {
+			return err
+		}
+		got, err := direct.Get(ctx, "k").Result()
+		if err == nil && got != "v" {
+			err = fmt.Errorf("the old master holds %q", got)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("the old master never rejoined as a replica of %s: %v%s", promoted, err, s.logs(20))
+	}
+	t.Logf("the old master rejoined as a replica %v after the partition healed, discarding the write it took meanwhile",
+		time.Since(healed).Round(time.Millisecond))
 }
