@@ -155,7 +155,7 @@ func (tl *sentinelTimeline) ObserveLoad(string, time.Duration, error) {}
 // at returns the time a first* field holds, or -1.
 func (tl *sentinelTimeline) at(a *atomic.Int64) time.Duration { return time.Duration(a.Load()) }
 
-func TestSentinelFailover(t *testing.T) { runSentinelFault(t, false) }
+func TestSentinelFailover(t *testing.T) { runSentinelFault(t, sentinelKilled) }
 
 // TestSentinelPartition cuts the master off from the sentinels and its
 // replica while the application still reaches it: the classic split brain.
@@ -165,18 +165,44 @@ func TestSentinelFailover(t *testing.T) { runSentinelFault(t, false) }
 // return an error or leave an entry stale beyond the TTL: stale entries
 // must end by the last client's switch + TTL, and writes that began after
 // it must be seen.
-func TestSentinelPartition(t *testing.T) { runSentinelFault(t, true) }
+func TestSentinelPartition(t *testing.T) { runSentinelFault(t, sentinelCutOff) }
+
+// TestSentinelPartitionMinReplicas is the same partition with the servers
+// run as the README recommends against it: min-replicas-to-write 1 and two
+// replicas. The old master, left without replicas, refuses writes (the
+// library's scripts fail with NOREPLICAS: Gets answer from the database,
+// WriteThrough queues its invalidation), so nothing written after it
+// refused can be lost: every key written since agrees with the database
+// once quiet.
+func TestSentinelPartitionMinReplicas(t *testing.T) {
+	runSentinelFault(t, sentinelCutOffMinReplicas)
+}
+
+// sentinelFault is what happens to the master.
+type sentinelFault int
+
+const (
+	sentinelKilled            sentinelFault = iota // SIGKILL
+	sentinelCutOff                                 // partitioned from the sentinels and the replica, not from the clients
+	sentinelCutOffMinReplicas                      // the same, two replicas and min-replicas-to-write 1
+)
 
 // runSentinelFault runs the scenario with the master SIGKILLed, or
 // partitioned away.
-func runSentinelFault(t *testing.T, partition bool) {
+func runSentinelFault(t *testing.T, mode sentinelFault) {
 	begin := time.Now()
-	s := testenv.StartSentinel(t, testenv.SentinelConfig{Partitionable: partition})
+	partition := mode != sentinelKilled
+	cfg := testenv.SentinelConfig{Partitionable: partition}
 	fault := "kill"
 	if partition {
 		fault = "partition"
 	}
-	t.Logf("master, replica and %d sentinels up in %v", len(s.SentinelAddrs), time.Since(begin).Round(time.Millisecond))
+	if mode == sentinelCutOffMinReplicas {
+		cfg.Replicas = 2
+		cfg.ServerArgs = []string{"--min-replicas-to-write", "1"}
+	}
+	s := testenv.StartSentinel(t, cfg)
+	t.Logf("master, %d replicas and %d sentinels up in %v", len(s.Servers())-1, len(s.SentinelAddrs), time.Since(begin).Round(time.Millisecond))
 	seed := raceSeed(t)
 	db := newRaceDB(t, seed)
 	tl := newSentinelTimeline()
@@ -332,7 +358,7 @@ func runSentinelFault(t *testing.T, partition bool) {
 	t.Cleanup(func() { oldConn.Close() })
 	time.Sleep(sentinelWarm)
 	before := lib.stats()
-	var oldBefore sentinelServerCalls
+	var oldBefore, oldCalls sentinelServerCalls
 	if partition {
 		oldBefore = sentinelCalls(t, oldConn)
 	}
@@ -343,9 +369,16 @@ func runSentinelFault(t *testing.T, partition bool) {
 	} else {
 		s.Server(old).Kill(t)
 	}
-	// safeFrom is when no client could reach the old master any more: a
-	// write that began later reached the new master (or was queued).
+	// safeFrom is when no client could write to the old master any more
+	// (after the kill; once it refused writes; once the last client left
+	// it): a write that began later reached the new master (or was queued).
+	// readsSafeFrom is when no client could read from it any more.
 	safeFrom := since()
+	readsSafeFrom := safeFrom
+	if mode == sentinelCutOffMinReplicas {
+		safeFrom = sentinelWaitRefusing(t, oldConn, lib.prefix+"probe").Sub(start)
+		t.Logf("the old master refused writes %v after the partition", (safeFrom - killAt).Round(time.Millisecond))
+	}
 	if !partition {
 		// A Get whose read the master answered just before the kill counts
 		// its hit just after it; the sentinels cannot promote the replica
@@ -356,16 +389,19 @@ func runSentinelFault(t *testing.T, partition bool) {
 	promotedAddr, promotedAt := s.WaitPromoted(t, old, sentinelPromote)
 	promoted := promotedAt.Sub(start)
 	t.Logf("%s of the master %s at %v (done %v later); the sentinels promoted %s %v after the %s", fault, old,
-		killAt.Round(time.Millisecond), (safeFrom - killAt).Round(time.Millisecond),
+		killAt.Round(time.Millisecond), (readsSafeFrom - killAt).Round(time.Millisecond),
 		promotedAddr, (promoted - killAt).Round(time.Millisecond), fault)
 	if partition {
 		// The clients leave the old master as they learn of the promotion
 		// from their sentinels.
-		safeFrom = sentinelWaitClientsLeft(t, oldConn, sentinelResume).Sub(start)
-		tl.recoveryAfter.Store(int64(safeFrom))
-		d := sentinelCalls(t, oldConn).minus(oldBefore)
-		t.Logf("the last client left the old master %v after the promotion; meanwhile (from the partition) the old master ran %d scripts (invalidations, sets, leases, fills) and answered %d reads, which the new master never saw",
-			(safeFrom - promoted).Round(time.Millisecond), d.scripts, d.reads)
+		readsSafeFrom = sentinelWaitClientsLeft(t, oldConn, sentinelResume).Sub(start)
+		if mode == sentinelCutOff {
+			safeFrom = readsSafeFrom
+		}
+		tl.recoveryAfter.Store(int64(readsSafeFrom))
+		oldCalls = sentinelCalls(t, oldConn).minus(oldBefore)
+		t.Logf("the last client left the old master %v after the promotion; meanwhile (from the partition) the old master ran %d scripts (invalidations, sets, leases, fills), answered %d reads and refused %d commands with NOREPLICAS; the new master saw none of it",
+			(readsSafeFrom - promoted).Round(time.Millisecond), oldCalls.scripts, oldCalls.reads, oldCalls.noReplicas)
 	}
 
 	// Hits resume: bounded wait on the Loaders' events. After a kill no
@@ -429,8 +465,8 @@ func runSentinelFault(t *testing.T, partition bool) {
 		{"no invalidation queued", drained, end},
 	}
 	if partition {
-		phases = slices.Insert(phases, 2, phase{"promotion to the last client's switch", promoted, safeFrom})
-		phases[3].from = safeFrom
+		phases = slices.Insert(phases, 2, phase{"promotion to the last client's switch", promoted, readsSafeFrom})
+		phases[3].from = readsSafeFrom
 	}
 	for _, p := range phases {
 		var lat []time.Duration
@@ -471,17 +507,17 @@ func runSentinelFault(t *testing.T, partition bool) {
 
 	// Stale reads: none before the fault; those explained by a queued
 	// invalidation end when it lands, those by a write lost with the old
-	// master by the TTL; and a Get that began after a write that began
-	// once no client could reach the old master, and returned, must see it
-	// (or something newer): that write reached the new master, nothing can
-	// have lost it.
+	// master (or a read from it) by the TTL; and once no client reads from
+	// the old master, a Get that began after a write that began once no
+	// client could write to it, and returned, must see it (or something
+	// newer): that write reached the new master, nothing can have lost it.
 	ackedAfter := make([][]sentinelWrite, raceKeys) // by key, in order of return
 	var queuedWrites int
 	for _, w := range allWrites {
 		if w.queued {
 			queuedWrites++
 		}
-		if !w.queued && w.began > safeFrom {
+		if !w.queued && w.began > safeFrom && w.returned > readsSafeFrom {
 			ackedAfter[w.id] = append(ackedAfter[w.id], w)
 		}
 	}
@@ -503,7 +539,7 @@ func runSentinelFault(t *testing.T, partition bool) {
 		if r.ver < seen {
 			violations++
 			if violations <= 5 {
-				t.Errorf("stale read at %v: key %d answered version %d, version %d was written (begun at %v, when no client could reach the old master) and acknowledged by Redis before the Get began", r.at, r.id, r.ver, seen, safeFrom)
+				t.Errorf("stale read at %v: key %d answered version %d, version %d was written (begun after %v, when no client could write to the old master) and acknowledged by Redis before the Get began (after %v, when no client read from it)", r.at, r.id, r.ver, seen, safeFrom, readsSafeFrom)
 			}
 		}
 		if !r.stale {
@@ -548,19 +584,19 @@ func runSentinelFault(t *testing.T, partition bool) {
 	require.NotZero(t, before.Hits, "no hits before the %s", fault)
 	require.Zero(t, final.LoadErrors)
 	require.Zero(t, final.InvalidationsDropped, "queued invalidations were dropped")
-	if !partition {
+	if mode != sentinelCutOff {
 		// The outage lasts at least down-after (1s) while a writer writes
 		// through every few milliseconds: its Redis writes fail and queue
 		// invalidations, which must all land on the new master.
 		require.NotZero(t, final.InvalidationsQueued, "no invalidation was queued during the failover: the scenario did not test their replay")
-		require.Positive(t, tl.at(&tl.firstRetried), "no queued invalidation was applied after the kill")
+		require.Positive(t, tl.at(&tl.firstRetried), "no queued invalidation was applied after the %s", fault)
 	}
 	// A write lost with the old master leaves the value the new one had:
 	// filled before the last client left the old master (before the kill),
 	// so its soft TTL ends it by then + TTL × (1 + Jitter).
 	lostFrom := killAt
 	if partition {
-		lostFrom = safeFrom
+		lostFrom = readsSafeFrom
 	}
 	if lastLost >= 0 {
 		require.Less(t, lastLost, lostFrom+sentinelTTL*11/10+sentinelMargin, "stale reads from a lost write outlived the TTL bound")
@@ -604,38 +640,50 @@ func runSentinelFault(t *testing.T, partition bool) {
 
 	// A fresh process reads every key and sees the database.
 	requireFreshLoaderSeesDB(t, s.Client(t), db, lib.prefix, sentinelTTL)
+
+	if mode == sentinelCutOffMinReplicas {
+		require.NotZero(t, oldCalls.noReplicas, "the old master refused nothing: the scenario did not test min-replicas-to-write")
+	}
 	t.Logf("test took %v", time.Since(begin).Round(time.Millisecond))
 }
 
 // sentinelServerCalls counts what a server ran.
-type sentinelServerCalls struct{ scripts, reads int64 }
-
-func (c sentinelServerCalls) minus(b sentinelServerCalls) sentinelServerCalls {
-	return sentinelServerCalls{c.scripts - b.scripts, c.reads - b.reads}
+type sentinelServerCalls struct {
+	scripts, reads int64 // EVAL and EVALSHA; HMGET and HGETALL
+	noReplicas     int64 // NOREPLICAS error replies
 }
 
-// sentinelCalls reads the server's INFO commandstats: scripts (EVAL,
-// EVALSHA) and entry reads (HMGET, HGETALL) run so far.
+func (c sentinelServerCalls) minus(b sentinelServerCalls) sentinelServerCalls {
+	return sentinelServerCalls{c.scripts - b.scripts, c.reads - b.reads, c.noReplicas - b.noReplicas}
+}
+
+// sentinelCalls reads the server's INFO commandstats and errorstats.
 func sentinelCalls(t *testing.T, c *redis.Conn) sentinelServerCalls {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	info, err := c.Info(ctx, "commandstats").Result()
+	info, err := c.Info(ctx, "commandstats", "errorstats").Result()
 	require.NoError(t, err)
 	var n sentinelServerCalls
 	for line := range strings.Lines(info) {
-		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
 		if !ok {
 			continue
 		}
-		calls, _, _ := strings.Cut(rest, ",")
-		v, err := strconv.ParseInt(calls, 10, 64)
-		require.NoError(t, err, "commandstats line %q", line)
+		field, _, _ := strings.Cut(rest, ",") // calls=N or count=N
+		_, num, ok := strings.Cut(field, "=")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseInt(num, 10, 64)
+		require.NoError(t, err, "INFO line %q", line)
 		switch name {
 		case "cmdstat_eval", "cmdstat_evalsha":
 			n.scripts += v
 		case "cmdstat_hmget", "cmdstat_hgetall":
 			n.reads += v
+		case "errorstat_NOREPLICAS":
+			n.noReplicas += v
 		}
 	}
 	return n
@@ -680,5 +728,22 @@ func sentinelWaitClientsLeft(t *testing.T, c *redis.Conn, within time.Duration) 
 			t.Fatalf("clients still on the old master %v after the promotion: %q", within, left)
 		case <-time.After(5 * time.Millisecond): // polling the server's state
 		}
+	}
+}
+
+// sentinelWaitRefusing writes probe on the server on c (every few
+// milliseconds, for at most 5s) until the server refuses with NOREPLICAS,
+// and returns when it first did.
+func sentinelWaitRefusing(t *testing.T, c *redis.Conn, probe string) time.Time {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for {
+		err := c.Set(ctx, probe, "1", time.Second).Err()
+		if err != nil && strings.HasPrefix(err.Error(), "NOREPLICAS") {
+			return time.Now()
+		}
+		require.NoError(t, ctx.Err(), "the partitioned old master still takes writes (last SET: %v)", err)
+		time.Sleep(5 * time.Millisecond) // polling the server's state
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,8 +25,8 @@ const (
 	sentinelQuorum = 2
 	// sentinelMasterName is the name the sentinels monitor the master under.
 	sentinelMasterName = "testenv"
-	// sentinelWait bounds each wait of the start-up: the replica syncing,
-	// the sentinels finding the replica and each other (they announce
+	// sentinelWait bounds each wait of the start-up: the replicas syncing,
+	// the sentinels finding the replicas and each other (they announce
 	// themselves every 2s on the master's hello channel).
 	sentinelWait = 30 * time.Second
 	// defaultDownAfter is the sentinels' down-after-milliseconds unless
@@ -56,17 +57,24 @@ type SentinelConfig struct {
 	// default: 1s
 	DownAfter time.Duration
 	// Partitionable puts the master behind a TCP proxy for the sentinels
-	// and the replica, while the clients of Client reach it directly, so
+	// and the replicas, while the clients of Client reach it directly, so
 	// that Partition can cut the master off from the rest of its setup but
 	// not from the application, as a network partition would.
 	// default: false
 	Partitionable bool
+	// Replicas is the number of replicas of the master.
+	// default: 1
+	Replicas int
+	// ServerArgs are more redis-server arguments for the master and the
+	// replicas ("--min-replicas-to-write", "1", ...).
+	// default: none
+	ServerArgs []string
 }
 
-// LocalSentinel is a Redis master, its replica and three sentinels
+// LocalSentinel is a Redis master, its replicas and three sentinels
 // monitoring them, all local processes started by StartSentinel. The
-// master can be killed, as a crashed host; the sentinels then promote the
-// replica.
+// master can be killed, as a crashed host, or cut off; the sentinels then
+// promote a replica.
 type LocalSentinel struct {
 	// MasterName is the name the sentinels know the master by (the
 	// FailoverOptions.MasterName of a client).
@@ -75,7 +83,7 @@ type LocalSentinel struct {
 	// FailoverOptions.SentinelAddrs of a client).
 	SentinelAddrs []string
 
-	servers   []*LocalRedis // the master and the replica, as started
+	servers   []*LocalRedis // the master and the replicas, as started
 	sentinels []*LocalRedis
 	// proxy stands for the master as started, for the sentinels and the
 	// replica (nil unless Partitionable): they know it by proxy.Addr().
@@ -85,7 +93,7 @@ type LocalSentinel struct {
 // Sentinel starts a local Redis master, one replica of it and three
 // sentinels (quorum 2) from the redis-server binary, on free loopback
 // ports with their files in t.TempDir(), and returns them once the replica
-// has synced and every sentinel knows the replica and the two other
+// has synced and every sentinel knows it and the two other
 // sentinels, so that a failover can start at once. The servers are killed
 // (and waited for) when the test ends. Without the binary the test skips,
 // or fails under CI (see Unreachable). Every caller gets a setup of its
@@ -95,8 +103,8 @@ func Sentinel(t testing.TB) *LocalSentinel {
 	return StartSentinel(t, SentinelConfig{})
 }
 
-// StartSentinel starts a master, a replica and three sentinels as Sentinel
-// does, configured by cfg.
+// StartSentinel starts a master, its replicas and three sentinels as
+// Sentinel does, configured by cfg.
 func StartSentinel(t testing.TB, cfg SentinelConfig) *LocalSentinel {
 	t.Helper()
 	downAfter := cfg.DownAfter
@@ -116,10 +124,15 @@ func StartSentinel(t testing.TB, cfg SentinelConfig) *LocalSentinel {
 		t.Fatalf("redis sentinel: "+format+"%s", append(args, s.logs(10))...)
 	}
 
+	replicas := cfg.Replicas
+	if replicas == 0 {
+		replicas = 1
+	}
 	// A replica syncs as soon as it asks (the default waits 5s for more
 	// replicas), so that it holds the data early in a test.
-	master := StartRedis(t, RedisConfig{Args: []string{"--repl-diskless-sync-delay", "0"}})
-	// The address the sentinels and the replica know the master by.
+	args := append([]string{"--repl-diskless-sync-delay", "0"}, cfg.ServerArgs...)
+	master := StartRedis(t, RedisConfig{Args: args})
+	// The address the sentinels and the replicas know the master by.
 	known := master.Addr
 	if cfg.Partitionable {
 		p, err := faultproxy.Start(master.Addr)
@@ -130,15 +143,16 @@ func StartSentinel(t testing.TB, cfg SentinelConfig) *LocalSentinel {
 		s.proxy, known = p, p.Addr()
 	}
 	mhost, mport, _ := net.SplitHostPort(known)
-	replica := StartRedis(t, RedisConfig{Args: []string{
-		"--repl-diskless-sync-delay", "0", "--replicaof", mhost, mport,
-	}})
-	s.servers = []*LocalRedis{master, replica}
-	err = waitFor(sentinelWait, func(ctx context.Context) error {
-		return checkReplicaSynced(ctx, replica.Addr)
-	})
-	if err != nil {
-		fail("the replica %s never synced with %s within %v: %v", replica.Addr, master.Addr, sentinelWait, err)
+	s.servers = []*LocalRedis{master}
+	for range replicas {
+		replica := StartRedis(t, RedisConfig{Args: append(slices.Clip(args), "--replicaof", mhost, mport)})
+		s.servers = append(s.servers, replica)
+		err = waitFor(sentinelWait, func(ctx context.Context) error {
+			return checkReplicaSynced(ctx, replica.Addr)
+		})
+		if err != nil {
+			fail("the replica %s never synced with %s within %v: %v", replica.Addr, master.Addr, sentinelWait, err)
+		}
 	}
 
 	ports, err := freeClusterPorts(sentinelCount)
@@ -181,11 +195,11 @@ func StartSentinel(t testing.TB, cfg SentinelConfig) *LocalSentinel {
 		}
 	}
 
-	// Every sentinel sees the master up, the replica synced and the other
+	// Every sentinel sees the master up, the replicas synced and the other
 	// sentinels: without them it could not be elected to fail over.
 	for _, a := range s.SentinelAddrs {
 		err := waitFor(sentinelWait, func(ctx context.Context) error {
-			return s.checkSentinelReady(ctx, a, replica.Addr)
+			return s.checkSentinelReady(ctx, a)
 		})
 		if err != nil {
 			fail("sentinel %s not ready within %v: %v", a, sentinelWait, err)
@@ -210,27 +224,33 @@ func checkReplicaSynced(ctx context.Context, addr string) error {
 }
 
 // checkSentinelReady returns nil when the sentinel at addr sees the master
-// up, the replica at replica up and synced, and every other sentinel.
-func (s *LocalSentinel) checkSentinelReady(ctx context.Context, addr, replica string) error {
+// up, every replica up and synced, and every other sentinel.
+func (s *LocalSentinel) checkSentinelReady(ctx context.Context, addr string) error {
 	c := redis.NewSentinelClient(&redis.Options{Addr: addr, MaxRetries: -1, ContextTimeoutEnabled: true})
 	defer c.Close()
 	m, err := c.Master(ctx, s.MasterName).Result()
 	if err != nil {
 		return err
 	}
-	if m["flags"] != "master" || m["num-slaves"] != "1" || m["num-other-sentinels"] != strconv.Itoa(sentinelCount-1) {
+	if m["flags"] != "master" || m["num-slaves"] != strconv.Itoa(len(s.servers)-1) || m["num-other-sentinels"] != strconv.Itoa(sentinelCount-1) {
 		return fmt.Errorf("master flags %q, %s replicas, %s other sentinels", m["flags"], m["num-slaves"], m["num-other-sentinels"])
 	}
 	replicas, err := c.Replicas(ctx, s.MasterName).Result()
 	if err != nil {
 		return err
 	}
+	ok := map[string]bool{}
 	for _, r := range replicas {
-		if net.JoinHostPort(r["ip"], r["port"]) == replica && r["flags"] == "slave" && r["master-link-status"] == "ok" {
-			return nil
+		if r["flags"] == "slave" && r["master-link-status"] == "ok" {
+			ok[net.JoinHostPort(r["ip"], r["port"])] = true
 		}
 	}
-	return fmt.Errorf("the replica %s is not known up and synced: %v", replica, replicas)
+	for _, r := range s.servers[1:] {
+		if !ok[r.Addr] {
+			return fmt.Errorf("the replica %s is not known up and synced: %v", r.Addr, replicas)
+		}
+	}
+	return nil
 }
 
 // Client returns a new Sentinel-backed client of the master (a
@@ -262,7 +282,7 @@ func (s *LocalSentinel) Client(t testing.TB) *redis.Client {
 	return c
 }
 
-// Servers returns the master and the replica as they were started (the
+// Servers returns the master and the replicas as they were started (the
 // roles change with a failover: see Master).
 func (s *LocalSentinel) Servers() []*LocalRedis { return append([]*LocalRedis(nil), s.servers...) }
 
@@ -331,12 +351,14 @@ func (s *LocalSentinel) KillMaster(t testing.TB) string {
 	return addr
 }
 
-// Partition cuts the first master off from the sentinels and the replica
+// Partition cuts the first master off from the sentinels and the replicas
 // (its proxy refuses connections and resets the open ones); the clients of
 // Client still reach it. It needs Partitionable. The sentinels then
-// promote the replica while the old master goes on accepting writes from
+// promote a replica while the old master goes on accepting writes from
 // the clients that have not learnt of the promotion: what it accepts is
-// lost, as it never reaches the new master.
+// lost, as it never reaches the new master (unless the servers run with
+// min-replicas-to-write: then the old master, left without replicas,
+// refuses writes).
 func (s *LocalSentinel) Partition(t testing.TB) {
 	t.Helper()
 	if s.proxy == nil {

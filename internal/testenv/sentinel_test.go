@@ -2,7 +2,9 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -113,4 +115,56 @@ func TestSentinelPartitionedMasterAcceptsWritesUntilItRejoinsAsAReplica(t *testi
 	}
 	t.Logf("the old master rejoined as a replica %v after the partition healed, discarding the write it took meanwhile",
 		time.Since(healed).Round(time.Millisecond))
+}
+
+func TestSentinelPartitionedMasterRefusesWritesWithMinReplicasToWrite(t *testing.T) {
+	s := StartSentinel(t, SentinelConfig{
+		Partitionable: true,
+		Replicas:      2, // so that the new master has a replica too
+		ServerArgs:    []string{"--min-replicas-to-write", "1"},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := s.Client(t)
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Wait(ctx, 2, 5*time.Second).Result(); err != nil || n != 2 {
+		t.Fatalf("WAIT 2: %d replicas, %v", n, err)
+	}
+	old, err := s.Master(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := s.Server(old).Client(t)
+
+	s.Partition(t)
+	cut := time.Now()
+	err = waitFor(5*time.Second, func(ctx context.Context) error {
+		err := direct.Set(ctx, "k", "lost", 0).Err()
+		if err == nil {
+			return errors.New("the partitioned old master took a write")
+		}
+		if !strings.HasPrefix(err.Error(), "NOREPLICAS") {
+			return fmt.Errorf("SET: %w, want NOREPLICAS", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the partitioned old master did not refuse writes: %v", err)
+	}
+	t.Logf("the old master refused writes %v after the partition", time.Since(cut).Round(time.Millisecond))
+	promoted, at := s.WaitPromoted(t, old, 30*time.Second)
+	t.Logf("%s promoted %v after the partition", promoted, at.Sub(cut).Round(time.Millisecond))
+	// The new master takes writes once the other replica replicates it.
+	err = waitFor(20*time.Second, func(ctx context.Context) error {
+		return c.Set(ctx, "k", "w", 0).Err()
+	})
+	if err != nil {
+		t.Fatalf("the new master never took a write: %v%s", err, s.logs(20))
+	}
+	t.Logf("the failover client wrote to the new master %v after the promotion", time.Since(at).Round(time.Millisecond))
+	if got, err := c.Get(ctx, "k").Result(); err != nil || got != "w" {
+		t.Fatalf("GET k: %q, %v; want w", got, err)
+	}
 }
