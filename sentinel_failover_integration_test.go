@@ -32,6 +32,8 @@ import (
 // While no master exists (from the kill until the promotion) every Redis
 // call fails fast: the failover client asks a sentinel for the master at
 // each dial and is told the dead address, which refuses the connection.
+// TestSentinelPartition and TestSentinelPartitionMinReplicas run the same
+// load through a partition instead of a kill (see them).
 //
 // What Sentinel cannot promise, and what the test therefore measures
 // instead of requiring:
