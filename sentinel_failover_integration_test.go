@@ -734,11 +734,11 @@ func sentinelWaitClientsLeft(t *testing.T, c *redis.Conn, within time.Duration) 
 }
 
 // sentinelWaitRefusing writes probe on the server on c (every few
-// milliseconds, for at most 5s) until the server refuses with NOREPLICAS,
+// milliseconds, for at most 10s) until the server refuses with NOREPLICAS,
 // and returns when it first did.
 func sentinelWaitRefusing(t *testing.T, c *redis.Conn, probe string) time.Time {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for {
 		err := c.Set(ctx, probe, "1", time.Second).Err()

@@ -140,7 +140,7 @@ func TestSentinelPartitionedMasterRefusesWritesWithMinReplicasToWrite(t *testing
 
 	s.Partition(t)
 	cut := time.Now()
-	err = waitFor(5*time.Second, func(ctx context.Context) error {
+	err = waitFor(10*time.Second, func(ctx context.Context) error {
 		err := direct.Set(ctx, "k", "lost", 0).Err()
 		if err == nil {
 			return errors.New("the partitioned old master took a write")
