@@ -396,14 +396,15 @@ func runSentinelFault(t *testing.T, mode sentinelFault) {
 	if partition {
 		// The clients leave the old master as they learn of the promotion
 		// from their sentinels.
-		readsSafeFrom = sentinelWaitClientsLeft(t, oldConn, sentinelResume).Sub(start)
+		at, subscribers := sentinelWaitClientsLeft(t, oldConn, sentinelResume)
+		readsSafeFrom = at.Sub(start)
 		if mode == sentinelCutOff {
 			safeFrom = readsSafeFrom
 		}
 		tl.recoveryAfter.Store(int64(readsSafeFrom))
 		oldCalls = sentinelCalls(t, oldConn).minus(oldBefore)
-		t.Logf("the last client left the old master %v after the promotion; meanwhile (from the partition) the old master ran %d scripts (invalidations, sets, leases, fills), answered %d reads and refused %d commands with NOREPLICAS; the new master saw none of it",
-			(readsSafeFrom - promoted).Round(time.Millisecond), oldCalls.scripts, oldCalls.reads, oldCalls.noReplicas)
+		t.Logf("the last client left the old master %v after the promotion (%d wake-up subscriptions stayed on it); meanwhile (from the partition) the old master ran %d scripts (invalidations, sets, leases, fills), answered %d reads and refused %d commands with NOREPLICAS; the new master saw none of it",
+			(readsSafeFrom - promoted).Round(time.Millisecond), subscribers, oldCalls.scripts, oldCalls.reads, oldCalls.noReplicas)
 	}
 
 	// Hits resume: bounded wait on the Loaders' events. After a kill no
@@ -693,10 +694,11 @@ func sentinelCalls(t *testing.T, c *redis.Conn) sentinelServerCalls {
 
 // sentinelWaitClientsLeft polls the server on c (every few milliseconds,
 // for at most within) until the only connections it has are c and
-// subscribers, and returns when it first saw that. go-redis drops its
-// connections to the old master when it learns of a failover, but not its
-// subscriptions (the Loaders' wake-up channels).
-func sentinelWaitClientsLeft(t *testing.T, c *redis.Conn, within time.Duration) time.Time {
+// subscribers, and returns when it first saw that and how many subscribers
+// were left. go-redis drops its connections to the old master when it
+// learns of a failover, but not its subscriptions (the Loaders' wake-up
+// channels).
+func sentinelWaitClientsLeft(t *testing.T, c *redis.Conn, within time.Duration) (time.Time, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
@@ -707,6 +709,7 @@ func sentinelWaitClientsLeft(t *testing.T, c *redis.Conn, within time.Duration) 
 		list, err := c.ClientList(ctx).Result()
 		require.NoError(t, err, "CLIENT LIST on the old master")
 		left = left[:0]
+		subscribers := 0
 		for line := range strings.Lines(list) {
 			var id int64
 			var flags string
@@ -718,12 +721,16 @@ func sentinelWaitClientsLeft(t *testing.T, c *redis.Conn, within time.Duration) 
 					flags = v
 				}
 			}
-			if id != self && !strings.Contains(flags, "P") {
+			switch {
+			case id == self:
+			case strings.Contains(flags, "P"):
+				subscribers++
+			default:
 				left = append(left, strings.TrimSpace(line))
 			}
 		}
 		if len(left) == 0 {
-			return time.Now()
+			return time.Now(), subscribers
 		}
 		select {
 		case <-ctx.Done():
