@@ -73,10 +73,9 @@ const (
 	// dial, or from +switch-master), and each Loader's breaker, opened by
 	// the outage, lets a probe through after BreakerCooldown (1s).
 	sentinelResume = 10 * time.Second
-	// sentinelRecoveryFrom is when, after the kill, the first hit, breaker
-	// close and applied queued invalidation start to count as the
-	// recovery: half the sentinels' down-after, before which they cannot
-	// have promoted the replica.
+	// sentinelRecoveryFrom is when, after the kill, the first hit and
+	// breaker close start to count as the recovery: half the sentinels'
+	// down-after, before which they cannot have promoted the replica.
 	sentinelRecoveryFrom = 500 * time.Millisecond
 	// sentinelBucket is the width of the hits timeline's buckets.
 	sentinelBucket = 250 * time.Millisecond
@@ -110,9 +109,10 @@ type sentinelWrite struct {
 type sentinelTimeline struct {
 	start      time.Time
 	hits, gets [400]atomic.Int64
-	// Events before these (ns since start) are not noted: Redis errors
-	// before errorsAfter, the others before recoveryAfter.
-	errorsAfter, recoveryAfter atomic.Int64
+	// Events before these (ns since start) are not noted: Redis errors and
+	// applied queued invalidations before faultAfter (the fault), hits and
+	// breaker closes before recoveryAfter.
+	faultAfter, recoveryAfter atomic.Int64
 	// first hit, breaker close, queued invalidation applied, Redis error
 	// counted after the thresholds (ns since start; -1 until seen).
 	firstHit, firstClose, firstRetried, firstError atomic.Int64
@@ -120,7 +120,7 @@ type sentinelTimeline struct {
 
 func newSentinelTimeline() *sentinelTimeline {
 	tl := &sentinelTimeline{start: time.Now()}
-	tl.errorsAfter.Store(int64(time.Hour))
+	tl.faultAfter.Store(int64(time.Hour))
 	tl.recoveryAfter.Store(int64(time.Hour))
 	for _, a := range []*atomic.Int64{&tl.firstHit, &tl.firstClose, &tl.firstRetried, &tl.firstError} {
 		a.Store(-1)
@@ -143,9 +143,9 @@ func (tl *sentinelTimeline) Count(_ string, e Event) {
 	case EventBreakerClosed:
 		first = &tl.firstClose
 	case EventInvalidationRetried:
-		first = &tl.firstRetried
+		first, after = &tl.firstRetried, &tl.faultAfter
 	case EventRedisError:
-		first, after = &tl.firstError, &tl.errorsAfter
+		first, after = &tl.firstError, &tl.faultAfter
 	}
 	if first != nil && now >= after.Load() && first.Load() < 0 {
 		first.CompareAndSwap(-1, now)
@@ -365,7 +365,7 @@ func runSentinelFault(t *testing.T, mode sentinelFault) {
 		oldBefore = sentinelCalls(t, oldConn)
 	}
 	killAt := since()
-	tl.errorsAfter.Store(int64(killAt))
+	tl.faultAfter.Store(int64(killAt))
 	if partition {
 		s.Partition(t)
 	} else {
