@@ -160,6 +160,7 @@ func lineChart(spec chartSpec, rs []runResult) ([]byte, error) {
 		top = 1
 	}
 	p.Y.Tick.Marker = ticks{top: top}
+	p.X.Tick.Marker = ticks{top: tl.end}
 	// Room above the data for the phase labels.
 	p.X.Min, p.X.Max = 0, max(tl.end, 1e-9)
 	p.Y.Min, p.Y.Max = 0, top*1.35

@@ -82,8 +82,12 @@ func explainRace(lib bool, p phaseResult) string {
 	switch {
 	case lib:
 		fmt.Fprintf(&b, "; the library rejected %d fills that a write had overtaken", p.Lib.StaleSetsPrevented)
-		if p.Lib.RedisErrors > 0 || p.Lib.InvalidationsQueued > 0 {
-			fmt.Fprintf(&b, ". %d Redis calls failed in the phase and %d invalidations were queued for retry: while a write's invalidation waits, other processes can still read the older entry", p.Lib.RedisErrors, p.Lib.InvalidationsQueued)
+		if p.Lib.RedisErrors > 0 {
+			fmt.Fprintf(&b, "; %d Redis call%s failed in the phase", p.Lib.RedisErrors, plural(p.Lib.RedisErrors, "", "s"))
+		}
+		if p.Lib.InvalidationsQueued > 0 {
+			fmt.Fprintf(&b, " and %d invalidation%s were queued for retry: while one waits, other processes can still read the older entry",
+				p.Lib.InvalidationsQueued, plural(p.Lib.InvalidationsQueued, "", "s"))
 		}
 		b.WriteString(".")
 	case r.StaleUsers > 0:
@@ -121,6 +125,9 @@ func explainOutage(lib bool, p phaseResult) string {
 		b.WriteString(".")
 	}
 	fmt.Fprintf(&b, " Redis came back at %.1f s; ", o.UpAt)
+	if o.Steady < 50 {
+		fmt.Fprintf(&b, "(the steady phase's hit rate was only %.1f%%, so what follows says little) ", o.Steady)
+	}
 	if o.Threshold <= 0 {
 		fmt.Fprintf(&b, "the steady phase had no hits (%.1f%%), so there is no hit rate to recover to", o.Steady)
 	} else if o.Recovered {
