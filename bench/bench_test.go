@@ -40,12 +40,27 @@ func TestQuick(t *testing.T) {
 				t.Errorf("%s/%s: %s", tb.Scenario.Name, impl, e)
 			}
 		}
-		if _, err := os.Stat(opt.Out + "/" + tb.Scenario.Name + ".csv"); err != nil {
-			t.Error(err)
+		for _, ext := range []string{".csv", ".svg"} {
+			if _, err := os.Stat(opt.Out + "/" + tb.Scenario.Name + ext); err != nil {
+				t.Error(err)
+			}
 		}
 	}
 	if _, err := os.Stat(opt.Out + "/RESULTS.md"); err != nil {
 		t.Error(err)
+	}
+	// The charts page: one inline SVG per scenario and nothing to fetch.
+	html, err := os.ReadFile(opt.Out + "/charts.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(html), "<svg"); n != len(tables) {
+		t.Errorf("charts.html has %d SVGs, want %d", n, len(tables))
+	}
+	for _, bad := range []string{"<script", "<link", "src=", "@import"} {
+		if strings.Contains(string(html), bad) {
+			t.Errorf("charts.html contains %q", bad)
+		}
 	}
 	// The harness must be able to see what it claims to measure: the
 	// library does exactly one load in the stampede, the textbook more.

@@ -1,5 +1,7 @@
 // Command bench runs every scenario for every implementation against the
-// real Redis and MariaDB and writes bench/results/RESULTS.md and CSVs.
+// real Redis and MariaDB and writes bench/results/RESULTS.md, a CSV per
+// scenario, and charts of each scenario's primary metric next to them
+// (charts.html, and one SVG per scenario; no script, nothing to fetch).
 package main
 
 import (
@@ -15,7 +17,7 @@ func main() {
 	quick := flag.Bool("quick", false, "seconds-long run: harness correctness only")
 	only := flag.String("only", "", "comma-separated scenarios to run (default all)")
 	impls := flag.String("impls", "", "comma-separated substrings of implementation names (default all)")
-	out := flag.String("out", "results", "directory for RESULTS.md and the CSVs")
+	out := flag.String("out", "results", "directory for RESULTS.md, the CSVs and the charts")
 	flag.Parse()
 	opt := RunOptions{Quick: *quick, Out: *out, Progress: os.Stderr, Stdout: os.Stdout,
 		RedisAddr: env("CACHE_REDIS_ADDR", "127.0.0.1:6379"), DSN: env("CACHE_MYSQL_DSN", "root@tcp(127.0.0.1:3306)/test")}

@@ -25,6 +25,9 @@ type Table struct {
 	Header   []string
 	Rows     [][]string
 	Errors   map[string]string // implementation -> why it has no row
+	// Values are the rows' primary metrics (Scenario.Metric), by row
+	// index; a row without a result has none.
+	Values map[int]float64
 }
 
 // Run runs the selected scenarios and writes the report.
@@ -96,10 +99,16 @@ func Run(ctx context.Context, o RunOptions) ([]*Table, error) {
 				t.Rows[i][len(t.Header)-1] = fmt.Sprintf("%.2f×", m/best)
 			}
 		}
+		t.Values = metrics
 		if s.Extra != nil {
-			extra, err := s.Extra(ctx)
+			extra, values, err := s.Extra(ctx)
 			if err != nil {
 				t.Errors["baseline"] = err.Error()
+			}
+			for i, v := range values {
+				if i < len(extra) {
+					t.Values[len(t.Rows)+i] = v
+				}
 			}
 			t.Rows = append(t.Rows, extra...)
 		}
@@ -118,6 +127,9 @@ func Run(ctx context.Context, o RunOptions) ([]*Table, error) {
 			return tables, err
 		}
 		if err := os.WriteFile(filepath.Join(o.Out, "RESULTS.md"), []byte(md), 0o644); err != nil {
+			return tables, err
+		}
+		if err := writeCharts(o.Out, md, tables); err != nil {
 			return tables, err
 		}
 		for _, t := range tables {
@@ -169,6 +181,9 @@ func Markdown(ctx context.Context, e *Env, o RunOptions, tables []*Table) string
 	fmt.Fprintf(&b, "- date: %s\n- mode: %s\n- machine: %s, %d CPUs, %s/%s, %s\n", time.Now().UTC().Format(time.RFC3339), mode, cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	fmt.Fprintf(&b, "- servers: Redis %s, database %s (loopback)\n", redisVersion(ctx, e), dbVersion(ctx, e))
 	fmt.Fprintf(&b, "- modules: %s\n\n", modules())
+	if o.Out != "" {
+		fmt.Fprintf(&b, "Charts of each scenario's primary metric: [charts.html](charts.html), and one SVG per scenario (`<scenario>.svg`).\n\n")
+	}
 	fmt.Fprintf(&b, "\"vs best peer\" divides each implementation's primary metric by the best peer's (this library and the baseline are not peers); below 1× is better where lower is better.\n\n")
 	for _, t := range tables {
 		fmt.Fprintf(&b, "## %s\n\n%s\n\n", t.Scenario.Title, t.Scenario.Explain)

@@ -78,7 +78,7 @@ type Scenario struct {
 	Lower   bool   // lower metric is better
 	TTL     time.Duration
 	Run     func(ctx context.Context, f Factory) ([]string, float64, error)
-	Extra   func(ctx context.Context) ([][]string, error) // baseline rows
+	Extra   func(ctx context.Context) ([][]string, []float64, error) // baseline rows and their primary metrics
 	Explain string
 }
 
@@ -169,19 +169,19 @@ func (r *Runner) hitMeasure(ctx context.Context, get func(i int) error, loads fu
 
 // hitRaw is the baseline: HMGET of this library's entry fields plus JSON
 // decode of the payload, under a 50 ms deadline, as a hand-written cache would.
-func (r *Runner) hitRaw(ctx context.Context) ([][]string, error) {
+func (r *Runner) hitRaw(ctx context.Context) ([][]string, []float64, error) {
 	var c Counter
 	f := Factory{Name: "raw"}
 	cfg := r.cfg("hitraw", f, time.Minute, c.Wrap(r.Env, nil))
 	im, err := newLib(nil)(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer im.Close()
 	l := im.(*libImpl)
 	for i := 1; i <= r.P.HitKeys; i++ {
 		if _, err := l.Get(ctx, id(i)); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: r.Env.RedisAddr, ContextTimeoutEnabled: true})
@@ -201,11 +201,11 @@ func (r *Runner) hitRaw(ctx context.Context) ([][]string, error) {
 		var row Row
 		return json.Unmarshal([]byte(s), &row)
 	}
-	cells, _, err := r.hitMeasure(ctx, get, nil)
+	cells, m, err := r.hitMeasure(ctx, get, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return [][]string{append([]string{"raw go-redis HMGET+decode (baseline)"}, append(cells, "")...)}, nil
+	return [][]string{append([]string{"raw go-redis HMGET+decode (baseline)"}, append(cells, "")...)}, []float64{m}, nil
 }
 
 // ---- miss ----

@@ -38,13 +38,13 @@ type store struct {
 	db      *sql.DB
 	table   string
 	latency time.Duration
-	// slowRead is extra time a SELECT takes after reading its row, in
-	// nanoseconds: a slow reader whose row may be overwritten meanwhile.
-	slowRead atomic.Int64
-	reads    atomic.Int64 // SELECTs
-	writes   atomic.Int64 // UPDATEs
-	owned    bool         // the table was created by this run and is dropped on close
-	stop     func()       // stops the embedded server, if any
+	// hold makes chosen SELECTs slow readers: they read their row, then
+	// wait before returning it (see race.go).
+	hold   selectHold
+	reads  atomic.Int64 // SELECTs
+	writes atomic.Int64 // UPDATEs
+	owned  bool         // the table was created by this run and is dropped on close
+	stop   func()       // stops the embedded server, if any
 }
 
 // openStore connects to dsn, or to a fresh embedded server when dsn is "",
@@ -118,7 +118,7 @@ func (s *store) get(ctx context.Context, id string) (User, error) {
 	if err != nil {
 		return User{}, err
 	}
-	return u, sleep(ctx, time.Duration(s.slowRead.Load()))
+	return u, s.hold.wait(ctx, id)
 }
 
 // rename is UPDATE ... SET name = ?, version = version + 1 WHERE id = ?,

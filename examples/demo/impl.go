@@ -22,11 +22,74 @@ type users interface {
 	GetHot(ctx context.Context, id string) (User, error)
 	// Rename updates the row and keeps the cache in step.
 	Rename(ctx context.Context, id, name string) (User, error)
+	// Evict deletes the user's cache entry from Redis, as an expiry or an
+	// eviction under maxmemory would.
+	Evict(ctx context.Context, id string) error
 	// Hits is how many Gets were answered by Redis so far.
 	Hits() uint64
 	// Breaker is the state of the Redis circuit breaker ("-" if none).
 	Breaker() string
+	// Counts is what the library counted so far (zero for the textbook
+	// version, which counts nothing but hits).
+	Counts() libCounts
 	Close()
+}
+
+// libCounts are the library's counters the sentences cite, summed over a
+// process's Loaders. Phases report differences of two snapshots.
+type libCounts struct {
+	Coalesced           int64 // Gets that waited on a load of their own process
+	LeaseWaits          int64 // loads that waited on another process's lease
+	StaleSetsPrevented  int64 // fills rejected because a write came after their read
+	Refreshes           int64 // background refreshes before expiry
+	RedisSkipped        int64 // Redis calls not made: the breaker was open
+	RedisErrors         int64 // failed Redis calls
+	InvalidationsQueued int64 // write invalidations queued for retry: Redis did not take them
+	BreakerOpened       int64 // times the breaker opened
+	BreakerClosed       int64 // times it closed again
+}
+
+func countsOf(s cache.Stats) libCounts {
+	return libCounts{
+		Coalesced:           int64(s.Coalesced),
+		LeaseWaits:          int64(s.LeaseWaits),
+		StaleSetsPrevented:  int64(s.StaleSetsPrevented),
+		Refreshes:           int64(s.Refreshes),
+		RedisSkipped:        int64(s.RedisSkipped),
+		RedisErrors:         int64(s.RedisErrors),
+		InvalidationsQueued: int64(s.InvalidationsQueued),
+		BreakerOpened:       int64(s.BreakerOpened),
+		BreakerClosed:       int64(s.BreakerClosed),
+	}
+}
+
+func (c libCounts) add(o libCounts) libCounts {
+	return libCounts{
+		Coalesced:           c.Coalesced + o.Coalesced,
+		LeaseWaits:          c.LeaseWaits + o.LeaseWaits,
+		StaleSetsPrevented:  c.StaleSetsPrevented + o.StaleSetsPrevented,
+		Refreshes:           c.Refreshes + o.Refreshes,
+		RedisSkipped:        c.RedisSkipped + o.RedisSkipped,
+		RedisErrors:         c.RedisErrors + o.RedisErrors,
+		InvalidationsQueued: c.InvalidationsQueued + o.InvalidationsQueued,
+		BreakerOpened:       c.BreakerOpened + o.BreakerOpened,
+		BreakerClosed:       c.BreakerClosed + o.BreakerClosed,
+	}
+}
+
+// since is c minus an earlier snapshot o.
+func (c libCounts) since(o libCounts) libCounts {
+	return libCounts{
+		Coalesced:           c.Coalesced - o.Coalesced,
+		LeaseWaits:          c.LeaseWaits - o.LeaseWaits,
+		StaleSetsPrevented:  c.StaleSetsPrevented - o.StaleSetsPrevented,
+		Refreshes:           c.Refreshes - o.Refreshes,
+		RedisSkipped:        c.RedisSkipped - o.RedisSkipped,
+		RedisErrors:         c.RedisErrors - o.RedisErrors,
+		InvalidationsQueued: c.InvalidationsQueued - o.InvalidationsQueued,
+		BreakerOpened:       c.BreakerOpened - o.BreakerOpened,
+		BreakerClosed:       c.BreakerClosed - o.BreakerClosed,
+	}
 }
 
 // Implementations selectable with -impl.
@@ -43,6 +106,7 @@ const (
 // library is this library: one Loader per cache, with default options
 // apart from the TTLs.
 type library struct {
+	rdb       *redis.Client
 	db        *store
 	user, hot *cache.Loader[User]
 }
@@ -57,23 +121,31 @@ func newLibrary(rdb *redis.Client, db *store, prefix string) (users, error) {
 		user.Close()
 		return nil, err
 	}
-	return &library{db: db, user: user, hot: hot}, nil
+	return &library{rdb: rdb, db: db, user: user, hot: hot}, nil
 }
 
 func (l *library) Get(ctx context.Context, id string) (User, error)    { return l.user.Get(ctx, id) }
 func (l *library) GetHot(ctx context.Context, id string) (User, error) { return l.hot.Get(ctx, id) }
 
-// Rename commits the update and invalidates the key (queued and retried
-// if Redis is unreachable).
+// Rename commits the update and stores the new row in Redis, or
+// invalidates the key when another write came in between (queued and
+// retried if Redis is unreachable).
 func (l *library) Rename(ctx context.Context, id, name string) (User, error) {
 	return l.user.WriteThrough(ctx, id, func(ctx context.Context) (User, error) {
 		return l.db.rename(ctx, id, name)
 	})
 }
 
+func (l *library) Evict(ctx context.Context, id string) error {
+	return l.rdb.Del(ctx, l.user.Key(id)).Err()
+}
+
 func (l *library) Hits() uint64    { return l.user.Stats().Hits + l.hot.Stats().Hits }
 func (l *library) Breaker() string { return l.user.BreakerState().String() }
-func (l *library) Close()          { l.user.Close(); l.hot.Close() }
+func (l *library) Counts() libCounts {
+	return countsOf(l.user.Stats()).add(countsOf(l.hot.Stats()))
+}
+func (l *library) Close() { l.user.Close(); l.hot.Close() }
 
 // naive is textbook cache-aside, as most services write it: GET; on a miss
 // SELECT and SET EX; on a write UPDATE and DEL. No coalescing, no leases,
@@ -124,6 +196,11 @@ func (n *naive) Rename(ctx context.Context, id, name string) (User, error) {
 	return u, n.rdb.Del(ctx, n.prefix+"naive-user:"+id).Err()
 }
 
-func (n *naive) Hits() uint64    { return n.hits.Load() }
-func (n *naive) Breaker() string { return "-" }
-func (n *naive) Close()          {}
+func (n *naive) Evict(ctx context.Context, id string) error {
+	return n.rdb.Del(ctx, n.prefix+"naive-user:"+id).Err()
+}
+
+func (n *naive) Hits() uint64      { return n.hits.Load() }
+func (n *naive) Breaker() string   { return "-" }
+func (n *naive) Counts() libCounts { return libCounts{} }
+func (n *naive) Close()            {}

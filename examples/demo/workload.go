@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,8 +14,10 @@ import (
 
 // sample is one tick of the live status line, and one point of the charts.
 type sample struct {
-	T        float64 // seconds since the run began
+	T        float64 // seconds since the run began, at the tick's end
 	Phase    string
+	Requests int64   // requests that ended in the tick
+	Queries  int64   // database SELECTs in the tick
 	RPS      float64 // requests per second
 	HitRate  float64 // Redis hits / requests, in percent
 	QPS      float64 // database SELECTs per second
@@ -25,17 +26,47 @@ type sample struct {
 	Breaker  string
 }
 
+// QueriesPer1k is the tick's database SELECTs per 1,000 requests (0 when
+// the tick saw no requests).
+func (s sample) QueriesPer1k() float64 { return per1k(s.Queries, s.Requests) }
+
 // phaseResult is what one phase measured.
 type phaseResult struct {
-	Name                        string
-	Start, End                  float64 // seconds since the run began
-	Requests, Hits, Queries     int64
-	Errors                      int64
-	P99                         time.Duration
-	StampedeGets, StampedeLoads int64 // cold start: the burst on the hottest key
-	Writes, Stale               int64 // writes racing slow readers: keys served stale afterwards
-	Skipped                     string
-	Sentence                    string
+	Name                    string
+	Start, End              float64 // seconds since the run began
+	Requests, Hits, Queries int64
+	Errors                  int64
+	P50, P99                time.Duration
+	Lib                     libCounts // the library's counters over the phase (zero for the textbook)
+	Cold                    *coldResult
+	Race                    *raceResult
+	Outage                  *outageResult
+	Skipped                 string // why the phase did not run
+	Sentence                string
+}
+
+// Seconds is how long the phase ran.
+func (p phaseResult) Seconds() float64 { return p.End - p.Start }
+
+// HitRate is the phase's Redis hits per request, in percent.
+func (p phaseResult) HitRate() float64 { return pct(p.Hits, p.Requests) }
+
+// QPS is the phase's database SELECTs per second.
+func (p phaseResult) QPS() float64 {
+	if p.Seconds() <= 0 {
+		return 0
+	}
+	return float64(p.Queries) / p.Seconds()
+}
+
+// QueriesPer1k is the phase's database SELECTs per 1,000 requests.
+func (p phaseResult) QueriesPer1k() float64 { return per1k(p.Queries, p.Requests) }
+
+// coldResult is the cold start's burst: every process asks for the
+// hottest user at once, before anything is cached.
+type coldResult struct {
+	Gets, Loads int64     // Gets in the burst, database SELECTs they caused
+	Lib         libCounts // the library's counters over the burst
 }
 
 // runResult is one implementation's run through every phase.
@@ -55,7 +86,7 @@ func (r runResult) phase(name string) phaseResult {
 	return phaseResult{}
 }
 
-// Phase names.
+// Phase names, and the short labels the charts print.
 const (
 	phaseCold   = "cold start"
 	phaseSteady = "steady Zipf traffic"
@@ -64,18 +95,35 @@ const (
 	phaseOutage = "Redis going dark and coming back"
 )
 
+var phaseLabels = map[string]string{
+	phaseCold:   "1 cold start",
+	phaseSteady: "2 steady",
+	phaseHot:    "3 hot key",
+	phaseRace:   "4 write race",
+	phaseOutage: "5 Redis outage",
+}
+
 // recorder collects request latencies and errors, per tick and per phase.
 type recorder struct {
 	mu                 sync.Mutex // protects everything below
-	tick, phase        []time.Duration
+	tick               []time.Duration
+	phase              []request
 	tickErrs, phaseErr int64
-	requests           int64
+	requests           int64 // since the run began
+}
+
+// request is one request of the current phase.
+type request struct {
+	end    time.Time
+	took   time.Duration
+	failed bool
 }
 
 func (r *recorder) observe(d time.Duration, err error) {
+	end := time.Now()
 	r.mu.Lock()
 	r.tick = append(r.tick, d)
-	r.phase = append(r.phase, d)
+	r.phase = append(r.phase, request{end: end, took: d, failed: err != nil})
 	r.requests++
 	if err != nil {
 		r.tickErrs++
@@ -93,13 +141,56 @@ func (r *recorder) takeTick() ([]time.Duration, int64) {
 	return t, e
 }
 
-// takePhase returns and resets the phase's latencies and errors.
+// takePhase returns and resets the phase's requests' latencies and errors.
 func (r *recorder) takePhase() ([]time.Duration, int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t, e := r.phase, r.phaseErr
+	lat := make([]time.Duration, len(r.phase))
+	for i, q := range r.phase {
+		lat[i] = q.took
+	}
+	e := r.phaseErr
 	r.phase, r.phaseErr = nil, 0
-	return t, e
+	return lat, e
+}
+
+// span is what a set of requests measured.
+type span struct {
+	Requests, Errors int64
+	P50, P99         time.Duration
+}
+
+// during is what the phase's requests that were running at some moment
+// between from and to measured (a request that began before from, or
+// ended after to, counts).
+func (r *recorder) during(from, to time.Time) span {
+	return r.span(func(q request) bool { return !q.end.Before(from) && !q.end.Add(-q.took).After(to) })
+}
+
+// ended is what the phase's requests that ended between from and to
+// measured.
+func (r *recorder) ended(from, to time.Time) span {
+	return r.span(func(q request) bool { return !q.end.Before(from) && !q.end.After(to) })
+}
+
+func (r *recorder) span(in func(request) bool) span {
+	var (
+		s   span
+		lat []time.Duration
+	)
+	r.mu.Lock()
+	for _, q := range r.phase {
+		if in(q) {
+			lat = append(lat, q.took)
+			if q.failed {
+				s.Errors++
+			}
+		}
+	}
+	r.mu.Unlock()
+	s.Requests = int64(len(lat))
+	s.P50, s.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
+	return s
 }
 
 func percentile(lat []time.Duration, p float64) time.Duration {
@@ -123,6 +214,8 @@ type runner struct {
 	mu      sync.Mutex // protects samples, current
 	samples []sample
 	current string
+
+	finished []phaseResult // phases done so far, in order
 }
 
 func (r *runner) hits() uint64 {
@@ -132,6 +225,18 @@ func (r *runner) hits() uint64 {
 	}
 	return h
 }
+
+// counts sums the library's counters over the processes.
+func (r *runner) counts() libCounts {
+	var c libCounts
+	for _, p := range r.procs {
+		c = c.add(p.Counts())
+	}
+	return c
+}
+
+// since is the time since the run began, in seconds.
+func (r *runner) since(t time.Time) float64 { return t.Sub(r.start).Seconds() }
 
 // sampleLoop appends a sample every cfg.Tick and prints the status line,
 // until ctx is done.
@@ -148,13 +253,15 @@ func (r *runner) sampleLoop(ctx context.Context, w io.Writer) {
 			hits, queries := r.hits(), r.env.db.reads.Load()
 			secs := now.Sub(last).Seconds()
 			s := sample{
-				T:       now.Sub(r.start).Seconds(),
-				RPS:     float64(len(lat)) / secs,
-				QPS:     float64(queries-lastQueries) / secs,
-				P50:     percentile(lat, 0.50),
-				P99:     percentile(lat, 0.99),
-				Errors:  errs,
-				Breaker: r.procs[0].Breaker(),
+				T:        r.since(now),
+				Requests: int64(len(lat)),
+				Queries:  queries - lastQueries,
+				RPS:      float64(len(lat)) / secs,
+				QPS:      float64(queries-lastQueries) / secs,
+				P50:      percentile(lat, 0.50),
+				P99:      percentile(lat, 0.99),
+				Errors:   errs,
+				Breaker:  r.procs[0].Breaker(),
 			}
 			if len(lat) > 0 {
 				s.HitRate = 100 * min(1, float64(hits-lastHits)/float64(len(lat)))
@@ -165,8 +272,8 @@ func (r *runner) sampleLoop(ctx context.Context, w io.Writer) {
 			r.samples = append(r.samples, s)
 			r.mu.Unlock()
 			if r.cfg.Live {
-				fmt.Fprintf(w, "\r\033[K   %5.1fs %6.0f req/s  hit %5.1f%%  db %5.0f q/s  p99 %6.1fms  errors %4d  breaker %s",
-					s.T, s.RPS, s.HitRate, s.QPS, ms(s.P99), s.Errors, s.Breaker)
+				fmt.Fprintf(w, "\r\033[K   %5.1fs %6.0f req/s  hit %5.1f%%  db %5.0f q/s (%5.1f per 1k req)  p99 %6.1fms  errors %4d  breaker %s",
+					s.T, s.RPS, s.HitRate, s.QPS, s.QueriesPer1k(), ms(s.P99), s.Errors, s.Breaker)
 			}
 		}
 	}
@@ -184,7 +291,7 @@ func (r *runner) traffic(ctx context.Context, read func(ctx context.Context, u u
 					id := next(rng)
 					t0 := time.Now()
 					err := read(ctx, p, id)
-					if ctx.Err() != nil {
+					if err != nil && ctx.Err() != nil {
 						return // cut short by the end of the phase
 					}
 					r.rec.observe(time.Since(t0), err)
@@ -231,50 +338,36 @@ func (r *runner) runPhase(ctx context.Context, name string, body func(ctx contex
 	r.current = name
 	r.mu.Unlock()
 	r.rec.takePhase()
-	p := phaseResult{Name: name, Start: time.Since(r.start).Seconds()}
-	h0, q0 := r.hits(), r.env.db.reads.Load()
+	p := phaseResult{Name: name, Start: r.since(time.Now())}
+	h0, q0, c0 := r.hits(), r.env.db.reads.Load(), r.counts()
 	err := body(ctx, &p)
 	lat, errs := r.rec.takePhase()
-	p.End = time.Since(r.start).Seconds()
-	p.Requests, p.Errors, p.P99 = int64(len(lat)), errs, percentile(lat, 0.99)
+	p.End = r.since(time.Now())
+	p.Requests, p.Errors = int64(len(lat)), errs
+	p.P50, p.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
 	p.Hits = int64(r.hits() - h0)
 	p.Queries = r.env.db.reads.Load() - q0
+	p.Lib = r.counts().since(c0)
 	return p, err
+}
+
+// during runs f with a context that ends after d.
+func during(ctx context.Context, d time.Duration, f func(ctx context.Context)) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	f(ctx)
 }
 
 // phases runs every phase in turn and reports each as it ends.
 func (r *runner) phases(ctx context.Context, report func(i int, p phaseResult)) ([]phaseResult, error) {
 	d := r.cfg.Phase
 	zipf := r.zipf()
-	during := func(ctx context.Context, d time.Duration, f func(ctx context.Context)) {
-		ctx, cancel := context.WithTimeout(ctx, d)
-		defer cancel()
-		f(ctx)
-	}
 	steps := []struct {
 		name string
 		body func(ctx context.Context, p *phaseResult) error
 	}{
 		{phaseCold, func(ctx context.Context, p *phaseResult) error {
-			// Every process starts at once; each of its first requests asks
-			// for the hottest user, whose key is cold.
-			q0 := r.env.db.reads.Load()
-			var wg sync.WaitGroup
-			begin := make(chan struct{})
-			for _, u := range r.procs {
-				for range r.cfg.Stampede {
-					wg.Go(func() {
-						<-begin
-						t0 := time.Now()
-						_, err := u.Get(ctx, "1")
-						r.rec.observe(time.Since(t0), err)
-					})
-				}
-			}
-			close(begin)
-			wg.Wait()
-			p.StampedeGets = int64(len(r.procs) * r.cfg.Stampede)
-			p.StampedeLoads = r.env.db.reads.Load() - q0
+			r.cold(ctx, p)
 			during(ctx, d, func(ctx context.Context) { r.traffic(ctx, get, zipf) })
 			return nil
 		}},
@@ -294,134 +387,44 @@ func (r *runner) phases(ctx context.Context, report func(i int, p phaseResult)) 
 			return r.race(ctx, p, zipf)
 		}},
 		{phaseOutage, func(ctx context.Context, p *phaseResult) error {
-			if r.env.mr == nil {
-				p.Skipped = "the demo can only stop its embedded miniredis, not " + r.cfg.RedisAddr
-				return nil
-			}
-			var wg sync.WaitGroup
-			wg.Go(func() {
-				during(ctx, d, func(ctx context.Context) { r.traffic(ctx, get, zipf) })
-			})
-			sleep(ctx, d/4)
-			r.env.mr.Close()
-			sleep(ctx, d/2)
-			err := r.env.mr.Restart()
-			wg.Wait()
-			return err
+			return r.outage(ctx, p, zipf)
 		}},
 	}
-	var out []phaseResult
 	for i, s := range steps {
 		p, err := r.runPhase(ctx, s.name, s.body)
 		if err != nil {
-			return out, fmt.Errorf("%s: %w", s.name, err)
+			return r.finished, fmt.Errorf("%s: %w", s.name, err)
 		}
-		p.Sentence = explain(r.impl, p)
-		out = append(out, p)
+		p.Sentence = explain(r.impl, p, r.finished)
+		r.finished = append(r.finished, p)
 		report(i, p)
 	}
-	return out, nil
+	return r.finished, nil
 }
 
-// race runs Zipf reads whose SELECTs are slow to return while a writer
-// renames the hottest users, then checks which of the written users the
-// cache still serves older than the table.
-func (r *runner) race(ctx context.Context, p *phaseResult, zipf func(*rand.Rand) string) error {
-	r.env.db.slowRead.Store(int64(r.cfg.SlowRead))
-	var (
-		wg      sync.WaitGroup
-		written sync.Map
-		writes  atomic.Int64
-		tctx, c = context.WithTimeout(ctx, r.cfg.Phase)
-	)
-	defer c()
-	wg.Go(func() { r.traffic(tctx, get, zipf) })
-	wg.Go(func() {
-		rng := rand.New(rand.NewPCG(7, 7))
-		// A user edits their profile twice in quick succession: readers
-		// that missed after the first write are still in their slow
-		// SELECT when the second one commits.
-		for i := 0; tctx.Err() == nil; i++ {
-			id := itoa(1 + rng.IntN(10))
-			for j := range 2 {
-				w := r.procs[(i+j)%len(r.procs)]
-				if _, err := w.Rename(tctx, id, fmt.Sprintf("user %s (edit %d.%d)", id, i, j)); err == nil {
-					written.Store(id, true)
-					writes.Add(1)
-				}
-				sleep(tctx, r.cfg.WriteEvery)
-			}
+// cold is the cold start's burst: every process starts at once, and each
+// of its first requests asks for the hottest user, whose key is cold.
+func (r *runner) cold(ctx context.Context, p *phaseResult) {
+	q0, c0 := r.env.db.reads.Load(), r.counts()
+	var wg sync.WaitGroup
+	begin := make(chan struct{})
+	for _, u := range r.procs {
+		for range r.cfg.Stampede {
+			wg.Go(func() {
+				<-begin
+				t0 := time.Now()
+				_, err := u.Get(ctx, "1")
+				r.rec.observe(time.Since(t0), err)
+			})
 		}
-	})
-	wg.Wait()
-	r.env.db.slowRead.Store(0)
-	p.Writes = writes.Load()
-	// Quiescence: let in-flight fills land, then compare every written
-	// user as each process's cache serves it with the table.
-	sleep(ctx, 2*r.cfg.SlowRead)
-	var err error
-	written.Range(func(k, _ any) bool {
-		id := k.(string)
-		var row User
-		if row, err = r.env.db.get(ctx, id); err != nil {
-			return false
-		}
-		for _, u := range r.procs {
-			got, gerr := u.Get(ctx, id)
-			if gerr != nil {
-				err = gerr
-				return false
-			}
-			if got.Version < row.Version {
-				p.Stale++
-				break
-			}
-		}
-		return true
-	})
-	return err
-}
-
-// explain is the phase's one sentence: what happened and why.
-func explain(impl string, p phaseResult) string {
-	lib := impl == implLibrary
-	switch p.Name {
-	case phaseCold:
-		if lib {
-			return fmt.Sprintf("Every process asked for the same cold user, %d Gets at once, and the database saw %d quer%s: each process coalesced its callers and one process's Redis lease made the others wait for its fill.",
-				p.StampedeGets, p.StampedeLoads, plural(p.StampedeLoads))
-		}
-		return fmt.Sprintf("%d Gets of the same cold user cost %d database queries: every caller that missed ran its own SELECT and SET (a cache stampede).",
-			p.StampedeGets, p.StampedeLoads)
-	case phaseSteady:
-		return fmt.Sprintf("With the hot set cached, %.1f%% of %d requests were Redis hits and the database saw %d queries, only for the long tail of the Zipf distribution.",
-			pct(p.Hits, p.Requests), p.Requests, p.Queries)
-	case phaseHot:
-		if lib {
-			return fmt.Sprintf("The hot user's %v TTL ran out %d times, yet the database saw only %d queries: early refresh reloaded it in the background before it expired, and a missed key is loaded once.",
-				hotTTL, int((p.End-p.Start)/hotTTL.Seconds()), p.Queries)
-		}
-		return fmt.Sprintf("The hot user's %v TTL ran out %d times and the database saw %d queries: at each expiry every reader that missed loaded it at once.",
-			hotTTL, int((p.End-p.Start)/hotTTL.Seconds()), p.Queries)
-	case phaseRace:
-		if lib {
-			return fmt.Sprintf("%d writes raced readers whose SELECTs were slow; afterwards %d written users were served older than the table: a fill that began before a write is rejected by the version check and the invalidation's tombstone.",
-				p.Writes, p.Stale)
-		}
-		return fmt.Sprintf("%d writes raced readers whose SELECTs were slow; afterwards %d written users were served older than the table, until their TTL: a slow reader's SET landed after the writer's DEL.",
-			p.Writes, p.Stale)
-	case phaseOutage:
-		if p.Skipped != "" {
-			return "Skipped: " + p.Skipped + "."
-		}
-		if lib {
-			return fmt.Sprintf("While Redis was down, %d requests failed of %d (p99 %v): Gets failed open to the database and the circuit breaker stopped paying the Redis timeout; after the restart the hit rate recovered.",
-				p.Errors, p.Requests, p.P99.Round(100*time.Microsecond))
-		}
-		return fmt.Sprintf("While Redis was down, %d of %d requests failed and p99 was %v: with no breaker and no Redis timeout of its own, every Get waits out go-redis's dial retries or fails with the Redis error.",
-			p.Errors, p.Requests, p.P99.Round(100*time.Microsecond))
 	}
-	return ""
+	close(begin)
+	wg.Wait()
+	p.Cold = &coldResult{
+		Gets:  int64(len(r.procs) * r.cfg.Stampede),
+		Loads: r.env.db.reads.Load() - q0,
+		Lib:   r.counts().since(c0),
+	}
 }
 
 func pct(a, b int64) float64 {
@@ -431,9 +434,9 @@ func pct(a, b int64) float64 {
 	return 100 * float64(a) / float64(b)
 }
 
-func plural(n int64) string {
-	if n == 1 {
-		return "y"
+func per1k(a, b int64) float64 {
+	if b == 0 {
+		return 0
 	}
-	return "ies"
+	return 1000 * float64(a) / float64(b)
 }
