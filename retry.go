@@ -196,7 +196,7 @@ func (l *Loader[T]) applyPending(call redisCaller) bool {
 		l.retrying.Store(false)
 	}()
 	keys := slices.Collect(maps.Keys(snap))
-	failed, _ := l.invalidateWith(context.Background(), keys, call)
+	failed, _ := l.invalidateWith(context.Background(), keys, nil, call)
 	l.dequeue(snap, failed)
 	return len(failed) == 0
 }

@@ -65,7 +65,7 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 		// Processes still on the previous key format must not serve the
 		// value this write replaced.
 		err = l.redisCallKey(ctx, &redisBudget{left: l.s.redisTimeout}, l.s.prevPrefix+key, func(ctx context.Context) error {
-			return script.Invalidate.Run(ctx, l.rdb, []string{l.s.prevPrefix + key}, ms(l.s.tombstoneTTL), "0").Err()
+			return script.Invalidate.Run(ctx, l.rdb, []string{l.s.prevPrefix + key}, ms(l.s.tombstoneTTL), "0", "0").Err()
 		})
 		if err != nil {
 			return fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
@@ -91,6 +91,39 @@ func (l *Loader[T]) Invalidate(ctx context.Context, keys ...string) error {
 	return err
 }
 
+// KeyVersion names a key to invalidate and the version of its row as
+// committed (0: unversioned, or the row was deleted).
+type KeyVersion struct {
+	Key     string
+	Version int64
+}
+
+// InvalidateVersions invalidates like Invalidate and leaves each key a
+// version floor: no fill or Set of a value with a lower version lands
+// afterwards, not even one that began after the invalidation but read the
+// row before its commit became visible (a change stream such as the
+// binlog can deliver a commit before other sessions see it). A Version of
+// 0 sets no floor. Versions below 0 are refused with ErrNegativeVersion.
+func (l *Loader[T]) InvalidateVersions(ctx context.Context, kvs ...KeyVersion) error {
+	keys := make([]string, len(kvs))
+	floors := make([]int64, len(kvs))
+	for i, kv := range kvs {
+		if err := l.check(kv.Key); err != nil {
+			return err
+		}
+		if kv.Version < 0 {
+			return fmt.Errorf("%w: %d for %q", ErrNegativeVersion, kv.Version, kv.Key)
+		}
+		keys[i], floors[i] = kv.Key, kv.Version
+	}
+	snap := l.pending.snapshotOf(keys)
+	failed, err := l.invalidateWith(ctx, keys, floors, l.redisCallKey)
+	if snap != nil {
+		l.dequeue(snap, failed)
+	}
+	return err
+}
+
 // invalidateQueued is invalidate that also takes off the queue the keys'
 // queued invalidations it covers: those enqueued before it was sent, for
 // the keys it applied.
@@ -110,11 +143,12 @@ type redisCaller func(ctx context.Context, b *redisBudget, rkey string, fn func(
 // a previous key format configured, the keys' entries in that format are
 // invalidated too: processes still on it must not serve what changed.
 func (l *Loader[T]) invalidate(ctx context.Context, keys []string) ([]string, error) {
-	return l.invalidateWith(ctx, keys, l.redisCallKey)
+	return l.invalidateWith(ctx, keys, nil, l.redisCallKey)
 }
 
-// invalidateWith is invalidate with its Redis call made by call.
-func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, call redisCaller) ([]string, error) {
+// invalidateWith is invalidate with its Redis call made by call, and with
+// floors[i] (when floors is not nil) the version floor of keys[i].
+func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, floors []int64, call redisCaller) ([]string, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
@@ -132,9 +166,15 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, call redi
 	if l.s.maxStale > 0 {
 		keep = "1"
 	}
+	floor := func(i int) string {
+		if floors == nil || i >= len(keys) {
+			return "0" // no floor, and none for a previous key format's entry
+		}
+		return strconv.FormatInt(floors[i], 10)
+	}
 	if len(rkeys) == 1 {
 		err := call(ctx, &redisBudget{left: l.s.redisTimeout}, rkeys[0], func(ctx context.Context) error {
-			return script.Invalidate.Run(ctx, l.rdb, rkeys, tomb, keep).Err()
+			return script.Invalidate.Run(ctx, l.rdb, rkeys, tomb, keep, floor(0)).Err()
 		})
 		if err != nil {
 			return keys, fmt.Errorf("cache: invalidate %q: %w", keys, err)
@@ -146,12 +186,13 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, call redi
 	cmds := make([]*redis.Cmd, len(rkeys))
 	err := l.perMaster(ctx, &redisBudget{left: l.s.redisTimeout}, rkeys, call, func(ctx context.Context, idx []int) error {
 		sub := make([]string, len(idx))
+		subFloors := make([]string, len(idx))
 		for j, i := range idx {
-			sub[j] = rkeys[i]
+			sub[j], subFloors[j] = rkeys[i], floor(i)
 		}
-		sent, err := l.invalidatePipeline(ctx, sub, tomb, keep, false)
+		sent, err := l.invalidatePipeline(ctx, sub, subFloors, tomb, keep, false)
 		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			sent, err = l.invalidatePipeline(ctx, sub, tomb, keep, true)
+			sent, err = l.invalidatePipeline(ctx, sub, subFloors, tomb, keep, true)
 		}
 		for j, i := range idx {
 			cmds[i] = sent[j]
@@ -174,14 +215,14 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, call redi
 
 // invalidatePipeline sends one invalidate per Redis key in one round trip,
 // by script hash or, when the server lacks the script, by source.
-func (l *Loader[T]) invalidatePipeline(ctx context.Context, rkeys []string, tomb int64, keep string, bySource bool) ([]*redis.Cmd, error) {
+func (l *Loader[T]) invalidatePipeline(ctx context.Context, rkeys, floors []string, tomb int64, keep string, bySource bool) ([]*redis.Cmd, error) {
 	pipe := l.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(rkeys))
 	for i, k := range rkeys {
 		if bySource {
-			cmds[i] = script.Invalidate.Eval(ctx, pipe, []string{k}, tomb, keep)
+			cmds[i] = script.Invalidate.Eval(ctx, pipe, []string{k}, tomb, keep, floors[i])
 		} else {
-			cmds[i] = script.Invalidate.EvalSha(ctx, pipe, []string{k}, tomb, keep)
+			cmds[i] = script.Invalidate.EvalSha(ctx, pipe, []string{k}, tomb, keep, floors[i])
 		}
 	}
 	_, err := pipe.Exec(ctx)
