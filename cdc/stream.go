@@ -1,0 +1,390 @@
+package cdc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+)
+
+// ErrRule is returned (wrapped) when a Rule cannot be applied to a row: a
+// Key func failed, or a version column holds no version. The relay stops
+// rather than skip the row's invalidation.
+var ErrRule = errors.New("cdc: a rule cannot be applied")
+
+// stream reads the binlog from `from` and applies the rules until the
+// stream fails or ctx ends. Whatever it has read when it stops is applied
+// before it returns (the transactions are in the binlog, so committed); the
+// applied position only ever names the end of a transaction.
+func (r *Relay) stream(ctx context.Context, t *term, from Position) error {
+	host, port, err := net.SplitHostPort(r.dsn.Addr)
+	if err != nil {
+		return fmt.Errorf("%w: DSN address %q: %v", ErrSettings, r.dsn.Addr, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("%w: DSN port %q: %v", ErrSettings, port, err)
+	}
+	gtid := from.isGTID()
+	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID:                r.s.serverID,
+		Flavor:                  r.s.flavor,
+		Host:                    host,
+		Port:                    uint16(p),
+		User:                    r.dsn.User,
+		Password:                r.dsn.Passwd,
+		TLSConfig:               r.dsn.TLS,
+		Logger:                  r.s.logger,
+		HeartbeatPeriod:         r.s.heartbeat,
+		ReadTimeout:             5 * r.s.heartbeat,
+		DisableRetrySync:        true, // stream reconnects itself, from what it applied
+		EventCacheCount:         r.s.eventBuffer,
+		TimestampStringLocation: time.UTC,
+		RowsEventDecodeFunc:     r.decodeRows,
+		DiscardGTIDSet:          !gtid,
+		// MariaDB 11.4+ leaves LogPos 0 unless asked; only file positions
+		// need it.
+		FillZeroLogPos: !gtid && r.s.flavor == mysql.MariaDBFlavor,
+	})
+	defer syncer.Close()
+	var st *replication.BinlogStreamer
+	if gtid {
+		set, err := from.gtidSet(r.s.flavor)
+		if err != nil {
+			return fmt.Errorf("%w: checkpoint: %v", ErrSettings, err)
+		}
+		st, err = syncer.StartSyncGTID(set)
+		if err != nil {
+			return classify(err)
+		}
+	} else {
+		st, err = syncer.StartSync(mysql.Position{Name: from.File, Pos: from.Pos})
+		if err != nil {
+			return classify(err)
+		}
+	}
+
+	s := &streamState{r: r, t: t, b: newBatch(len(r.targets)), seen: from, file: from.File}
+	defer s.stopTimer()
+	for {
+		ev, err := st.GetEvent(s.waitCtx(ctx))
+		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				// The flush or checkpoint deadline passed with no event.
+				if err := s.flush(ctx); err != nil {
+					return err
+				}
+				if err := s.maybeSave(ctx); err != nil {
+					return err
+				}
+				continue
+			}
+			if ctx.Err() == nil {
+				if ferr := s.flush(ctx); ferr != nil {
+					return ferr
+				}
+			}
+			return classify(err)
+		}
+		if err := s.handle(ctx, ev); err != nil {
+			return err
+		}
+	}
+}
+
+// streamState is one stream's reading state.
+type streamState struct {
+	r *Relay
+	t *term
+	b *batch
+	// seen is the end of the last transaction read; the batch holds its
+	// keys (and maybe some of the next transaction's).
+	seen Position
+	file string // the binlog file being read
+	// txnForeign: the transaction being read is not only checkpoint writes;
+	// unsaved: the applied position covers such a transaction that no
+	// checkpoint covers yet. The relay's own checkpoint writes are in the
+	// binlog too: saving a checkpoint for them alone would loop forever.
+	txnForeign, seenForeign, unsaved bool
+
+	// deadline and its context, reused while the deadline stays the same.
+	deadline time.Time
+	dctx     context.Context
+	dcancel  context.CancelFunc
+}
+
+// waitCtx is ctx bounded by the next flush or checkpoint deadline.
+func (s *streamState) waitCtx(ctx context.Context) context.Context {
+	var d time.Time
+	switch {
+	case !s.b.empty():
+		d = s.b.since.Add(s.r.s.flushInterval)
+	case s.unsaved:
+		s.r.mu.Lock()
+		d = s.r.savedAt.Add(s.r.s.checkpointInterval)
+		s.r.mu.Unlock()
+	default:
+		s.stopTimer()
+		return ctx
+	}
+	if s.dctx == nil || !d.Equal(s.deadline) {
+		s.stopTimer()
+		s.deadline = d
+		s.dctx, s.dcancel = context.WithDeadline(ctx, d)
+	}
+	return s.dctx
+}
+
+func (s *streamState) stopTimer() {
+	if s.dcancel != nil {
+		s.dcancel()
+		s.dctx, s.dcancel = nil, nil
+	}
+}
+
+// handle takes one event.
+func (s *streamState) handle(ctx context.Context, ev *replication.BinlogEvent) error {
+	r := s.r
+	r.stats.events.Add(1)
+	if ev.Header.Timestamp != 0 {
+		r.stats.eventTime.Store(int64(ev.Header.Timestamp))
+	}
+	switch e := ev.Event.(type) {
+	case *replication.RotateEvent:
+		s.file = string(e.NextLogName)
+	case *replication.RowsEvent:
+		if string(e.Table.Schema) != r.dsn.DBName || string(e.Table.Table) != r.s.table {
+			s.txnForeign = true
+		}
+		if err := r.rows(e, s.b); err != nil {
+			return err
+		}
+		if s.b.keys >= r.s.maxBatch {
+			// A large transaction: apply what it changed so far. Its
+			// rows are committed (they are in the binlog); only the
+			// checkpoint must wait for its end.
+			return s.flush(ctx)
+		}
+	case *replication.XIDEvent:
+		return s.boundary(ctx, e.GSet, ev.Header.LogPos)
+	case *replication.QueryEvent:
+		q := e.Query
+		switch {
+		case bytes.EqualFold(q, []byte("BEGIN")):
+			return nil
+		case bytes.EqualFold(q, []byte("COMMIT")):
+		default:
+			s.txnForeign = true // DDL, or a statement-logged write
+			if isDML(q) {
+				r.stats.statements.Add(1)
+				r.s.logger.Warn("cdc: a write was logged as a statement (session binlog_format not ROW): its rows cannot be invalidated",
+					"relay", r.s.name, "schema", string(e.Schema), "query", truncate(q, 200))
+			}
+		}
+		return s.boundary(ctx, e.GSet, ev.Header.LogPos)
+	}
+	return nil
+}
+
+// boundary is the end of a transaction.
+func (s *streamState) boundary(ctx context.Context, gset mysql.GTIDSet, logPos uint32) error {
+	r := s.r
+	r.stats.transactions.Add(1)
+	s.seen = Position{File: s.file, Pos: logPos}
+	if gset != nil {
+		s.seen.GTID = gset.String()
+	}
+	s.seenForeign = s.seenForeign || s.txnForeign
+	s.txnForeign = false
+	if s.b.empty() {
+		s.setApplied()
+	} else if s.b.keys >= r.s.maxBatch || time.Since(s.b.since) >= r.s.flushInterval {
+		if err := s.flush(ctx); err != nil {
+			return err
+		}
+	}
+	return s.maybeSave(ctx)
+}
+
+// flush applies the batch; the applied position becomes the last
+// transaction end read.
+func (s *streamState) flush(ctx context.Context) error {
+	if !s.b.empty() {
+		if err := s.r.apply(ctx, s.b); err != nil {
+			return err
+		}
+	}
+	s.setApplied()
+	return nil
+}
+
+func (s *streamState) setApplied() {
+	s.r.mu.Lock()
+	s.r.applied = s.seen
+	s.r.mu.Unlock()
+	if s.seenForeign {
+		s.unsaved = true
+		s.seenForeign = false
+	}
+}
+
+// maybeSave writes the checkpoint if it is due.
+func (s *streamState) maybeSave(ctx context.Context) error {
+	if !s.unsaved {
+		return nil
+	}
+	r := s.r
+	r.mu.Lock()
+	due := time.Since(r.savedAt) >= r.s.checkpointInterval
+	p := r.applied
+	r.mu.Unlock()
+	if !due {
+		return nil
+	}
+	c, cancel := context.WithTimeout(ctx, r.s.applyTimeout)
+	defer cancel()
+	if err := s.t.save(c, p); err != nil {
+		return err
+	}
+	r.noteSaved(p)
+	s.unsaved = false
+	return nil
+}
+
+// decodeRows decodes a rows event's rows only if its table has a rule:
+// the events of other tables cost their header. It runs in the binlog
+// reader's goroutine; r.rules is read-only once New returned.
+func (r *Relay) decodeRows(e *replication.RowsEvent, data []byte) error {
+	pos, err := e.DecodeHeader(data)
+	if err != nil {
+		return err
+	}
+	if len(r.rules[string(e.Table.Schema)][string(e.Table.Table)]) == 0 {
+		return nil
+	}
+	return e.DecodeData(pos, data)
+}
+
+// rows adds the keys of a rows event to b.
+func (r *Relay) rows(e *replication.RowsEvent, b *batch) error {
+	rules := r.rules[string(e.Table.Schema)][string(e.Table.Table)]
+	if len(rules) == 0 {
+		r.stats.skipped.Add(1)
+		return nil
+	}
+	names := e.Table.ColumnNameString()
+	if len(names) == 0 {
+		return fmt.Errorf("%w: the table map of %s.%s carries no column names (written while binlog_row_metadata was not FULL)",
+			ErrSettings, e.Table.Schema, e.Table.Table)
+	}
+	r.stats.rowEvents.Add(1)
+	typ := e.Type()
+	for i := range rules {
+		ru := &rules[i]
+		switch typ {
+		case replication.EnumRowsEventTypeInsert, replication.EnumRowsEventTypeDelete:
+			deleted := typ == replication.EnumRowsEventTypeDelete
+			for _, vals := range e.Rows {
+				if err := r.change(b, ru, Row{names, vals}, deleted); err != nil {
+					return err
+				}
+			}
+		case replication.EnumRowsEventTypeUpdate:
+			for j := 0; j+1 < len(e.Rows); j += 2 {
+				before, after := Row{names, e.Rows[j]}, Row{names, e.Rows[j+1]}
+				kb, okb, err := ru.keyOf(before)
+				if err != nil {
+					return fmt.Errorf("%w: %v", ErrRule, err)
+				}
+				ka, oka, err := ru.keyOf(after)
+				if err != nil {
+					return fmt.Errorf("%w: %v", ErrRule, err)
+				}
+				if okb && (!oka || kb != ka) {
+					// The row left key kb: as a delete there.
+					if err := r.change(b, ru, before, true); err != nil {
+						return err
+					}
+				}
+				if oka {
+					if err := r.change(b, ru, after, false); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	r.stats.rows.Add(uint64(len(e.Rows)))
+	return nil
+}
+
+// change adds row's key under ru to b, with the row's version as floor
+// (one more for a row that left the key: nobody may cache it again).
+func (r *Relay) change(b *batch, ru *rule, row Row, gone bool) error {
+	key, ok, err := ru.keyOf(row)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrRule, err)
+	}
+	if !ok {
+		return nil
+	}
+	if key == "" {
+		r.stats.emptyKeys.Add(1) // a Loader has no entry for ""
+		return nil
+	}
+	v, err := ru.versionOf(row)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrRule, err)
+	}
+	if v < 0 {
+		v = 0 // the cache refuses negative versions; no floor
+	}
+	if gone && v > 0 && v < math.MaxInt64 {
+		v++
+	}
+	b.add(ru.target, key, v)
+	return nil
+}
+
+// classify wraps the stream errors that no reconnect can cure in
+// ErrSettings.
+func classify(err error) error {
+	var me *mysql.MyError
+	if errors.As(err, &me) {
+		switch {
+		case me.Code == mysql.ER_SPECIFIC_ACCESS_DENIED_ERROR || me.Code == mysql.ER_ACCESS_DENIED_ERROR:
+			return fmt.Errorf("%w: %v", ErrSettings, err)
+		case me.Code == mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG &&
+			(strings.Contains(me.Message, "purged") || strings.Contains(me.Message, "ould not find")):
+			return fmt.Errorf("%w: the binlog no longer holds the checkpoint, so invalidations were lost "+
+				"(expire the cached keys, then delete the relay's checkpoint row): %v", ErrSettings, err)
+		}
+	}
+	return err
+}
+
+// isDML reports whether a logged statement writes rows.
+func isDML(q []byte) bool {
+	q = bytes.TrimLeft(q, " \t\r\n(")
+	for _, w := range []string{"INSERT", "UPDATE", "DELETE", "REPLACE"} {
+		if len(q) >= len(w) && bytes.EqualFold(q[:len(w)], []byte(w)) {
+			return true
+		}
+	}
+	return false
+}
+
+func truncate(q []byte, n int) string {
+	if len(q) > n {
+		return string(q[:n]) + "…"
+	}
+	return string(q)
+}
