@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/f4df6ac3/cache"
@@ -54,45 +55,77 @@ func (b *batch) reset() {
 // succeed and skipping its invalidations would lose them.
 var errClosedTarget = errors.New("cdc: a target is closed")
 
-// apply invalidates every key of the batch, chunked by max keys per call.
-// A failed call is retried with backoff until it succeeds or ctx ends:
-// the relay never moves its checkpoint past an unapplied invalidation, it
-// waits (for Redis to come back, for the breaker to close).
+// apply invalidates every key of the batch, in calls of at most
+// KeysPerCall keys, up to CallsInFlight of them at a time. A failed call
+// is retried with backoff until it succeeds or ctx ends: the relay never
+// moves its checkpoint past an unapplied invalidation, it waits (for Redis
+// to come back, for the breaker to close).
 func (r *Relay) apply(ctx context.Context, b *batch) error {
-	kvs := make([]cache.KeyVersion, 0, min(b.keys, r.s.maxBatch))
+	type unit struct {
+		t   Target
+		kvs []cache.KeyVersion
+	}
+	var units []unit
 	for i, keys := range b.byTarget {
-		t := r.targets[i]
-		kvs = kvs[:0]
+		if len(keys) == 0 {
+			continue
+		}
+		kvs := make([]cache.KeyVersion, 0, len(keys))
 		for k, v := range keys {
 			kvs = append(kvs, cache.KeyVersion{Key: k, Version: v})
-			if len(kvs) == r.s.maxBatch {
-				if err := r.applyOne(ctx, t, kvs); err != nil {
-					return err
-				}
-				kvs = kvs[:0]
-			}
 		}
-		if len(kvs) > 0 {
-			if err := r.applyOne(ctx, t, kvs); err != nil {
-				return err
-			}
+		for len(kvs) > 0 {
+			n := min(len(kvs), r.s.keysPerCall)
+			units = append(units, unit{r.targets[i], kvs[:n:n]})
+			kvs = kvs[n:]
 		}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	sem := make(chan struct{}, r.s.callsInFlight)
+	var wg sync.WaitGroup
+	for _, u := range units {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := r.applyTarget(ctx, u.t, u.kvs); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
 	}
 	b.reset()
 	return nil
 }
 
-// applyOne is one InvalidateVersions call, retried until it succeeds.
-func (r *Relay) applyOne(ctx context.Context, t Target, kvs []cache.KeyVersion) error {
+// applyTarget invalidates kvs in t. A failed call is retried after a
+// backoff with half the keys (down to one): a call too large for the
+// Loader's RedisTimeout still goes through.
+func (r *Relay) applyTarget(ctx context.Context, t Target, kvs []cache.KeyVersion) error {
 	wait := 20 * time.Millisecond
-	for attempt := 1; ; attempt++ {
+	failures := 0
+	size := len(kvs)
+	for len(kvs) > 0 {
+		n := min(len(kvs), size)
 		c, cancel := context.WithTimeout(ctx, r.s.applyTimeout)
-		err := t.InvalidateVersions(c, kvs...)
+		err := t.InvalidateVersions(c, kvs[:n]...)
 		cancel()
 		if err == nil {
-			r.stats.invalidations.Add(uint64(len(kvs)))
+			r.stats.invalidations.Add(uint64(n))
 			r.stats.batches.Add(1)
-			return nil
+			kvs = kvs[n:]
+			wait, failures = 20*time.Millisecond, 0
+			continue
 		}
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
@@ -101,15 +134,18 @@ func (r *Relay) applyOne(ctx context.Context, t Target, kvs []cache.KeyVersion) 
 			return fmt.Errorf("%w: %s: %v", errClosedTarget, t.Name(), err)
 		}
 		r.stats.applyErrors.Add(1)
-		if attempt == 1 || attempt%20 == 0 {
+		failures++
+		if failures == 1 || failures%20 == 0 {
 			r.s.logger.Warn("cdc: invalidation failed; retrying (the checkpoint waits)",
-				"relay", r.s.name, "target", t.Name(), "keys", len(kvs), "attempt", attempt, "error", err)
+				"relay", r.s.name, "target", t.Name(), "keys", n, "attempt", failures, "error", err)
 		}
+		size = max(n/2, 1)
 		if err := sleep(ctx, wait); err != nil {
 			return err
 		}
 		wait = min(2*wait, r.s.maxBackoff)
 	}
+	return nil
 }
 
 // backoff is an exponential, jittered wait between attempts.

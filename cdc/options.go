@@ -48,6 +48,15 @@ type Options struct {
 	// relay's memory, whatever the transaction's size.
 	// default: 2048
 	MaxBatch int
+	// KeysPerCall bounds the keys of one InvalidateVersions call (one
+	// pipeline, which must fit the Loader's RedisTimeout). A call that
+	// fails is retried with half as many keys, down to one.
+	// default: 256
+	KeysPerCall int
+	// CallsInFlight is how many InvalidateVersions calls of one batch run
+	// at the same time.
+	// default: 4
+	CallsInFlight int
 	// EventBuffer is how many binlog events the reader may decode ahead
 	// of the relay (each at most max_allowed_packet, typically 8KB per
 	// rows event).
@@ -90,6 +99,8 @@ type settings struct {
 	filePositions      bool
 	flushInterval      time.Duration
 	maxBatch           int
+	keysPerCall        int
+	callsInFlight      int
 	eventBuffer        int
 	checkpointInterval time.Duration
 	applyTimeout       time.Duration
@@ -115,6 +126,8 @@ func (o *Options) settings() (settings, error) {
 		filePositions:      o.FilePositions,
 		flushInterval:      or(o.FlushInterval, 2*time.Millisecond),
 		maxBatch:           or(o.MaxBatch, 2048),
+		keysPerCall:        or(o.KeysPerCall, 256),
+		callsInFlight:      or(o.CallsInFlight, 4),
 		eventBuffer:        or(o.EventBuffer, 64),
 		checkpointInterval: or(o.CheckpointInterval, time.Second),
 		applyTimeout:       or(o.ApplyTimeout, 5*time.Second),
@@ -150,8 +163,8 @@ func (o *Options) settings() (settings, error) {
 			return s, fmt.Errorf("cdc: %s is negative", d.name)
 		}
 	}
-	if s.maxBatch < 0 || s.eventBuffer < 0 {
-		return s, errors.New("cdc: MaxBatch and EventBuffer must not be negative")
+	if s.maxBatch < 0 || s.eventBuffer < 0 || s.keysPerCall < 0 || s.callsInFlight < 0 {
+		return s, errors.New("cdc: MaxBatch, KeysPerCall, CallsInFlight and EventBuffer must not be negative")
 	}
 	return s, nil
 }

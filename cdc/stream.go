@@ -322,7 +322,11 @@ func (r *Relay) rows(e *replication.RowsEvent, b *batch) error {
 			}
 		}
 	}
-	r.stats.rows.Add(uint64(len(e.Rows)))
+	if typ == replication.EnumRowsEventTypeUpdate {
+		r.stats.rows.Add(uint64(len(e.Rows) / 2)) // before and after images
+	} else {
+		r.stats.rows.Add(uint64(len(e.Rows)))
+	}
 	return nil
 }
 
