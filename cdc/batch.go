@@ -15,8 +15,8 @@ import (
 // one floor per key and target, the highest seen.
 type batch struct {
 	byTarget []map[string]int64 // by target index (Relay.targets)
-	keys     int       // distinct (target, key) pairs held
-	since    time.Time // when the first of them was added
+	keys     int                // distinct (target, key) pairs held
+	since    time.Time          // when the first of them was added
 }
 
 func newBatch(targets int) *batch {

@@ -298,5 +298,3 @@ func (n *notifier) InvalidateVersions(ctx context.Context, kvs ...cache.KeyVersi
 	}
 	return nil
 }
-
-

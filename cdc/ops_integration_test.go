@@ -212,5 +212,3 @@ func (f targetFunc) Name() string { return "func" }
 func (f targetFunc) InvalidateVersions(ctx context.Context, kvs ...cache.KeyVersion) error {
 	return f(ctx, kvs...)
 }
-
-
