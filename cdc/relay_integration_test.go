@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/f4df6ac3/cache/cdc"
 	"github.com/f4df6ac3/cache/internal/testenv"
 )
@@ -121,4 +123,90 @@ func TestRelayWaitsWhileItsTargetFailsAndDoesNotCheckpointPastIt(t *testing.T) {
 		t.Fatalf("after the target recovered: %v, want key 1 floor 9", got)
 	}
 	waitFor(t, 10*time.Second, "the checkpoint to move", func() bool { return r.Stats().Checkpoint != before })
+}
+
+func TestRelayFollowsFilePositionsAcrossRotationAndRestart(t *testing.T) {
+	s := startSource(t)
+	table := s.usersTable(t, 3)
+	rec := &recorder{name: "user"}
+	rules := []cdc.Rule{{Table: table, Target: rec, KeyColumn: "id", VersionColumn: "version"}}
+	opts := &cdc.Options{Name: "files-" + testenv.Random(4), FilePositions: true, CheckpointInterval: time.Millisecond, Logger: quiet()}
+	r, err := cdc.New(s.dsn(), rules, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	waitFor(t, 30*time.Second, "leader", func() bool { return r.Stats().Leader })
+	first := r.Stats().Applied
+	if first.File == "" || first.GTID != "" {
+		t.Fatalf("applied %v, want a file position", first)
+	}
+	mustExec(t, s.db, "UPDATE "+table+" SET version = 2 WHERE id = 1")
+	mustExec(t, s.db, "FLUSH BINARY LOGS")
+	mustExec(t, s.db, "UPDATE "+table+" SET version = 3 WHERE id = 2")
+	waitFor(t, 30*time.Second, "both updates", func() bool { f := rec.floors(); return f["1"] == 2 && f["2"] == 3 })
+	waitFor(t, 30*time.Second, "a checkpoint in the new file", func() bool {
+		return r.Stats().Checkpoint.File > first.File
+	})
+	cancel()
+	<-done
+	r.Close()
+
+	mustExec(t, s.db, "UPDATE "+table+" SET version = 4 WHERE id = 3")
+	rec.reset()
+	startRelay(t, s.dsn(), rules, opts)
+	waitFor(t, 30*time.Second, "the update written while stopped", func() bool { return rec.floors()["3"] == 4 })
+	if f := rec.floors(); f["1"] != 0 {
+		t.Errorf("after the restart: %v; key 1 was replayed from before the checkpoint", f)
+	}
+}
+
+func TestRelayCountsStatementLoggedWrites(t *testing.T) {
+	s := startSource(t)
+	table := s.usersTable(t, 1)
+	rec := &recorder{name: "user"}
+	r := startRelay(t, s.dsn(), []cdc.Rule{{Table: table, Target: rec, KeyColumn: "id"}}, nil)
+	c, err := s.db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, q := range []string{"SET SESSION binlog_format = 'STATEMENT'", "UPDATE " + table + " SET version = 2 WHERE id = 1"} {
+		if _, err := c.ExecContext(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	caughtUp(t, s, r)
+	if st := r.Stats(); st.Statements != 1 {
+		t.Fatalf("Statements = %d, want 1", st.Statements)
+	}
+}
+
+func TestRelayMetricsGather(t *testing.T) {
+	s := startSource(t)
+	table := s.usersTable(t, 1)
+	r := startRelay(t, s.dsn(), []cdc.Rule{{Table: table, Target: &recorder{name: "user"}, KeyColumn: "id"}}, &cdc.Options{Name: "metrics"})
+	mustExec(t, s.db, "UPDATE "+table+" SET version = 2")
+	caughtUp(t, s, r)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(r.Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		m := mf.GetMetric()[0]
+		if m.GetCounter() != nil {
+			got[mf.GetName()] = m.GetCounter().GetValue()
+		} else {
+			got[mf.GetName()] = m.GetGauge().GetValue()
+		}
+	}
+	if got["cache_cdc_leader"] != 1 || got["cache_cdc_invalidations_total"] < 1 || got["cache_cdc_rows_total"] < 1 {
+		t.Fatalf("metrics %v", got)
+	}
+	waitFor(t, 10*time.Second, "Behind to be known", func() bool { return r.Stats().Behind >= 0 })
 }
