@@ -104,8 +104,58 @@ func (r *Relay) apply(ctx context.Context, b *batch) error {
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
+	if r.s.reinvalidate > 0 {
+		for _, u := range units {
+			r.later(u.t, u.kvs)
+		}
+	}
 	b.reset()
 	return nil
+}
+
+// repeat is a second invalidation of keys without a version floor, due
+// at a time.
+type repeat struct {
+	due time.Time
+	t   Target
+	kvs []cache.KeyVersion
+}
+
+// later queues the keys of kvs without a floor for a second invalidation
+// after Options.Reinvalidate. The queue is bounded: when it is full the
+// repeat is dropped (and counted); the first invalidation was applied.
+func (r *Relay) later(t Target, kvs []cache.KeyVersion) {
+	var unversioned []cache.KeyVersion
+	for _, kv := range kvs {
+		if kv.Version == 0 {
+			unversioned = append(unversioned, kv)
+		}
+	}
+	if len(unversioned) == 0 {
+		return
+	}
+	select {
+	case r.repeats <- repeat{time.Now().Add(r.s.reinvalidate), t, unversioned}:
+	default:
+		r.stats.repeatsDropped.Add(uint64(len(unversioned)))
+	}
+}
+
+// reinvalidate applies the queued repeats when due, until ctx ends.
+func (r *Relay) reinvalidate(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case rp := <-r.repeats:
+			if err := sleep(ctx, time.Until(rp.due)); err != nil {
+				return
+			}
+			if r.applyTarget(ctx, rp.t, rp.kvs) == nil {
+				r.stats.repeats.Add(uint64(len(rp.kvs)))
+			}
+		}
+	}
 }
 
 // applyTarget invalidates kvs in t. A failed call is retried after a

@@ -53,7 +53,8 @@
 // visible (microseconds to a few milliseconds; longer under a
 // disk-bound group commit) can cache the old row until its TTL. Give such
 // rows a version column (a counter, or an updated-at in microseconds), or
-// keep their TTL short.
+// set Options.Reinvalidate: their keys are invalidated a second time after
+// that delay, which bounds the staleness to about the delay.
 //
 // WARNING: a session that sets binlog_format=STATEMENT (or MIXED) writes
 // statements, not rows: the relay cannot know their keys. It counts them

@@ -200,8 +200,17 @@ func TestVersionFloorClosesTheCommitVisibilityRace(t *testing.T) {
 	const trials = 20
 	s := startSource(t)
 	rdb := testenv.Redis(t, "")
-	for _, floor := range []bool{false, true} {
-		t.Run(fmt.Sprintf("floor=%v", floor), func(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		floor        bool
+		reinvalidate time.Duration
+	}{
+		{"no floor", false, 0},
+		{"floor", true, 0},
+		{"no floor, Reinvalidate 50ms", false, 50 * time.Millisecond},
+	} {
+		floor := tc.floor
+		t.Run(tc.name, func(t *testing.T) {
 			table := s.usersTable(t, trials)
 			prefix := testenv.Prefix(t, rdb, "cdctest:")
 			l, err := cache.New(rdb, "user", func(ctx context.Context, key string) (user, error) {
@@ -220,7 +229,7 @@ func TestVersionFloorClosesTheCommitVisibilityRace(t *testing.T) {
 			if floor {
 				rule.VersionColumn = "version"
 			}
-			startRelay(t, s.dsn(), []cdc.Rule{rule}, nil)
+			startRelay(t, s.dsn(), []cdc.Rule{rule}, &cdc.Options{Reinvalidate: tc.reinvalidate})
 
 			ctx := context.Background()
 			staleEntries := 0
@@ -238,13 +247,20 @@ func TestVersionFloorClosesTheCommitVisibilityRace(t *testing.T) {
 				}
 				done := applied.expect(key)
 				mustExec(t, s.db, "UPDATE "+table+" SET name = 'new', version = 2 WHERE id = ?", k)
-				<-done // the relay has invalidated key
+				waitClosed(t, done) // the relay has invalidated key
+				var again <-chan struct{}
+				if tc.reinvalidate > 0 {
+					again = applied.expect(key)
+				}
 				// A Get after the invalidation whose load sees the old row.
 				if _, err := l.Get(context.WithValue(ctx, snapshotKey{}, c), key); err != nil {
 					t.Fatal(err)
 				}
 				c.ExecContext(ctx, "ROLLBACK")
 				c.Close()
+				if again != nil {
+					waitClosed(t, again) // the second invalidation
+				}
 				// What Redis holds, read by another process's Loader (this
 				// one's finished flight may still be joined for a moment).
 				got, err := other.Get(ctx, key)
@@ -253,17 +269,28 @@ func TestVersionFloorClosesTheCommitVisibilityRace(t *testing.T) {
 				}
 				if got.Version != 2 {
 					staleEntries++
+				}
+				if got.Version != 2 && (floor || tc.reinvalidate > 0) {
 					t.Logf("key %s: cached %+v after its invalidation %v", key, got, applied.log)
 				}
 			}
-			t.Logf("floor=%v: %d of %d keys left with the old row cached after the invalidation", floor, staleEntries, trials)
-			if floor && staleEntries != 0 {
-				t.Errorf("with the version floor, %d of %d keys kept the old row", staleEntries, trials)
-			}
-			if !floor && staleEntries == 0 {
+			t.Logf("%s: %d of %d keys left with the old row cached after the invalidation", tc.name, staleEntries, trials)
+			switch {
+			case (floor || tc.reinvalidate > 0) && staleEntries != 0:
+				t.Errorf("%s: %d of %d keys kept the old row", tc.name, staleEntries, trials)
+			case !floor && tc.reinvalidate == 0 && staleEntries == 0:
 				t.Errorf("without the floor the race was not reproduced (0 of %d keys stale)", trials)
 			}
 		})
+	}
+}
+
+func waitClosed(t *testing.T, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no invalidation within 30s")
 	}
 }
 

@@ -9,21 +9,23 @@ import (
 
 // counters are a relay's running totals.
 type counters struct {
-	leader        atomic.Bool
-	terms         atomic.Uint64
-	events        atomic.Uint64
-	rowEvents     atomic.Uint64
-	rows          atomic.Uint64
-	skipped       atomic.Uint64
-	transactions  atomic.Uint64
-	invalidations atomic.Uint64
-	batches       atomic.Uint64
-	applyErrors   atomic.Uint64
-	reconnects    atomic.Uint64
-	checkpoints   atomic.Uint64
-	statements    atomic.Uint64
-	emptyKeys     atomic.Uint64
-	eventTime     atomic.Int64 // Unix seconds of the last event's header
+	leader         atomic.Bool
+	terms          atomic.Uint64
+	events         atomic.Uint64
+	rowEvents      atomic.Uint64
+	rows           atomic.Uint64
+	skipped        atomic.Uint64
+	transactions   atomic.Uint64
+	invalidations  atomic.Uint64
+	batches        atomic.Uint64
+	applyErrors    atomic.Uint64
+	reconnects     atomic.Uint64
+	checkpoints    atomic.Uint64
+	statements     atomic.Uint64
+	emptyKeys      atomic.Uint64
+	repeats        atomic.Uint64
+	repeatsDropped atomic.Uint64
+	eventTime      atomic.Int64 // Unix seconds of the last event's header
 }
 
 // Stats is a snapshot of a relay's state and counters. Rates (events/s,
@@ -49,6 +51,9 @@ type Stats struct {
 	Statements uint64
 	// EmptyKeys counts rows whose key was "" (nothing to invalidate).
 	EmptyKeys uint64
+	// Repeats counts the second invalidations of Options.Reinvalidate,
+	// RepeatsDropped those dropped because too many waited.
+	Repeats, RepeatsDropped uint64
 
 	// Applied is the position up to which every invalidation is applied;
 	// Checkpoint the last one stored, CheckpointAge how long ago.
@@ -70,21 +75,23 @@ type Stats struct {
 // Stats returns a snapshot of the relay's state and counters.
 func (r *Relay) Stats() Stats {
 	st := Stats{
-		Leader:        r.stats.leader.Load(),
-		Terms:         r.stats.terms.Load(),
-		Events:        r.stats.events.Load(),
-		RowEvents:     r.stats.rowEvents.Load(),
-		Rows:          r.stats.rows.Load(),
-		Skipped:       r.stats.skipped.Load(),
-		Transactions:  r.stats.transactions.Load(),
-		Invalidations: r.stats.invalidations.Load(),
-		Batches:       r.stats.batches.Load(),
-		ApplyErrors:   r.stats.applyErrors.Load(),
-		Reconnects:    r.stats.reconnects.Load(),
-		Checkpoints:   r.stats.checkpoints.Load(),
-		Statements:    r.stats.statements.Load(),
-		EmptyKeys:     r.stats.emptyKeys.Load(),
-		Behind:        -1,
+		Leader:         r.stats.leader.Load(),
+		Terms:          r.stats.terms.Load(),
+		Events:         r.stats.events.Load(),
+		RowEvents:      r.stats.rowEvents.Load(),
+		Rows:           r.stats.rows.Load(),
+		Skipped:        r.stats.skipped.Load(),
+		Transactions:   r.stats.transactions.Load(),
+		Invalidations:  r.stats.invalidations.Load(),
+		Batches:        r.stats.batches.Load(),
+		ApplyErrors:    r.stats.applyErrors.Load(),
+		Reconnects:     r.stats.reconnects.Load(),
+		Checkpoints:    r.stats.checkpoints.Load(),
+		Statements:     r.stats.statements.Load(),
+		EmptyKeys:      r.stats.emptyKeys.Load(),
+		Repeats:        r.stats.repeats.Load(),
+		RepeatsDropped: r.stats.repeatsDropped.Load(),
+		Behind:         -1,
 	}
 	if ts := r.stats.eventTime.Load(); ts > 0 {
 		st.EventLag = max(0, time.Since(time.Unix(ts, 0)))

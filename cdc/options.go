@@ -57,6 +57,16 @@ type Options struct {
 	// at the same time.
 	// default: 4
 	CallsInFlight int
+	// Reinvalidate, if set, invalidates every key without a version floor
+	// (its rule has no VersionColumn) a second time this long after the
+	// first: a reader that loaded the old row inside the commit-visibility
+	// window and cached it is corrected then. It bounds how long such a
+	// row can stay stale to about Reinvalidate; choose it above the
+	// commit latency (tens of milliseconds is plenty on local disks).
+	// Best effort: repeats are not checkpointed, and at most 4096 batches
+	// of them wait (the rest are dropped and counted in Stats).
+	// default: 0 (off)
+	Reinvalidate time.Duration
 	// EventBuffer is how many binlog events the reader may decode ahead
 	// of the relay (each at most max_allowed_packet, typically 8KB per
 	// rows event).
@@ -101,6 +111,7 @@ type settings struct {
 	maxBatch           int
 	keysPerCall        int
 	callsInFlight      int
+	reinvalidate       time.Duration
 	eventBuffer        int
 	checkpointInterval time.Duration
 	applyTimeout       time.Duration
@@ -128,6 +139,7 @@ func (o *Options) settings() (settings, error) {
 		maxBatch:           or(o.MaxBatch, 2048),
 		keysPerCall:        or(o.KeysPerCall, 256),
 		callsInFlight:      or(o.CallsInFlight, 4),
+		reinvalidate:       o.Reinvalidate,
 		eventBuffer:        or(o.EventBuffer, 64),
 		checkpointInterval: or(o.CheckpointInterval, time.Second),
 		applyTimeout:       or(o.ApplyTimeout, 5*time.Second),
@@ -157,7 +169,7 @@ func (o *Options) settings() (settings, error) {
 	}{
 		{"FlushInterval", s.flushInterval}, {"CheckpointInterval", s.checkpointInterval},
 		{"ApplyTimeout", s.applyTimeout}, {"LockPoll", s.lockPoll},
-		{"MaxBackoff", s.maxBackoff}, {"Heartbeat", s.heartbeat},
+		{"MaxBackoff", s.maxBackoff}, {"Heartbeat", s.heartbeat}, {"Reinvalidate", s.reinvalidate},
 	} {
 		if d.v < 0 {
 			return s, fmt.Errorf("cdc: %s is negative", d.name)

@@ -27,6 +27,8 @@ type Relay struct {
 	targets []Target
 
 	stats counters
+	// repeats are the second invalidations Options.Reinvalidate asks for.
+	repeats chan repeat
 
 	mu sync.Mutex // protects the fields below (read by Stats)
 	// applied is the position up to which every invalidation is applied;
@@ -68,7 +70,7 @@ func New(dsn string, rules []Rule, opts *Options) (*Relay, error) {
 	if len(rules) == 0 {
 		return nil, errors.New("cdc: no rules")
 	}
-	r := &Relay{dsn: cfg, s: s, rules: map[string]map[string][]rule{}}
+	r := &Relay{dsn: cfg, s: s, rules: map[string]map[string][]rule{}, repeats: make(chan repeat, 4096)}
 	for i, ru := range rules {
 		if ru.Schema == "" {
 			ru.Schema = cfg.DBName
@@ -185,6 +187,9 @@ func (r *Relay) lead(ctx context.Context, t *term, src source) error {
 	r.s.logger.Info("cdc: leading", "relay", r.s.name, "from", from.String())
 
 	go r.pollServer(ctx, src)
+	if r.s.reinvalidate > 0 {
+		go r.reinvalidate(ctx)
+	}
 	bo := newBackoff(100*time.Millisecond, r.s.maxBackoff)
 	for {
 		started := time.Now()
