@@ -162,7 +162,7 @@ func (r *Relay) reinvalidate(ctx context.Context) {
 // backoff with half the keys (down to one): a call too large for the
 // Loader's RedisTimeout still goes through.
 func (r *Relay) applyTarget(ctx context.Context, t Target, kvs []cache.KeyVersion) error {
-	wait := 20 * time.Millisecond
+	wait := firstApplyWait
 	failures := 0
 	size := len(kvs)
 	for len(kvs) > 0 {
@@ -174,7 +174,7 @@ func (r *Relay) applyTarget(ctx context.Context, t Target, kvs []cache.KeyVersio
 			r.stats.invalidations.Add(uint64(n))
 			r.stats.batches.Add(1)
 			kvs = kvs[n:]
-			wait, failures = 20*time.Millisecond, 0
+			wait, failures = firstApplyWait, 0
 			continue
 		}
 		if ctx.Err() != nil {
@@ -193,10 +193,19 @@ func (r *Relay) applyTarget(ctx context.Context, t Target, kvs []cache.KeyVersio
 		if err := sleep(ctx, wait); err != nil {
 			return err
 		}
-		wait = min(2*wait, r.s.maxBackoff)
+		wait = min(2*wait, maxApplyWait, r.s.maxBackoff)
 	}
 	return nil
 }
+
+// The waits between retries of a failed invalidation. They stay short: a
+// retry is cheap (while the Loader's breaker is open it fails at once,
+// without touching Redis), and once the breaker closes Gets read Redis
+// again, where the entry stays stale until the retry lands.
+const (
+	firstApplyWait = 10 * time.Millisecond
+	maxApplyWait   = 100 * time.Millisecond
+)
 
 // backoff is an exponential, jittered wait between attempts.
 type backoff struct {

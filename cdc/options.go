@@ -78,7 +78,7 @@ type Options struct {
 	// default: 1s
 	CheckpointInterval time.Duration
 	// ApplyTimeout bounds one InvalidateVersions call; a failed or timed
-	// out call is retried (with backoff up to MaxBackoff) until it
+	// out call is retried (after 10ms, doubling up to 100ms) until it
 	// succeeds: the relay waits rather than skip an invalidation.
 	// default: 5s
 	ApplyTimeout time.Duration
@@ -87,8 +87,8 @@ type Options struct {
 	// over about LockPoll after the leader's connection closed.
 	// default: 500ms
 	LockPoll time.Duration
-	// MaxBackoff bounds the wait between reconnects to the source and
-	// between retries of a failed invalidation.
+	// MaxBackoff bounds the wait between reconnects to the source. (A
+	// failed invalidation is retried after 10ms, doubling up to 100ms.)
 	// default: 5s
 	MaxBackoff time.Duration
 	// Heartbeat is the period at which the source sends a heartbeat on an
