@@ -47,7 +47,8 @@ type Stats struct {
 	Reconnects    uint64 // binlog streams that ended in an error and were reopened
 	Checkpoints   uint64 // checkpoints written
 	// Statements counts writes logged as statements (a session with
-	// binlog_format not ROW): their rows were not invalidated.
+	// binlog_format not ROW, or TRUNCATE TABLE): their rows were not
+	// invalidated.
 	Statements uint64
 	// EmptyKeys counts rows whose key was "" (nothing to invalidate).
 	EmptyKeys uint64

@@ -173,14 +173,15 @@ func TestRelayCountsStatementLoggedWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for _, q := range []string{"SET SESSION binlog_format = 'STATEMENT'", "UPDATE " + table + " SET version = 2 WHERE id = 1"} {
+	for _, q := range []string{"SET SESSION binlog_format = 'STATEMENT'", "UPDATE " + table + " SET version = 2 WHERE id = 1",
+		"SET SESSION binlog_format = 'ROW'", "TRUNCATE TABLE " + table} {
 		if _, err := c.ExecContext(context.Background(), q); err != nil {
 			t.Fatal(err)
 		}
 	}
 	caughtUp(t, s, r)
-	if st := r.Stats(); st.Statements != 1 {
-		t.Fatalf("Statements = %d, want 1", st.Statements)
+	if st := r.Stats(); st.Statements != 2 {
+		t.Fatalf("Statements = %d, want 2 (the statement-logged UPDATE and the TRUNCATE)", st.Statements)
 	}
 }
 

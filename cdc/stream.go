@@ -185,7 +185,8 @@ func (s *streamState) handle(ctx context.Context, ev *replication.BinlogEvent) e
 			s.txnForeign = true // DDL, or a statement-logged write
 			if isDML(q) {
 				r.stats.statements.Add(1)
-				r.s.logger.Warn("cdc: a write was logged as a statement (session binlog_format not ROW): its rows cannot be invalidated",
+				r.s.logger.Warn("cdc: rows were changed by a statement the binlog logs without rows "+
+					"(a session with binlog_format not ROW, or TRUNCATE): their keys cannot be invalidated",
 					"relay", r.s.name, "schema", string(e.Schema), "query", truncate(q, 200))
 			}
 		}
@@ -375,10 +376,11 @@ func classify(err error) error {
 	return err
 }
 
-// isDML reports whether a logged statement writes rows.
+// isDML reports whether a logged statement changes rows (TRUNCATE is
+// always logged as a statement).
 func isDML(q []byte) bool {
 	q = bytes.TrimLeft(q, " \t\r\n(")
-	for _, w := range []string{"INSERT", "UPDATE", "DELETE", "REPLACE"} {
+	for _, w := range []string{"INSERT", "UPDATE", "DELETE", "REPLACE", "TRUNCATE"} {
 		if len(q) >= len(w) && bytes.EqualFold(q[:len(w)], []byte(w)) {
 			return true
 		}
