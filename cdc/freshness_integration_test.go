@@ -254,19 +254,6 @@ func (tt *timedTarget) firstAt(key string, v int64) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-// floorBefore is the highest floor key had been invalidated with before t.
-func (tt *timedTarget) floorBefore(key string, t time.Time) int64 {
-	tt.mu.Lock()
-	defer tt.mu.Unlock()
-	var f int64
-	for _, a := range tt.at[key] {
-		if a.at.Before(t) {
-			f = max(f, a.floor)
-		}
-	}
-	return f
-}
-
 // pct returns the p-th percentile of sorted d.
 func pct(d []time.Duration, p int) time.Duration {
 	if len(d) == 0 {

@@ -42,8 +42,7 @@ func campaign(ctx context.Context, db *sql.DB, s settings, backoff *backoff) (*t
 				// A relay host that vanishes without closing its socket
 				// keeps the lock only until the server drops the idle
 				// connection; the leader's checks keep its own busy.
-				wait := max(10, int(5*s.lockPoll/time.Second))
-				_, err = conn.ExecContext(ctx, fmt.Sprintf("SET SESSION wait_timeout = %d", wait))
+				_, err = conn.ExecContext(ctx, fmt.Sprintf("SET SESSION wait_timeout = %d", int(sessionTimeout(s.lockPoll)/time.Second)))
 				if err != nil {
 					conn.Close()
 				}
@@ -81,8 +80,18 @@ func campaign(ctx context.Context, db *sql.DB, s settings, backoff *backoff) (*t
 	}
 }
 
+// sessionTimeout is the lock connection's wait_timeout: how long the
+// server keeps the lock of a relay host that vanished without closing its
+// socket.
+func sessionTimeout(poll time.Duration) time.Duration {
+	return max(10*time.Second, (5 * poll).Round(time.Second))
+}
+
 // watch checks every poll that the term still holds the lock, and ends it
-// (cancel with errLostLock) when it does not or the check fails.
+// (cancel with errLostLock) when it does not or the check fails. A check
+// may take up to half the session timeout (a busy server is not a lost
+// lock; but the driver closes a connection whose query timed out, and
+// that releases the lock).
 func (t *term) watch(ctx context.Context, poll time.Duration, cancel context.CancelCauseFunc) {
 	tick := time.NewTicker(poll)
 	defer tick.Stop()
@@ -92,7 +101,7 @@ func (t *term) watch(ctx context.Context, poll time.Duration, cancel context.Can
 			return
 		case <-tick.C:
 		}
-		c, done := context.WithTimeout(ctx, max(poll, time.Second))
+		c, done := context.WithTimeout(ctx, sessionTimeout(poll)/2)
 		var mine sql.NullInt64
 		err := t.conn.QueryRowContext(c, "SELECT IS_USED_LOCK(?) = CONNECTION_ID()", t.lock).Scan(&mine)
 		done()
