@@ -37,7 +37,7 @@ func TestPlainSQLWritesAreSeenWithinMilliseconds(t *testing.T) {
 	if *long {
 		writes = 3000
 	}
-	s := startSource(t)
+	s := sharedSource(t)
 	table := s.usersTable(t, keys)
 	rdb := testenv.Redis(t, "")
 	prefix := testenv.Prefix(t, rdb, "cdctest:")
@@ -277,7 +277,7 @@ type snapshotKey struct{}
 // the old row is cached and stays; with the floor its fill is refused.
 func TestVersionFloorClosesTheCommitVisibilityRace(t *testing.T) {
 	const trials = 20
-	s := startSource(t)
+	s := sharedSource(t)
 	rdb := testenv.Redis(t, "")
 	for _, tc := range []struct {
 		name         string

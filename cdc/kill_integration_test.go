@@ -73,7 +73,7 @@ func TestKilledRelay(t *testing.T) {
 		kills = 30
 	}
 	const keys = 100
-	s := startSource(t)
+	s := sharedSource(t)
 	table := s.usersTable(t, keys)
 	rdb := testenv.Redis(t, "")
 	prefix := testenv.Prefix(t, rdb, "cdctest:")

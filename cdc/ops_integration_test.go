@@ -145,7 +145,7 @@ func TestRelayFollowsDDLRotationAndServerRestartWithoutLosingInvalidations(t *te
 // bounded (it applies every MaxBatch keys, not at the transaction's end).
 func TestRelayAppliesA100kRowTransactionInBoundedMemory(t *testing.T) {
 	rowsN := 100_000
-	s := startSource(t)
+	s := sharedSource(t)
 	table := s.usersTable(t, rowsN)
 	seen := make([]atomic.Bool, rowsN+1)
 	var count atomic.Int64

@@ -13,7 +13,7 @@ import (
 )
 
 func TestRelayInvalidatesInsertUpdateDeleteWithVersionFloors(t *testing.T) {
-	s := startSource(t)
+	s := sharedSource(t)
 	table := s.usersTable(t, 3)
 	rec := &recorder{name: "user"}
 	r := startRelay(t, s.dsn(), []cdc.Rule{{Table: table, Target: rec, KeyColumn: "id", VersionColumn: "version"}}, nil)
@@ -43,7 +43,7 @@ func TestRelayInvalidatesInsertUpdateDeleteWithVersionFloors(t *testing.T) {
 }
 
 func TestRelaySkipsTablesWithoutARule(t *testing.T) {
-	s := startSource(t)
+	s := sharedSource(t)
 	ruled := s.usersTable(t, 1)
 	other := s.usersTable(t, 1)
 	rec := &recorder{name: "user"}
@@ -63,7 +63,7 @@ func TestRelaySkipsTablesWithoutARule(t *testing.T) {
 }
 
 func TestRelayFirstStartBeginsAtTheCurrentPositionAndResumesFromItsCheckpoint(t *testing.T) {
-	s := startSource(t)
+	s := sharedSource(t)
 	table := s.usersTable(t, 10)
 	mustExec(t, s.db, "UPDATE "+table+" SET version = 2 WHERE id = 1") // before the first start: not replayed
 	rec := &recorder{name: "user"}
@@ -101,7 +101,7 @@ func TestRelayFirstStartBeginsAtTheCurrentPositionAndResumesFromItsCheckpoint(t 
 }
 
 func TestRelayWaitsWhileItsTargetFailsAndDoesNotCheckpointPastIt(t *testing.T) {
-	s := startSource(t)
+	s := sharedSource(t)
 	table := s.usersTable(t, 1)
 	rec := &recorder{name: "user"}
 	rec.setFail(errors.New("redis down"))
@@ -126,7 +126,7 @@ func TestRelayWaitsWhileItsTargetFailsAndDoesNotCheckpointPastIt(t *testing.T) {
 }
 
 func TestRelayFollowsFilePositionsAcrossRotationAndRestart(t *testing.T) {
-	s := startSource(t)
+	s := sharedSource(t)
 	table := s.usersTable(t, 3)
 	rec := &recorder{name: "user"}
 	rules := []cdc.Rule{{Table: table, Target: rec, KeyColumn: "id", VersionColumn: "version"}}
@@ -164,7 +164,7 @@ func TestRelayFollowsFilePositionsAcrossRotationAndRestart(t *testing.T) {
 }
 
 func TestRelayCountsStatementLoggedWrites(t *testing.T) {
-	s := startSource(t)
+	s := sharedSource(t)
 	table := s.usersTable(t, 1)
 	rec := &recorder{name: "user"}
 	r := startRelay(t, s.dsn(), []cdc.Rule{{Table: table, Target: rec, KeyColumn: "id"}}, nil)
@@ -186,7 +186,7 @@ func TestRelayCountsStatementLoggedWrites(t *testing.T) {
 }
 
 func TestRelayMetricsGather(t *testing.T) {
-	s := startSource(t)
+	s := sharedSource(t)
 	table := s.usersTable(t, 1)
 	r := startRelay(t, s.dsn(), []cdc.Rule{{Table: table, Target: &recorder{name: "user"}, KeyColumn: "id"}}, &cdc.Options{Name: "metrics"})
 	mustExec(t, s.db, "UPDATE "+table+" SET version = 2")

@@ -52,10 +52,64 @@ type source struct {
 	db *sql.DB
 }
 
+// startSource starts a server of the test's own: for tests that kill or
+// reconfigure it.
 func startSource(t testing.TB) *source {
 	t.Helper()
 	m := testenv.StartMariaDB(t, testenv.MariaDBConfig{ServerID: 1})
 	return &source{m: m, db: m.DB(t)}
+}
+
+// The server the package's tests share (started by the first that needs
+// it, stopped by TestMain): each test has tables and relay names of its
+// own, and no test reconfigures it.
+var shared struct {
+	once sync.Once
+	dir  string
+	src  *source
+	err  error
+}
+
+// sharedSource returns the shared server.
+func sharedSource(t testing.TB) *source {
+	t.Helper()
+	shared.once.Do(func() {
+		shared.dir, shared.err = os.MkdirTemp("", "cdctest-mariadb-")
+		if shared.err != nil {
+			return
+		}
+		m, err := testenv.NewMariaDB(shared.dir, testenv.MariaDBConfig{ServerID: 1})
+		if err != nil {
+			shared.err = err
+			return
+		}
+		db, err := sql.Open("mysql", m.DSN("test"))
+		if err != nil {
+			m.Stop()
+			shared.err = err
+			return
+		}
+		db.SetMaxOpenConns(64)
+		db.SetMaxIdleConns(64)
+		shared.src = &source{m: m, db: db}
+	})
+	if shared.err != nil {
+		testenv.Unreachable(t, "a local mariadbd with a binlog", shared.err)
+	}
+	return shared.src
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if shared.src != nil {
+		shared.src.db.Close()
+		shared.src.m.Stop()
+	}
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
+	os.Exit(code)
 }
 
 // dsn is the DSN a relay of the test database uses.

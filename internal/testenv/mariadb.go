@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -59,30 +60,50 @@ type LocalMariaDB struct {
 // fails under CI (see Unreachable).
 func StartMariaDB(t testing.TB, cfg MariaDBConfig) *LocalMariaDB {
 	t.Helper()
+	m, err := NewMariaDB(t.TempDir(), cfg)
+	if m != nil {
+		t.Cleanup(m.kill)
+	}
+	if errors.Is(err, errNoMariaDB) {
+		Unreachable(t, "mariadbd (for a local MariaDB with a binlog)", err)
+	}
+	if err != nil {
+		t.Fatalf("local mariadb: %v", err)
+	}
+	return m
+}
+
+// errNoMariaDB reports missing binaries.
+var errNoMariaDB = errors.New("no MariaDB binaries")
+
+// NewMariaDB starts a server as StartMariaDB does, with its files in dir,
+// for a TestMain that shares one server among a package's tests: the
+// caller stops it with Stop. Without the binaries the error says so;
+// report it with Unreachable in each test that needs the server.
+func NewMariaDB(dir string, cfg MariaDBConfig) (*LocalMariaDB, error) {
 	bin, err := lookBin("mariadbd", "/usr/sbin/mariadbd")
 	if err != nil {
-		Unreachable(t, "mariadbd (for a local MariaDB with a binlog)", err)
+		return nil, fmt.Errorf("%w: %v", errNoMariaDB, err)
 	}
 	install, err := lookBin("mariadb-install-db", "/usr/bin/mariadb-install-db")
 	if err != nil {
-		Unreachable(t, "mariadb-install-db (for a local MariaDB with a binlog)", err)
+		return nil, fmt.Errorf("%w: %v", errNoMariaDB, err)
 	}
 	ports, err := freeClusterPorts(1)
 	if err != nil {
-		t.Fatalf("local mariadb: no free port: %v", err)
+		return nil, fmt.Errorf("no free port: %v", err)
 	}
 	id := cfg.ServerID
 	if id == 0 {
 		id = 1
 	}
-	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	// Small InnoDB files: the install takes ~2s and 20MB instead of 100MB.
 	small := []string{"--innodb-log-file-size=16M", "--innodb-buffer-pool-size=64M"}
 	out, err := exec.Command(install, append([]string{"--no-defaults", "--datadir=" + data,
 		"--auth-root-authentication-method=normal", "--skip-test-db"}, small...)...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("local mariadb: mariadb-install-db: %v\n%s", err, out)
+		return nil, fmt.Errorf("mariadb-install-db: %v\n%s", err, out)
 	}
 	m := &LocalMariaDB{Host: "127.0.0.1", Port: ports[0], Dir: dir, bin: bin}
 	m.Addr = m.Host + ":" + strconv.Itoa(m.Port)
@@ -99,16 +120,23 @@ func StartMariaDB(t testing.TB, cfg MariaDBConfig) *LocalMariaDB {
 		m.args = append(m.args, "--user=root")
 	}
 	m.args = append(m.args, cfg.Args...)
-	t.Cleanup(m.kill)
 	if err := m.start(); err != nil {
-		t.Fatalf("local mariadb: %v", err)
+		return nil, err
 	}
-	db := m.open(t, "")
-	if _, err := db.Exec("CREATE DATABASE IF NOT EXISTS test"); err != nil {
-		t.Fatalf("local mariadb: CREATE DATABASE test: %v", err)
+	db, err := sql.Open("mysql", m.DSN(""))
+	if err == nil {
+		_, err = db.Exec("CREATE DATABASE IF NOT EXISTS test")
+		db.Close()
 	}
-	return m
+	if err != nil {
+		m.kill()
+		return nil, fmt.Errorf("CREATE DATABASE test: %v", err)
+	}
+	return m, nil
 }
+
+// Stop kills the server (see Kill); for servers from NewMariaDB.
+func (m *LocalMariaDB) Stop() { m.kill() }
 
 func lookBin(name, fallback string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
