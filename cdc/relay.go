@@ -125,7 +125,9 @@ func (r *Relay) Close() error { return r.db.Close() }
 // checkpoint, or, on the very first start, from the server's current
 // position (nothing before it is replayed). It reconnects (with backoff)
 // across network errors, binlog rotations and server restarts. It also
-// returns when a Target is closed.
+// returns when a Target is closed, and with ErrRule when a rule cannot be
+// applied to a row (its column is missing, its Key func failed): it stops
+// rather than skip an invalidation.
 func (r *Relay) Run(ctx context.Context) error {
 	bo := newBackoff(100*time.Millisecond, r.s.maxBackoff)
 	var src source
@@ -156,7 +158,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		if errors.Is(err, ErrSettings) || errors.Is(err, errClosedTarget) {
+		if fatal(err) {
 			return err
 		}
 		r.s.logger.Warn("cdc: leadership ended; campaigning again", "relay", r.s.name, "error", err)
@@ -196,12 +198,12 @@ func (r *Relay) lead(ctx context.Context, t *term, src source) error {
 		err := r.stream(ctx, t, from)
 		from = r.appliedPosition()
 		if ctx.Err() != nil {
-			if context.Cause(ctx) != errLostLock && !errors.Is(context.Cause(ctx), errLostLock) {
+			if !errors.Is(context.Cause(ctx), errLostLock) {
 				r.finalSave(t, from)
 			}
 			return context.Cause(ctx)
 		}
-		if errors.Is(err, ErrSettings) || errors.Is(err, errClosedTarget) {
+		if fatal(err) {
 			return err
 		}
 		r.stats.reconnects.Add(1)
@@ -213,6 +215,11 @@ func (r *Relay) lead(ctx context.Context, t *term, src source) error {
 			continue // ctx ended: handled above
 		}
 	}
+}
+
+// fatal reports the errors no retry can cure: Run returns them.
+func fatal(err error) bool {
+	return errors.Is(err, ErrSettings) || errors.Is(err, ErrRule) || errors.Is(err, errClosedTarget)
 }
 
 // startPosition is the checkpoint, or the server's current position (saved

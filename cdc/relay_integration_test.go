@@ -211,3 +211,23 @@ func TestRelayMetricsGather(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "Behind to be known", func() bool { return r.Stats().Behind >= 0 })
 }
+
+func TestRelayStopsWhenARuleCannotBeApplied(t *testing.T) {
+	s := sharedSource(t)
+	table := s.usersTable(t, 1)
+	r, err := cdc.New(s.dsn(), []cdc.Rule{{Table: table, Target: &recorder{name: "user"}, KeyColumn: "no_such_column"}},
+		&cdc.Options{Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	waitFor(t, 30*time.Second, "leader", func() bool { return r.Stats().Leader })
+	mustExec(t, s.db, "UPDATE "+table+" SET version = 2")
+	if err := <-done; !errors.Is(err, cdc.ErrRule) {
+		t.Fatalf("Run: %v; want ErrRule", err)
+	}
+}
