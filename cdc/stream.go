@@ -34,6 +34,13 @@ func (r *Relay) stream(ctx context.Context, t *term, from Position) error {
 		return fmt.Errorf("%w: DSN port %q: %v", ErrSettings, port, err)
 	}
 	gtid := from.isGTID()
+	// The reader's goroutine hands events over through events (not the
+	// streamer's channel), so that the relay sees when none is waiting:
+	// then it applies at once what the transactions read so far changed,
+	// and while events queue up (a busy stream, or Redis slower than the
+	// binlog) it gathers them into larger batches.
+	sctx, stop := context.WithCancel(ctx)
+	events := make(chan *replication.BinlogEvent, r.s.eventBuffer)
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID:                r.s.serverID,
 		Flavor:                  r.s.flavor,
@@ -46,15 +53,18 @@ func (r *Relay) stream(ctx context.Context, t *term, from Position) error {
 		HeartbeatPeriod:         r.s.heartbeat,
 		ReadTimeout:             5 * r.s.heartbeat,
 		DisableRetrySync:        true, // stream reconnects itself, from what it applied
-		EventCacheCount:         r.s.eventBuffer,
+		EventCacheCount:         1,    // unused: events go through the handler
 		TimestampStringLocation: time.UTC,
 		RowsEventDecodeFunc:     r.decodeRows,
 		DiscardGTIDSet:          !gtid,
 		// MariaDB 11.4+ leaves LogPos 0 unless asked; only file positions
 		// need it.
-		FillZeroLogPos: !gtid && r.s.flavor == mysql.MariaDBFlavor,
+		FillZeroLogPos:          !gtid && r.s.flavor == mysql.MariaDBFlavor,
+		SynchronousEventHandler: handoff{events, sctx.Done()},
 	})
-	defer syncer.Close()
+	// stop before Close: Close waits for the reader, which may be blocked
+	// handing over an event.
+	defer func() { stop(); syncer.Close() }()
 	var st *replication.BinlogStreamer
 	if gtid {
 		set, err := from.gtidSet(r.s.flavor)
@@ -71,32 +81,77 @@ func (r *Relay) stream(ctx context.Context, t *term, from Position) error {
 			return classify(err)
 		}
 	}
+	// The streamer only carries the reader's error now.
+	failed := make(chan error, 1)
+	go func() {
+		_, err := st.GetEvent(sctx)
+		failed <- err
+	}()
 
 	s := &streamState{r: r, t: t, b: newBatch(len(r.targets)), seen: from, file: from.File}
-	defer s.stopTimer()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop() // armed only while a deadline is pending
+	defer timer.Stop()
 	for {
-		ev, err := st.GetEvent(s.waitCtx(ctx))
-		if err != nil {
-			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-				// The flush or checkpoint deadline passed with no event.
+		var ev *replication.BinlogEvent
+		select {
+		case ev = <-events:
+		default:
+			// Nothing waiting: apply what ended transactions changed.
+			if s.atBoundary && !s.b.empty() {
 				if err := s.flush(ctx); err != nil {
 					return err
 				}
-				if err := s.maybeSave(ctx); err != nil {
-					return err
-				}
-				continue
 			}
-			if ctx.Err() == nil {
+			if err := s.maybeSave(ctx); err != nil {
+				return err
+			}
+			wake, ok := s.deadline()
+			if ok {
+				timer.Reset(time.Until(wake))
+			}
+			select {
+			case ev = <-events:
+			case err := <-failed:
+				if ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
 				if ferr := s.flush(ctx); ferr != nil {
 					return ferr
 				}
+				return classify(err)
+			case <-timer.C:
+				if err := s.flush(ctx); err != nil {
+					return err
+				}
+				continue
+			case <-ctx.Done():
+				return context.Cause(ctx)
 			}
-			return classify(err)
+			if ok {
+				timer.Stop() // since Go 1.23 no stale tick is delivered after Stop
+			}
 		}
 		if err := s.handle(ctx, ev); err != nil {
 			return err
 		}
+	}
+}
+
+// handoff is the reader's event handler: it passes each event to the
+// relay, waiting while the relay is busy (the binlog then waits on the
+// server), until done.
+type handoff struct {
+	events chan<- *replication.BinlogEvent
+	done   <-chan struct{}
+}
+
+func (h handoff) HandleEvent(e *replication.BinlogEvent) error {
+	select {
+	case h.events <- e:
+		return nil
+	case <-h.done:
+		return context.Canceled
 	}
 }
 
@@ -115,39 +170,24 @@ type streamState struct {
 	// binlog too: saving a checkpoint for them alone would loop forever.
 	txnForeign, seenForeign, unsaved bool
 
-	// deadline and its context, reused while the deadline stays the same.
-	deadline time.Time
-	dctx     context.Context
-	dcancel  context.CancelFunc
+	// atBoundary: no rows were read since the last transaction's end, so
+	// the batch holds only ended transactions' keys.
+	atBoundary bool
 }
 
-// waitCtx is ctx bounded by the next flush or checkpoint deadline.
-func (s *streamState) waitCtx(ctx context.Context) context.Context {
-	var d time.Time
+// deadline is when the relay must act without a new event: apply a batch
+// that is FlushInterval old (inside a long transaction), or write a due
+// checkpoint.
+func (s *streamState) deadline() (time.Time, bool) {
 	switch {
 	case !s.b.empty():
-		d = s.b.since.Add(s.r.s.flushInterval)
+		return s.b.since.Add(s.r.s.flushInterval), true
 	case s.unsaved:
 		s.r.mu.Lock()
-		d = s.r.savedAt.Add(s.r.s.checkpointInterval)
-		s.r.mu.Unlock()
-	default:
-		s.stopTimer()
-		return ctx
+		defer s.r.mu.Unlock()
+		return s.r.savedAt.Add(s.r.s.checkpointInterval), true
 	}
-	if s.dctx == nil || !d.Equal(s.deadline) {
-		s.stopTimer()
-		s.deadline = d
-		s.dctx, s.dcancel = context.WithDeadline(ctx, d)
-	}
-	return s.dctx
-}
-
-func (s *streamState) stopTimer() {
-	if s.dcancel != nil {
-		s.dcancel()
-		s.dctx, s.dcancel = nil, nil
-	}
+	return time.Time{}, false
 }
 
 // handle takes one event.
@@ -161,6 +201,7 @@ func (s *streamState) handle(ctx context.Context, ev *replication.BinlogEvent) e
 	case *replication.RotateEvent:
 		s.file = string(e.NextLogName)
 	case *replication.RowsEvent:
+		s.atBoundary = false
 		if string(e.Table.Schema) != r.dsn.DBName || string(e.Table.Table) != r.s.table {
 			s.txnForeign = true
 		}
@@ -205,6 +246,7 @@ func (s *streamState) boundary(ctx context.Context, gset mysql.GTIDSet, logPos u
 	}
 	s.seenForeign = s.seenForeign || s.txnForeign
 	s.txnForeign = false
+	s.atBoundary = true
 	if s.b.empty() {
 		s.setApplied()
 	} else if s.b.keys >= r.s.maxBatch || time.Since(s.b.since) >= r.s.flushInterval {
