@@ -90,4 +90,7 @@ func benchThroughput(b *testing.B, target func(*source, string) cdc.Target) {
 	b.ReportMetric(float64(st.Rows)/elapsed.Seconds(), "rows/s")
 	b.ReportMetric(float64(st.Invalidations)/elapsed.Seconds(), "invalidations/s")
 	b.ReportMetric(float64(st.Events)/elapsed.Seconds(), "events/s")
+	if st.Batches > 0 {
+		b.ReportMetric(float64(st.Invalidations)/float64(st.Batches), "keys/call")
+	}
 }

@@ -88,7 +88,15 @@ func (r *Relay) stream(ctx context.Context, t *term, from Position) error {
 		failed <- err
 	}()
 
-	s := &streamState{r: r, t: t, b: newBatch(len(r.targets)), seen: from, file: from.File}
+	// Batches are applied under actx: a fatal error ends the one in
+	// flight; a failed stream waits for it (see drain).
+	actx, acancel := context.WithCancelCause(ctx)
+	s := &streamState{r: r, t: t, actx: actx, b: newBatch(len(r.targets)), spare: newBatch(len(r.targets)),
+		seen: from, file: from.File}
+	defer func() {
+		acancel(errStreamEnded)
+		s.wait()
+	}()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop() // armed only while a deadline is pending
 	defer timer.Stop()
@@ -96,12 +104,15 @@ func (r *Relay) stream(ctx context.Context, t *term, from Position) error {
 		var ev *replication.BinlogEvent
 		select {
 		case ev = <-events:
+		case res := <-s.done:
+			if err := s.landed(res); err != nil {
+				return err
+			}
+			continue
 		default:
 			// Nothing waiting: apply what ended transactions changed.
-			if s.atBoundary && !s.b.empty() {
-				if err := s.flush(ctx); err != nil {
-					return err
-				}
+			if s.atBoundary {
+				s.kick()
 			}
 			if err := s.maybeSave(ctx); err != nil {
 				return err
@@ -112,24 +123,29 @@ func (r *Relay) stream(ctx context.Context, t *term, from Position) error {
 			}
 			select {
 			case ev = <-events:
+			case res := <-s.done:
+				if err := s.landed(res); err != nil {
+					return err
+				}
 			case err := <-failed:
 				if ctx.Err() != nil {
 					return context.Cause(ctx)
 				}
-				if ferr := s.flush(ctx); ferr != nil {
-					return ferr
+				if derr := s.drain(ctx); derr != nil {
+					return derr
 				}
 				return classify(err)
 			case <-timer.C:
-				if err := s.flush(ctx); err != nil {
-					return err
-				}
-				continue
+				s.kick()
+				ok = false
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			}
 			if ok {
 				timer.Stop() // since Go 1.23 no stale tick is delivered after Stop
+			}
+			if ev == nil {
+				continue
 			}
 		}
 		if err := s.handle(ctx, ev); err != nil {
@@ -137,6 +153,9 @@ func (r *Relay) stream(ctx context.Context, t *term, from Position) error {
 		}
 	}
 }
+
+// errStreamEnded cancels the apply in flight when a stream ends.
+var errStreamEnded = errors.New("cdc: the binlog stream ended")
 
 // handoff is the reader's event handler: it passes each event to the
 // relay, waiting while the relay is busy (the binlog then waits on the
@@ -173,6 +192,82 @@ type streamState struct {
 	// atBoundary: no rows were read since the last transaction's end, so
 	// the batch holds only ended transactions' keys.
 	atBoundary bool
+
+	// One batch at a time is applied in the background while the next one
+	// gathers, so that the batch size follows Redis's latency: done
+	// receives its result (nil while none is in flight), flightPos and
+	// flightForeign are what landing it makes applied; spare is the other
+	// batch, empty.
+	actx          context.Context
+	done          chan applyResult
+	flightPos     Position
+	flightForeign bool
+	spare         *batch
+}
+
+// applyResult is the end of a batch's apply.
+type applyResult struct {
+	b   *batch
+	err error
+}
+
+// kick starts applying the batch, unless one is in flight or it is empty.
+func (s *streamState) kick() {
+	if s.done != nil || s.b.empty() {
+		return
+	}
+	b := s.b
+	s.b, s.spare = s.spare, nil
+	// The applied position after this batch: the last transaction end
+	// read. The batch may hold keys of the transaction after it too.
+	s.flightPos, s.flightForeign = s.seen, s.seenForeign
+	s.seenForeign = false
+	done := make(chan applyResult, 1)
+	s.done = done
+	go func() {
+		err := s.r.apply(s.actx, b)
+		done <- applyResult{b, err}
+	}()
+}
+
+// landed takes the end of the apply in flight.
+func (s *streamState) landed(res applyResult) error {
+	s.done = nil
+	s.spare = res.b
+	if res.err != nil {
+		return res.err
+	}
+	s.setApplied(s.flightPos, s.flightForeign)
+	if s.b.empty() {
+		// Transactions read meanwhile changed no ruled row.
+		s.setApplied(s.seen, s.seenForeign)
+		s.seenForeign = false
+	}
+	return nil
+}
+
+// wait waits for the apply in flight, if any.
+func (s *streamState) wait() {
+	if s.done != nil {
+		res := <-s.done
+		s.done, s.spare = nil, res.b
+	}
+}
+
+// drain applies everything read, waiting for it.
+func (s *streamState) drain(ctx context.Context) error {
+	for s.done != nil || !s.b.empty() {
+		s.kick()
+		select {
+		case res := <-s.done:
+			if err := s.landed(res); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	return nil
 }
 
 // deadline is when the relay must act without a new event: apply a batch
@@ -180,7 +275,7 @@ type streamState struct {
 // checkpoint.
 func (s *streamState) deadline() (time.Time, bool) {
 	switch {
-	case !s.b.empty():
+	case !s.b.empty() && s.done == nil: // (a landing wakes the loop itself)
 		return s.b.since.Add(s.r.s.flushInterval), true
 	case s.unsaved:
 		s.r.mu.Lock()
@@ -211,8 +306,19 @@ func (s *streamState) handle(ctx context.Context, ev *replication.BinlogEvent) e
 		if s.b.keys >= r.s.maxBatch {
 			// A large transaction: apply what it changed so far. Its
 			// rows are committed (they are in the binlog); only the
-			// checkpoint must wait for its end.
-			return s.flush(ctx)
+			// checkpoint must wait for its end. With a batch in flight,
+			// wait for it: two batches at most are held.
+			if s.done != nil {
+				select {
+				case res := <-s.done:
+					if err := s.landed(res); err != nil {
+						return err
+					}
+				case <-ctx.Done():
+					return context.Cause(ctx)
+				}
+			}
+			s.kick()
 		}
 	case *replication.XIDEvent:
 		return s.boundary(ctx, e.GSet, ev.Header.LogPos)
@@ -247,35 +353,24 @@ func (s *streamState) boundary(ctx context.Context, gset mysql.GTIDSet, logPos u
 	s.seenForeign = s.seenForeign || s.txnForeign
 	s.txnForeign = false
 	s.atBoundary = true
-	if s.b.empty() {
-		s.setApplied()
-	} else if s.b.keys >= r.s.maxBatch || time.Since(s.b.since) >= r.s.flushInterval {
-		if err := s.flush(ctx); err != nil {
-			return err
-		}
+	switch {
+	case s.b.empty() && s.done == nil:
+		s.setApplied(s.seen, s.seenForeign)
+		s.seenForeign = false
+	case s.b.keys >= r.s.maxBatch || time.Since(s.b.since) >= r.s.flushInterval:
+		s.kick()
 	}
 	return s.maybeSave(ctx)
 }
 
-// flush applies the batch; the applied position becomes the last
-// transaction end read.
-func (s *streamState) flush(ctx context.Context) error {
-	if !s.b.empty() {
-		if err := s.r.apply(ctx, s.b); err != nil {
-			return err
-		}
-	}
-	s.setApplied()
-	return nil
-}
-
-func (s *streamState) setApplied() {
+// setApplied makes p the applied position; foreign: it covers a
+// transaction that was not only checkpoint writes.
+func (s *streamState) setApplied(p Position, foreign bool) {
 	s.r.mu.Lock()
-	s.r.applied = s.seen
+	s.r.applied = p
 	s.r.mu.Unlock()
-	if s.seenForeign {
+	if foreign {
 		s.unsaved = true
-		s.seenForeign = false
 	}
 }
 
