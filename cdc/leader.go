@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -25,6 +26,12 @@ func lockName(name string) string {
 // lost its lock (its connection died) cannot write a checkpoint after a
 // successor took over.
 type term struct {
+	// mu serialises the statements on conn: the leader's lock check runs
+	// beside the checkpoint writes, and one connection cannot interleave
+	// two statements (database/sql locks it per driver call, not per
+	// statement and its result; interleaved, the connection breaks, and
+	// the lock goes with it).
+	mu    sync.Mutex
 	conn  *sql.Conn
 	lock  string
 	table string
@@ -103,7 +110,9 @@ func (t *term) watch(ctx context.Context, poll time.Duration, cancel context.Can
 		}
 		c, done := context.WithTimeout(ctx, sessionTimeout(poll)/2)
 		var mine sql.NullInt64
+		t.mu.Lock()
 		err := t.conn.QueryRowContext(c, "SELECT IS_USED_LOCK(?) = CONNECTION_ID()", t.lock).Scan(&mine)
+		t.mu.Unlock()
 		done()
 		if ctx.Err() != nil {
 			return
@@ -119,12 +128,16 @@ func (t *term) watch(ctx context.Context, poll time.Duration, cancel context.Can
 func (t *term) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.conn.ExecContext(ctx, "DO RELEASE_LOCK(?)", t.lock)
 	t.conn.Close()
 }
 
 // createTable creates the checkpoint table if it is missing.
 func (t *term) createTable(ctx context.Context) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	_, err := t.conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS `"+t.table+"` ("+
 		"name VARCHAR(191) NOT NULL PRIMARY KEY, "+
 		"position TEXT NOT NULL, "+
@@ -137,6 +150,8 @@ func (t *term) createTable(ctx context.Context) error {
 
 // load returns the stored checkpoint, and false when there is none.
 func (t *term) load(ctx context.Context) (Position, bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	var s string
 	err := t.conn.QueryRowContext(ctx, "SELECT position FROM `"+t.table+"` WHERE name = ?", t.name).Scan(&s)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -151,12 +166,22 @@ func (t *term) load(ctx context.Context) (Position, bool, error) {
 
 // save stores p as the checkpoint (autocommit: durable when it returns).
 func (t *term) save(ctx context.Context, p Position) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	_, err := t.conn.ExecContext(ctx, "INSERT INTO `"+t.table+"` (name, position, updated_at) VALUES (?, ?, NOW(6)) "+
 		"ON DUPLICATE KEY UPDATE position = VALUES(position), updated_at = VALUES(updated_at)", t.name, p.String())
 	if err != nil {
 		return fmt.Errorf("cdc: writing the checkpoint: %w", err)
 	}
 	return nil
+}
+
+// current is the server's current position, read on the term's
+// connection.
+func (t *term) current(ctx context.Context, flavor string, gtid bool) (Position, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return current(ctx, t.conn, flavor, gtid)
 }
 
 // querier is a *sql.DB or *sql.Conn.

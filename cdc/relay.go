@@ -236,7 +236,7 @@ func (r *Relay) startPosition(ctx context.Context, t *term, src source) (Positio
 		}
 		return p, err
 	}
-	p, err = current(ctx, t.conn, r.s.flavor, src.gtid)
+	p, err = t.current(ctx, r.s.flavor, src.gtid)
 	if err != nil {
 		return Position{}, err
 	}
