@@ -38,9 +38,13 @@ type Options struct {
 	// another server; GTIDs do.
 	// default: false (GTIDs where the server has them)
 	FilePositions bool
-	// FlushInterval is how long invalidations gather into one batch
-	// before they are applied: the relay applies at most this much after
-	// it read the first of them (and sooner when MaxBatch keys wait).
+	// FlushInterval bounds how long a key waits in a batch. A batch is
+	// applied as soon as no binlog event waits to be read (so an idle
+	// stream applies each transaction at once), when MaxBatch keys wait,
+	// and at the latest FlushInterval after its first key was read (a
+	// long transaction, or a stream that never pauses). One batch is
+	// applied while the next gathers, so batches grow with Redis's
+	// latency.
 	// default: 2ms
 	FlushInterval time.Duration
 	// MaxBatch bounds the keys held in memory before they are applied,

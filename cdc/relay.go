@@ -207,7 +207,7 @@ func (r *Relay) lead(ctx context.Context, t *term, src source) error {
 			return err
 		}
 		r.stats.reconnects.Add(1)
-		r.s.logger.Warn("cdc: binlog stream ended; reconnecting", "relay", r.s.name, "from", from.String(), "error", err)
+		r.s.logger.Warn("cdc: binlog stream ended; reconnecting", "relay", r.s.name, "from", from.String(), "error", err.Error()) // go-mysql errors format their stack with %+v
 		if time.Since(started) > 10*time.Second {
 			bo.reset() // the last stream was healthy for a while
 		}
