@@ -66,8 +66,9 @@
 // the relay's checkpoint row.
 //
 // Memory is bounded whatever a transaction's size: the reader decodes at
-// most Options.EventBuffer events ahead, and the relay applies every
-// Options.MaxBatch keys, also in the middle of a transaction (its rows are
-// committed: they are in the binlog); only the checkpoint waits for the
-// transaction's end. Rows events of tables without a rule are not decoded.
+// most Options.EventBuffer events ahead, and the relay holds at most two
+// batches of Options.MaxBatch keys (one being applied, one gathering): it
+// applies them also in the middle of a transaction (its rows are committed:
+// they are in the binlog); only the checkpoint waits for the transaction's
+// end. Rows events of tables without a rule are not decoded.
 package cdc
