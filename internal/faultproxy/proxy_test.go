@@ -1,10 +1,12 @@
-package faultproxy
+package faultproxy_test
 
 import (
 	"bufio"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/f4df6ac3/cache/internal/faultproxy"
 )
 
 // echo starts a line echo server.
@@ -50,24 +52,24 @@ func roundTrip(addr string, timeout time.Duration) (string, error) {
 }
 
 func TestModes(t *testing.T) {
-	p, err := Start(echo(t))
+	p, err := faultproxy.Start(echo(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
 	for _, tc := range []struct {
 		name    string
-		mode    Mode
+		mode    faultproxy.Mode
 		latency time.Duration
 		ok      bool
 	}{
-		{"pass", Pass, 0, true},
-		{"latency below the timeout", Latency, 20 * time.Millisecond, true},
-		{"latency above the timeout", Latency, time.Second, false},
-		{"blackhole", Blackhole, 0, false},
-		{"reset", Reset, 0, false},
-		{"refuse", Refuse, 0, false},
-		{"pass again", Pass, 0, true},
+		{"pass", faultproxy.Pass, 0, true},
+		{"latency below the timeout", faultproxy.Latency, 20 * time.Millisecond, true},
+		{"latency above the timeout", faultproxy.Latency, time.Second, false},
+		{"blackhole", faultproxy.Blackhole, 0, false},
+		{"reset", faultproxy.Reset, 0, false},
+		{"refuse", faultproxy.Refuse, 0, false},
+		{"pass again", faultproxy.Pass, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := p.Set(tc.mode, tc.latency); err != nil {

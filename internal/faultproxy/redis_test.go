@@ -1,4 +1,4 @@
-package faultproxy
+package faultproxy_test
 
 import (
 	"bufio"
@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/f4df6ac3/cache/internal/faultproxy"
 
 	"github.com/redis/go-redis/v9"
 
@@ -17,11 +18,11 @@ import (
 
 // redisProxy starts a proxy in front of the real Redis and returns it with
 // a key prefix of the test's own (keys deleted at the end).
-func redisProxy(t *testing.T) (*Proxy, *redis.Client, string) {
+func redisProxy(t *testing.T) (*faultproxy.Proxy, *redis.Client, string) {
 	t.Helper()
 	direct := testenv.Redis(t, "")
 	prefix := testenv.Prefix(t, direct, "faultproxytest:")
-	p, err := Start(testenv.RedisAddr())
+	p, err := faultproxy.Start(testenv.RedisAddr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +32,7 @@ func redisProxy(t *testing.T) (*Proxy, *redis.Client, string) {
 
 // client returns a go-redis client through p with the given retries (-1:
 // none), RESP protocol (2 or 3) and one connection.
-func client(t *testing.T, p *Proxy, retries, protocol int) *redis.Client {
+func client(t *testing.T, p *faultproxy.Proxy, retries, protocol int) *redis.Client {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{
 		Addr: p.Addr(), MaxRetries: retries, Protocol: protocol, PoolSize: 1,
@@ -242,9 +243,9 @@ func TestDelayNextReply(t *testing.T) {
 // gives others, and every kind is injected.
 func TestSeededReplyFaults(t *testing.T) {
 	ctx := context.Background()
-	run := func(seed uint64) (string, Stats) {
+	run := func(seed uint64) (string, faultproxy.Stats) {
 		p, _, prefix := redisProxy(t)
-		err := p.SetReplyFaults(ReplyFaults{
+		err := p.SetReplyFaults(faultproxy.ReplyFaults{
 			Seed: seed, Lose: 0.1, PipelineReset: 0.1, Delay: 0.1,
 			DelayMin: time.Millisecond, DelayMax: 3 * time.Millisecond,
 			Commands: []string{"INCR"},
@@ -298,13 +299,13 @@ func b2i(b bool) int {
 // A connection that is not RESP (an echo of text lines; MySQL in the other
 // packages) passes untouched with reply faults armed.
 func TestNonRESPUntouched(t *testing.T) {
-	p, err := Start(echo(t))
+	p, err := faultproxy.Start(echo(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
 	p.LoseNextReply("")
-	if err := p.SetReplyFaults(ReplyFaults{Lose: 1}); err != nil {
+	if err := p.SetReplyFaults(faultproxy.ReplyFaults{Lose: 1}); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {
@@ -318,12 +319,12 @@ func TestNonRESPUntouched(t *testing.T) {
 }
 
 func TestSetReplyFaultsValidates(t *testing.T) {
-	p, err := Start("127.0.0.1:1")
+	p, err := faultproxy.Start("127.0.0.1:1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	for _, f := range []ReplyFaults{
+	for _, f := range []faultproxy.ReplyFaults{
 		{Lose: -0.1}, {Lose: 0.6, Delay: 0.6}, {Delay: 0.1, DelayMin: time.Second, DelayMax: time.Millisecond},
 	} {
 		if err := p.SetReplyFaults(f); err == nil {
@@ -335,88 +336,3 @@ func TestSetReplyFaultsValidates(t *testing.T) {
 // RESP3 pushes are no command's reply: a client-tracking invalidation
 // arriving among a pipeline's replies does not shift which reply a fault
 // armed for a command hits.
-func TestPushesAreNotReplies(t *testing.T) {
-	p, _, prefix := redisProxy(t)
-	c, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	// read returns the next top-level messages, as the framer cuts them.
-	var fr framer
-	var pending []byte
-	buf := make([]byte, 4096)
-	read := func() (string, error) {
-		for {
-			// Feed what is buffered one byte at a time until a message ends.
-			for i := 0; i < len(pending); i++ {
-				for _, ev := range fr.feed(pending[i:i+1], nil) {
-					if !ev.start {
-						msg := string(pending[:i+1])
-						pending = pending[i+1:]
-						return msg, nil
-					}
-				}
-			}
-			// Nothing complete: what was fed is part of the next message.
-			fr = framer{}
-			n, err := c.Read(buf)
-			if err != nil {
-				return "", err
-			}
-			pending = append(pending, buf[:n]...)
-		}
-	}
-	send := func(cmds ...string) {
-		t.Helper()
-		var b []byte
-		for _, cmd := range cmds {
-			f := strings.Fields(cmd)
-			b = fmt.Appendf(b, "*%d\r\n", len(f))
-			for _, a := range f {
-				b = fmt.Appendf(b, "$%d\r\n%s\r\n", len(a), a)
-			}
-		}
-		if _, err := c.Write(b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	key := prefix + "tracked"
-	send("HELLO 3", "CLIENT TRACKING ON", "GET "+key)
-	for _, want := range []string{"%", "+OK", "_"} {
-		m, err := read()
-		if err != nil || !strings.HasPrefix(m, want) {
-			t.Fatalf("setup reply %q, %v; want %s…", m, err, want)
-		}
-	}
-	// SET invalidates the key this connection tracks: a push comes among
-	// the replies of the pipeline SET, ECHO.
-	p.LoseNextReply("echo")
-	send("SET "+key+" v", "ECHO lost")
-	var got []string
-	for {
-		m, err := read()
-		if err != nil {
-			break
-		}
-		got = append(got, m)
-	}
-	var sawOK, sawPush bool
-	for _, m := range got {
-		switch {
-		case m == "+OK\r\n":
-			sawOK = true
-		case strings.HasPrefix(m, ">2\r\n$10\r\ninvalidate"):
-			sawPush = true
-		case strings.Contains(m, "lost"):
-			t.Fatalf("the ECHO reply was delivered: %q", got)
-		}
-	}
-	if !sawOK || !sawPush {
-		t.Fatalf("want SET's +OK and the invalidation push before the reset, got %q", got)
-	}
-	if s := p.Stats(); s.LostReplies != 1 {
-		t.Fatalf("stats %+v", s)
-	}
-}
