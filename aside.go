@@ -16,6 +16,10 @@ import (
 // lapsed lease or a corrupt entry) before it loads without filling.
 const maxAcquireRounds = 8
 
+// maxOlderRereads bounds how often one flight loads again because its fill
+// was refused as older than the stored version.
+const maxOlderRereads = 1
+
 // get is the read path: one HMGET, then on a miss one shared flight. hit
 // reports an answer from Redis (a value or a negative entry).
 func (l *Loader[T]) get(ctx context.Context, key string) (_ T, hit bool, _ error) {
@@ -188,6 +192,7 @@ func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 // call has a budget of its own.
 func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mode, budget redisBudget, f *flight[T]) (result[T], func()) {
 	waited := false
+	rereads := 0
 	for round := range maxAcquireRounds {
 		seq := l.seq.Add(1)
 		token := script.NewToken()
@@ -212,12 +217,15 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 				return r, store
 			}
 			r, after, older := l.loadAndFill(ctx, key, rkey, token, seq, a, &budget)
-			if older && round < maxAcquireRounds-1 {
+			if older && rereads < maxOlderRereads && round < maxAcquireRounds-1 {
+				rereads++
 				// Redis holds a newer version than the row just read (a
 				// version floor, or a newer write): the row is older
 				// than a write that completed, perhaps before a caller of
 				// this flight began. Read it again rather than hand it
-				// out; after the last round it is what the database says.
+				// out (once: if the database still says so, it is what
+				// the database says — or versions went backwards, and
+				// reading again would only multiply the loads).
 				continue
 			}
 			return r, after

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -66,32 +67,25 @@ func TestInvalidateVersionsRefusesNegativeVersions(t *testing.T) {
 func TestRefusedFillIsNotHandedOut(t *testing.T) {
 	_, rdb := fakeRedis(t)
 	ctx := context.Background()
-	tb := newTable()
-	tb.put("a", "v1")
-	stale := make(chan struct{}, 1) // the next load still sees version 1
-	tb.hook = func(_ context.Context, key string, _ int64) error {
-		select {
-		case <-stale:
-		default:
-			tb.mu.Lock()
-			if tb.rows["a"].Ver < 2 {
-				tb.rows["a"] = row{Val: "v2", Ver: 2}
-			}
-			tb.mu.Unlock()
+	var loads atomic.Int64
+	// The first load's snapshot predates the commit of version 2, whose
+	// invalidation already left the floor; the next one sees it.
+	l, err := New(rdb, "row", func(context.Context, string) (row, error) {
+		if loads.Add(1) == 1 {
+			return row{"v1", 1}, nil
 		}
-		return nil
-	}
-	l := newLoader(t, rdb, tb, nil)
-	stale <- struct{}{}
-	// The first load reads version 1 (its snapshot predates the commit of
-	// version 2, whose invalidation already left the floor).
-	tb.rows["a"] = row{Val: "v1", Ver: 1}
+		return row{"v2", 2}, nil
+	}, &Options{Prefix: uniquePrefix(t, rdb), RedisTimeout: testRedisTimeout})
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
 	require.NoError(t, l.InvalidateVersions(ctx, KeyVersion{"a", 2}))
 	v, err := l.Get(ctx, "a")
 	require.NoError(t, err)
 	require.Equal(t, int64(2), v.Ver, "the flight read the row again instead of answering with the refused one")
-	require.NotZero(t, l.Stats().StaleSetsPrevented)
+	require.EqualValues(t, 1, l.Stats().StaleSetsPrevented)
+	require.EqualValues(t, 2, loads.Load())
 	v, err = l.Get(ctx, "a")
 	require.NoError(t, err)
 	require.Equal(t, int64(2), v.Ver)
+	require.EqualValues(t, 2, loads.Load(), "cached")
 }

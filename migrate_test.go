@@ -168,7 +168,7 @@ func TestUpgradeFromHashEntries(t *testing.T) {
 			old := func(k string) string { return base + "user:" + k }
 			for i := range 50 {
 				k := strconv.Itoa(i)
-				require.NoError(t, rdb.HSet(ctx, old(k), "p", `{"val":"old `+k+`","ver":3}`, "g", now*1000, "v", 3,
+				require.NoError(t, rdb.HSet(ctx, old(k), "p", `{"val":"old `+k+`","ver":1}`, "g", now*1000, "v", 1,
 					"s", now+3_600_000, "d", 2).Err())
 				require.NoError(t, rdb.PExpire(ctx, old(k), time.Hour).Err())
 			}

@@ -58,8 +58,8 @@ func TestSmoke(t *testing.T) {
 			v, _ = l.Get(ctx, "a")
 			require.Equal(t, "new", v.Val)
 			require.NoError(t, l.Set(ctx, "a", item{"a", "old", 4}))
-			_, _ = l.Get(ctx, "a")
-			require.EqualValues(t, 4, loads.Load())
+			_, _ = l.Get(ctx, "a") // the database's version 3 is older than the 5 kept: read again once
+			require.EqualValues(t, 5, loads.Load())
 			t.Logf("%+v", l.Stats())
 			t.Log(fields(t, rdb, l.Key("a")))
 		})
