@@ -126,23 +126,21 @@ func Decode(s string, maxPayload int) (Entry, error) {
 		return e, fmt.Errorf("%w: flags %q", ErrCorrupt, s[offFlags])
 	}
 	e.Exists, e.Flags = true, flags
-	fields := [...]struct {
-		off, size int
-		dst       *int64
-		name      string
-	}{
-		{offGen, sizeGen, &e.Generation, "generation"},
-		{offVersion, sizeVersion, &e.Version, "version"},
-		{offSoft, sizeSoft, &e.SoftExpiry, "soft expiry"},
-		{offDelta, sizeDelta, &e.Delta, "load duration"},
-		{offDeadline, sizeDead, &e.LeaseDeadline, "lease deadline"},
-	}
-	for _, f := range fields {
-		n, ok := decimal(s[f.off : f.off+f.size])
-		if !ok {
-			return Entry{}, fmt.Errorf("%w: %s %q", ErrCorrupt, f.name, s[f.off:f.off+f.size])
+	var bad string
+	field := func(off, size int, name string) int64 {
+		n, ok := decimal(s[off : off+size])
+		if !ok && bad == "" {
+			bad = name
 		}
-		*f.dst = n
+		return n
+	}
+	e.Generation = field(offGen, sizeGen, "generation")
+	e.Version = field(offVersion, sizeVersion, "version")
+	e.SoftExpiry = field(offSoft, sizeSoft, "soft expiry")
+	e.Delta = field(offDelta, sizeDelta, "load duration")
+	e.LeaseDeadline = field(offDeadline, sizeDead, "lease deadline")
+	if bad != "" {
+		return Entry{}, fmt.Errorf("%w: %s in header %q", ErrCorrupt, bad, s[:HeaderSize])
 	}
 	if e.Generation == 0 {
 		return Entry{}, fmt.Errorf("%w: no generation", ErrCorrupt)
