@@ -443,19 +443,20 @@ func (c *LocalCluster) checkMaster(addr string) error {
 	return nil
 }
 
-// clusterMasterCount counts the masters the client's view of the cluster has.
+// clusterMasterCount counts the masters the client's view of the cluster
+// has: the shards that serve slots.
 func clusterMasterCount(ctx context.Context, rdb *redis.ClusterClient) (int, error) {
-	slots, err := rdb.ClusterSlots(ctx).Result()
+	shards, err := rdb.ClusterShards(ctx).Result()
 	if err != nil {
 		return 0, err
 	}
-	seen := map[string]bool{}
-	for _, s := range slots {
-		if len(s.Nodes) > 0 {
-			seen[s.Nodes[0].Addr] = true
+	n := 0
+	for _, s := range shards {
+		if len(s.Slots) > 0 {
+			n++
 		}
 	}
-	return len(seen), nil
+	return n, nil
 }
 
 // waitFor calls f, each call bounded by a second, until it returns nil or
