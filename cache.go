@@ -202,7 +202,7 @@ func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
 	}
 	v, _, err := l.get(ctx, key)
 	if errors.Is(err, ErrNotFound) {
-		return v, notFound(l.name, key)
+		return v, notFound(l.name, key, err)
 	}
 	return v, err
 }

@@ -13,9 +13,11 @@ import (
 // entry.
 var ErrNotFound = errors.New("cache: not found")
 
-// notFound is ErrNotFound for key of loader, as callers receive it.
-func notFound(loader, key string) error {
-	return fmt.Errorf("cache: %s %q: %w", loader, key, ErrNotFound)
+// notFound is err, which matches ErrNotFound, for key of loader as callers
+// receive it: naming both, and still matching what err matched (such as
+// sql.ErrNoRows).
+func notFound(loader, key string, err error) error {
+	return fmt.Errorf("cache: %s %q: %w", loader, key, err)
 }
 
 // ErrEmptyKey is returned by every method given an empty key.

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -30,8 +31,10 @@ func (l *Loader[T]) guard(ctx context.Context, timed, isLoad bool, what func() s
 		}
 		switch {
 		case err == nil:
-		case isNotFound(err):
+		case errors.Is(err, ErrNotFound):
 			err = ErrNotFound
+		case isNotFound(err):
+			err = fmt.Errorf("%w: %w", ErrNotFound, err) // matches both, e.g. sql.ErrNoRows
 		case isLoad:
 			l.stats.loadErrors.Add(1)
 			err = fmt.Errorf("cache: %s: %w", what(), err)

@@ -304,7 +304,7 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	}
 	v, err := l.callWrite(ctx, key, write)
 	if errors.Is(err, ErrNotFound) {
-		return zero, notFound(l.name, key)
+		return zero, notFound(l.name, key, err)
 	}
 	if err != nil {
 		return zero, err

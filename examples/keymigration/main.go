@@ -1,8 +1,8 @@
 // Command keymigration moves cached profiles from one key format to another
 // during a rollout without losing the hit rate.
 //
-// Version 1 of a service caches profiles at user:{id}:profile as
-// {name, email}; version 2 caches them at v2:user:{id}:profile as
+// Version 1 of a service caches profiles at user#2:{id}:profile as
+// {name, email}; version 2 caches them at v2:user#2:{id}:profile as
 // {display_name, contact: {email}}. Both read the same profiles table in
 // MySQL. Deployed naively, version 2 starts from an empty namespace and every
 // Get of its first pass reaches the database (the field report: a hit rate of
@@ -48,7 +48,7 @@ import (
 	"github.com/f4df6ac3/cache"
 )
 
-// ProfileV1 is the value version 1 caches at user:{id}:profile.
+// ProfileV1 is the value version 1 caches at user#2:{id}:profile.
 type ProfileV1 struct {
 	ID      int64  `json:"id"`
 	Name    string `json:"name"`
@@ -64,7 +64,7 @@ type Contact struct {
 	Email string `json:"email"`
 }
 
-// ProfileV2 is the value version 2 caches at v2:user:{id}:profile: the
+// ProfileV2 is the value version 2 caches at v2:user#2:{id}:profile: the
 // same row in a new shape.
 type ProfileV2 struct {
 	ID          int64   `json:"id"`
@@ -161,7 +161,7 @@ func (r *Repo) ByID(ctx context.Context, id int64) (ProfileV1, error) {
 func (r *Repo) Reads() int64 { return r.reads.Load() }
 
 // ProfileKey is the Loader key of a profile: with the Loader name "user" the
-// Redis key is Prefix + "user:" + id + ":profile".
+// Redis key is Prefix + "user#2:" + id + ":profile".
 func ProfileKey(id int) string { return strconv.Itoa(id) + ":profile" }
 
 func parseProfileKey(key string) (int64, error) {
@@ -175,7 +175,7 @@ func parseProfileKey(key string) (int64, error) {
 // Config describes one run.
 type Config struct {
 	// Prefix is put before every Redis key of the run: version 1 uses
-	// Prefix + "user:{id}:profile", version 2 Prefix + "v2:user:{id}:profile".
+	// Prefix + "user#2:{id}:profile", version 2 Prefix + "v2:user#2:{id}:profile".
 	Prefix   string
 	Users    int           // profiles in the table
 	Requests int           // Gets per loader in each phase of Zipf traffic
@@ -223,7 +223,7 @@ func NewV1(rdb redis.UniversalClient, repo *Repo, opts *cache.Options) (*cache.L
 
 // NewV2 is version 2's Loader: the same name and keys under a new prefix,
 // and a new value shape. With opts.PreviousKeyPrefix set to version 1's
-// Prefix + "user:" and opts.Migrate to MigrateProfile, its misses are
+// Prefix + "user#2:" and opts.Migrate to MigrateProfile, its misses are
 // answered from version 1's entries.
 func NewV2(rdb redis.UniversalClient, repo *Repo, opts *cache.Options) (*cache.Loader[ProfileV2], error) {
 	return cache.New(rdb, "user", func(ctx context.Context, key string) (ProfileV2, error) {
@@ -361,7 +361,7 @@ func run(ctx context.Context, w io.Writer, db *sql.DB, rdb redis.UniversalClient
 	}
 	rep := &Report{}
 	fmt.Fprintf(w, "%d profiles in table %s; Redis keys under %q\n", cfg.Users, table, cfg.Prefix)
-	fmt.Fprintf(w, "v1: %s  ->  v2: %s\n\n", cfg.Prefix+"user:{id}:profile", cfg.Prefix+"v2:user:{id}:profile")
+	fmt.Fprintf(w, "v1: %s  ->  v2: %s\n\n", cfg.Prefix+"user#2:{id}:profile", cfg.Prefix+"v2:user#2:{id}:profile")
 	fmt.Fprintf(w, "%-46s %7s %9s %9s %9s\n", "phase", "gets", "db reads", "hit rate", "migrated")
 	show := func(p Phase) {
 		fmt.Fprintf(w, "%-46s %7d %9d %8.2f%% %9d\n", p.Name, p.Gets, p.DBReads, 100*p.HitRate(), p.Migrated)
@@ -409,7 +409,7 @@ func run(ctx context.Context, w io.Writer, db *sql.DB, rdb redis.UniversalClient
 	// converts their values. Old and new pods serve traffic at the same
 	// time; version 2's misses are answered from version 1's entries.
 	v2opts := options(&cfg, cfg.Prefix+"v2:")
-	v2opts.PreviousKeyPrefix = cfg.Prefix + "user:"
+	v2opts.PreviousKeyPrefix = cfg.Prefix + "user#2:"
 	v2opts.Migrate = MigrateProfile
 	v2, err := NewV2(rdb, repo, v2opts)
 	if err != nil {

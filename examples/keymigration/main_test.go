@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/f4df6ac3/cache"
+	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
@@ -108,13 +109,13 @@ func TestFallbackValues(t *testing.T) {
 	require.NoError(t, err)
 	defer v1.Close()
 	opts := options(&cfg, prefix+"v2:")
-	opts.PreviousKeyPrefix = prefix + "user:"
+	opts.PreviousKeyPrefix = prefix + "user#2:"
 	opts.Migrate = MigrateProfile
 	v2, err := NewV2(rdb, repo, opts)
 	require.NoError(t, err)
 	defer v2.Close()
-	require.Equal(t, prefix+"user:2:profile", v1.Key(ProfileKey(2)))
-	require.Equal(t, prefix+"v2:user:2:profile", v2.Key(ProfileKey(2)))
+	require.Equal(t, prefix+"user#2:2:profile", v1.Key(ProfileKey(2)))
+	require.Equal(t, prefix+"v2:user#2:2:profile", v2.Key(ProfileKey(2)))
 
 	p1, err := v1.Get(ctx, ProfileKey(2))
 	require.NoError(t, err)
@@ -126,7 +127,7 @@ func TestFallbackValues(t *testing.T) {
 	require.Equal(t, ProfileV2{ID: 2, DisplayName: "User 2", Contact: Contact{Email: "user2@example.com"}, Version: 1}, p2)
 	require.EqualValues(t, 1, repo.Reads(), "converted from version 1's entry")
 	require.EqualValues(t, 1, v2.Stats().Migrated)
-	raw, err := rdb.HGet(ctx, v2.Key(ProfileKey(2)), "p").Result()
+	raw, err := rdb.GetRange(ctx, v2.Key(ProfileKey(2)), entry.HeaderSize, -1).Result() // the payload after the entry's header
 	require.NoError(t, err)
 	require.JSONEq(t, `{"id":2,"display_name":"User 2","contact":{"email":"user2@example.com"},"version":1}`, raw)
 	// The new entry keeps the old one's remaining TTL.
