@@ -96,6 +96,9 @@ func TestMySQLDown(t *testing.T) {
 	cfg, _ := mysql.ParseDSN(testenv.MySQLDSN())
 	cfg.Addr = proxy.Addr()
 	cfg.Timeout = time.Second
+	// COMMIT takes no context: without a read timeout a blackholed MySQL
+	// holds it (and the flusher) forever. The README says to set one.
+	cfg.ReadTimeout, cfg.WriteTimeout = 2*time.Second, 2*time.Second
 	pdb, err := sql.Open("mysql", cfg.FormatDSN())
 	if err != nil {
 		t.Fatal(err)

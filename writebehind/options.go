@@ -142,6 +142,10 @@ type FlusherOptions struct {
 	// default: 30s
 	ClaimIdle time.Duration
 
+	// WARNING: database/sql's Tx.Commit takes no context, so ApplyTimeout
+	// cannot end a COMMIT that MySQL never answers (a blackholed server):
+	// give the DSN a readTimeout (and writeTimeout), e.g. "?readTimeout=5s",
+	// or the flusher waits on it for as long as TCP does.
 	// ApplyTimeout bounds one batch's transaction (Apply included). A
 	// flusher that hangs inside a batch holds its shard's applied row
 	// locked (the other flushers of that shard wait) for at most this long.
