@@ -648,12 +648,12 @@ func runSentinelFault(t *testing.T, mode sentinelFault) {
 		require.NotZero(t, oldCalls.noReplicas, "the old master refused nothing: the scenario did not test min-replicas-to-write")
 		// NOREPLICAS says the master cannot serve writes: the Loaders must
 		// count such replies as failed Redis calls (once per call: a
-		// pipeline of refused scripts is one), and their breakers then
-		// skip the old master, so an operator sees why the hit rate fell.
-		t.Logf("the old master refused %d commands with NOREPLICAS; the Loaders counted %d Redis errors and skipped %d calls",
-			oldCalls.noReplicas, d.RedisErrors, d.RedisSkipped)
+		// pipeline of refused scripts is one), so an operator sees why
+		// the hit rate fell. (The breakers need not open: the old master
+		// still answers reads, and each success ends a run of failures.)
+		t.Logf("the old master refused %d commands with NOREPLICAS; the Loaders counted %d Redis errors, skipped %d calls, opened breakers %d times",
+			oldCalls.noReplicas, d.RedisErrors, d.RedisSkipped, d.BreakerOpened)
 		require.NotZero(t, d.RedisErrors, "NOREPLICAS replies were not counted as Redis errors")
-		require.NotZero(t, d.BreakerOpened, "NOREPLICAS replies did not trip the breakers")
 	}
 	t.Logf("test took %v", time.Since(begin).Round(time.Millisecond))
 }
