@@ -217,3 +217,10 @@ func editEntry(t testing.TB, rdb redis.Cmdable, rkey string, edit func(e *entry.
 	h := entry.Header(e.Flags, e.Generation, e.Version, e.SoftExpiry, e.Delta, e.LeaseDeadline, e.LeaseOwner)
 	require.NoError(t, rdb.SetRange(ctx, rkey, 0, h).Err())
 }
+
+// onBothRedis runs f as a subtest against miniredis and against the real
+// Redis.
+func onBothRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
+	t.Run("miniredis", func(t *testing.T) { _, r := fakeRedis(t); f(t, r) })
+	t.Run("redis", func(t *testing.T) { f(t, realRedis(t)) })
+}

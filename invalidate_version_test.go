@@ -14,43 +14,37 @@ import (
 // reader that starts after the invalidation may still load the old row.
 // The version floor keeps that load out of Redis.
 func TestInvalidateVersionsRefusesOlderFills(t *testing.T) {
-	for name, rdb := range map[string]func(t *testing.T) redis.UniversalClient{
-		"miniredis": func(t *testing.T) redis.UniversalClient { _, c := fakeRedis(t); return c },
-		"redis":     func(t *testing.T) redis.UniversalClient { return realRedis(t) },
-	} {
-		t.Run(name, func(t *testing.T) {
-			rdb := rdb(t)
-			ctx := context.Background()
-			tb := newTable()
-			tb.put("a", "v1")
-			tb.put("b", "v1")
-			l := newLoader(t, rdb, tb, nil)
-			_, err := l.Get(ctx, "a")
-			require.NoError(t, err)
+	onBothRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		tb := newTable()
+		tb.put("a", "v1")
+		tb.put("b", "v1")
+		l := newLoader(t, rdb, tb, nil)
+		_, err := l.Get(ctx, "a")
+		require.NoError(t, err)
 
-			// Version 2 committed; the reader's session still sees version 1.
-			require.NoError(t, l.InvalidateVersions(ctx, KeyVersion{"a", 2}, KeyVersion{"b", 2}))
-			v, err := l.Get(ctx, "a")
-			require.NoError(t, err)
-			require.Equal(t, int64(1), v.Ver, "the caller gets what its database session said")
-			require.Equal(t, "2", fields(t, rdb, l.Key("a"))["v"], "the floor stays")
-			require.False(t, hasField(t, rdb, l.Key("a"), "p"), "version 1 is not stored below the floor")
-			require.False(t, hasField(t, rdb, l.Key("b"), "p"))
-			require.NoError(t, l.Set(ctx, "a", row{"v1", 1}), "a Set below the floor turns into an invalidation")
-			require.False(t, hasField(t, rdb, l.Key("a"), "p"))
+		// Version 2 committed; the reader's session still sees version 1.
+		require.NoError(t, l.InvalidateVersions(ctx, KeyVersion{"a", 2}, KeyVersion{"b", 2}))
+		v, err := l.Get(ctx, "a")
+		require.NoError(t, err)
+		require.Equal(t, int64(1), v.Ver, "the caller gets what its database session said")
+		require.Equal(t, "2", fields(t, rdb, l.Key("a"))["v"], "the floor stays")
+		require.False(t, hasField(t, rdb, l.Key("a"), "p"), "version 1 is not stored below the floor")
+		require.False(t, hasField(t, rdb, l.Key("b"), "p"))
+		require.NoError(t, l.Set(ctx, "a", row{"v1", 1}), "a Set below the floor turns into an invalidation")
+		require.False(t, hasField(t, rdb, l.Key("a"), "p"))
 
-			// Once the commit is visible, the load of version 2 is stored.
-			tb.put("a", "v2")
-			v, err = l.Get(ctx, "a")
-			require.NoError(t, err)
-			require.Equal(t, int64(2), v.Ver)
-			require.Equal(t, mustJSON(t, row{"v2", 2}), fields(t, rdb, l.Key("a"))["p"])
+		// Once the commit is visible, the load of version 2 is stored.
+		tb.put("a", "v2")
+		v, err = l.Get(ctx, "a")
+		require.NoError(t, err)
+		require.Equal(t, int64(2), v.Ver)
+		require.Equal(t, mustJSON(t, row{"v2", 2}), fields(t, rdb, l.Key("a"))["p"])
 
-			// A lower floor never lowers the stored version.
-			require.NoError(t, l.InvalidateVersions(ctx, KeyVersion{"a", 1}))
-			require.Equal(t, "2", fields(t, rdb, l.Key("a"))["v"])
-		})
-	}
+		// A lower floor never lowers the stored version.
+		require.NoError(t, l.InvalidateVersions(ctx, KeyVersion{"a", 1}))
+		require.Equal(t, "2", fields(t, rdb, l.Key("a"))["v"])
+	})
 }
 
 func TestInvalidateVersionsRefusesNegativeVersions(t *testing.T) {

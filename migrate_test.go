@@ -37,56 +37,47 @@ func migrateUser(old []byte) ([]byte, error) {
 // "v1:user:" (shape v1) to "v2:user:" (shape v2); the first pass over the
 // warmed v1 namespace is answered from it, not from the database.
 func TestKeyFormatMigrationKeepsHitRate(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		rdb  func(t *testing.T) redis.UniversalClient
-	}{
-		{"miniredis", func(t *testing.T) redis.UniversalClient { _, r := fakeRedis(t); return r }},
-		{"redis", func(t *testing.T) redis.UniversalClient { return realRedis(t) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			rdb := tc.rdb(t)
-			base := uniquePrefix(t, rdb)
-			ctx := context.Background()
-			v1, err := New(rdb, "user", func(_ context.Context, k string) (userV1, error) {
-				return userV1{Name: "user " + k}, nil
-			}, &Options{Prefix: base + "v1:", TTL: time.Hour, RedisTimeout: resRelaxed})
+	onBothRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		base := uniquePrefix(t, rdb)
+		ctx := context.Background()
+		v1, err := New(rdb, "user", func(_ context.Context, k string) (userV1, error) {
+			return userV1{Name: "user " + k}, nil
+		}, &Options{Prefix: base + "v1:", TTL: time.Hour, RedisTimeout: resRelaxed})
+		require.NoError(t, err)
+		defer v1.Close()
+		for i := range 100 {
+			_, err := v1.Get(ctx, strconv.Itoa(i))
 			require.NoError(t, err)
-			defer v1.Close()
-			for i := range 100 {
-				_, err := v1.Get(ctx, strconv.Itoa(i))
-				require.NoError(t, err)
-			}
+		}
 
-			var loads atomic.Int64
-			v2, err := New(rdb, "user", func(_ context.Context, k string) (userV2, error) {
-				loads.Add(1)
-				return userV2{FullName: "user " + k}, nil
-			}, &Options{Prefix: base + "v2:", TTL: time.Hour, PreviousKeyPrefix: base + "v1:user#2:", Migrate: migrateUser,
-				RedisTimeout: resRelaxed}) // the exact counts below must not depend on the machine's load
+		var loads atomic.Int64
+		v2, err := New(rdb, "user", func(_ context.Context, k string) (userV2, error) {
+			loads.Add(1)
+			return userV2{FullName: "user " + k}, nil
+		}, &Options{Prefix: base + "v2:", TTL: time.Hour, PreviousKeyPrefix: base + "v1:user#2:", Migrate: migrateUser,
+			RedisTimeout: resRelaxed}) // the exact counts below must not depend on the machine's load
+		require.NoError(t, err)
+		defer v2.Close()
+
+		for i := range 100 {
+			u, err := v2.Get(ctx, strconv.Itoa(i))
 			require.NoError(t, err)
-			defer v2.Close()
+			require.Equal(t, userV2{FullName: "user " + strconv.Itoa(i)}, u)
+		}
+		s := v2.Stats()
+		t.Logf("first pass: %d migrated, %d database loads", s.Migrated, loads.Load())
+		require.GreaterOrEqual(t, 100-loads.Load(), int64(95), "hit rate of the first pass ≥ 95%")
+		require.EqualValues(t, 100, s.Migrated)
+		ttl := rdb.PTTL(ctx, v2.Key("7")).Val()
+		require.Greater(t, ttl, 50*time.Minute, "the previous entry's remaining TTL carries over")
+		require.LessOrEqual(t, ttl, 66*time.Minute)
 
-			for i := range 100 {
-				u, err := v2.Get(ctx, strconv.Itoa(i))
-				require.NoError(t, err)
-				require.Equal(t, userV2{FullName: "user " + strconv.Itoa(i)}, u)
-			}
-			s := v2.Stats()
-			t.Logf("first pass: %d migrated, %d database loads", s.Migrated, loads.Load())
-			require.GreaterOrEqual(t, 100-loads.Load(), int64(95), "hit rate of the first pass ≥ 95%")
-			require.EqualValues(t, 100, s.Migrated)
-			ttl := rdb.PTTL(ctx, v2.Key("7")).Val()
-			require.Greater(t, ttl, 50*time.Minute, "the previous entry's remaining TTL carries over")
-			require.LessOrEqual(t, ttl, 66*time.Minute)
-
-			for i := range 100 {
-				_, err := v2.Get(ctx, strconv.Itoa(i))
-				require.NoError(t, err)
-			}
-			require.EqualValues(t, 100, v2.Stats().Hits, "the second pass hits the new format")
-		})
-	}
+		for i := range 100 {
+			_, err := v2.Get(ctx, strconv.Itoa(i))
+			require.NoError(t, err)
+		}
+		require.EqualValues(t, 100, v2.Stats().Hits, "the second pass hits the new format")
+	})
 }
 
 func TestKeyFormatMigrationDeclines(t *testing.T) {
@@ -150,52 +141,43 @@ func TestKeyFormatMigrationDeclines(t *testing.T) {
 // the new release's first pass is answered from the old entries, and its
 // writes drop them, so the old processes reload what changed.
 func TestUpgradeFromHashEntries(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		rdb  func(t *testing.T) redis.UniversalClient
-	}{
-		{"miniredis", func(t *testing.T) redis.UniversalClient { _, r := fakeRedis(t); return r }},
-		{"redis", func(t *testing.T) redis.UniversalClient { return realRedis(t) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			rdb := tc.rdb(t)
-			base := uniquePrefix(t, rdb)
-			ctx := context.Background()
-			// What an old release left: fresh entries, and the hash fields its
-			// scripts wrote (payload, generation, version, soft expiry, load
-			// time).
-			now := time.Now().UnixMilli()
-			old := func(k string) string { return base + "user:" + k }
-			for i := range 50 {
-				k := strconv.Itoa(i)
-				require.NoError(t, rdb.HSet(ctx, old(k), "p", `{"val":"old `+k+`","ver":1}`, "g", now*1000, "v", 1,
-					"s", now+3_600_000, "d", 2).Err())
-				require.NoError(t, rdb.PExpire(ctx, old(k), time.Hour).Err())
-			}
-			tb := newTable()
-			for i := range 50 {
-				tb.put(strconv.Itoa(i), "db")
-			}
-			l := newLoader(t, rdb, tb, &Options{Prefix: base, TTL: time.Hour, PreviousKeyPrefix: base + "user:", RedisTimeout: resRelaxed})
-			require.NotEqual(t, old("1"), l.Key("1"), "the formats live at different keys")
-			for i := range 50 {
-				v, err := l.Get(ctx, strconv.Itoa(i))
-				require.NoError(t, err)
-				require.Equal(t, "old "+strconv.Itoa(i), v.Val)
-			}
-			require.Zero(t, tb.loads.Load(), "the first pass is answered from the old entries")
-			require.EqualValues(t, 50, l.Stats().Migrated)
-			require.Zero(t, l.Stats().CorruptEntries)
-			require.Equal(t, "hash", rdb.Type(ctx, old("1")).Val(), "reads leave the old release's entries alone")
-
-			// A write in the new release drops the old entry: the old
-			// processes' next read loads the row.
-			require.NoError(t, l.Invalidate(ctx, "1"))
-			require.Zero(t, rdb.Exists(ctx, old("1")).Val())
-			v, err := l.Get(ctx, "1")
+	onBothRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		base := uniquePrefix(t, rdb)
+		ctx := context.Background()
+		// What an old release left: fresh entries, and the hash fields its
+		// scripts wrote (payload, generation, version, soft expiry, load
+		// time).
+		now := time.Now().UnixMilli()
+		old := func(k string) string { return base + "user:" + k }
+		for i := range 50 {
+			k := strconv.Itoa(i)
+			require.NoError(t, rdb.HSet(ctx, old(k), "p", `{"val":"old `+k+`","ver":1}`, "g", now*1000, "v", 1,
+				"s", now+3_600_000, "d", 2).Err())
+			require.NoError(t, rdb.PExpire(ctx, old(k), time.Hour).Err())
+		}
+		tb := newTable()
+		for i := range 50 {
+			tb.put(strconv.Itoa(i), "db")
+		}
+		l := newLoader(t, rdb, tb, &Options{Prefix: base, TTL: time.Hour, PreviousKeyPrefix: base + "user:", RedisTimeout: resRelaxed})
+		require.NotEqual(t, old("1"), l.Key("1"), "the formats live at different keys")
+		for i := range 50 {
+			v, err := l.Get(ctx, strconv.Itoa(i))
 			require.NoError(t, err)
-			require.Equal(t, "db", v.Val)
-			require.EqualValues(t, 1, tb.loads.Load())
-		})
-	}
+			require.Equal(t, "old "+strconv.Itoa(i), v.Val)
+		}
+		require.Zero(t, tb.loads.Load(), "the first pass is answered from the old entries")
+		require.EqualValues(t, 50, l.Stats().Migrated)
+		require.Zero(t, l.Stats().CorruptEntries)
+		require.Equal(t, "hash", rdb.Type(ctx, old("1")).Val(), "reads leave the old release's entries alone")
+
+		// A write in the new release drops the old entry: the old
+		// processes' next read loads the row.
+		require.NoError(t, l.Invalidate(ctx, "1"))
+		require.Zero(t, rdb.Exists(ctx, old("1")).Val())
+		v, err := l.Get(ctx, "1")
+		require.NoError(t, err)
+		require.Equal(t, "db", v.Val)
+		require.EqualValues(t, 1, tb.loads.Load())
+	})
 }

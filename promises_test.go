@@ -108,18 +108,13 @@ func TestHugeValueInRedisIsCorruptAndReplaced(t *testing.T) {
 // Once Redis answers again, the breaker closes by the prober's PING, not
 // when some Get happens by after the cooldown.
 func TestBreakerClosesWhenRedisIsBackWithoutGets(t *testing.T) {
-	direct := realRedis(t)
-	p, err := faultproxy.Start(redisAddr())
-	require.NoError(t, err)
-	t.Cleanup(func() { p.Close() })
-	rdb := redis.NewClient(&redis.Options{Addr: p.Addr(), ContextTimeoutEnabled: true})
-	t.Cleanup(func() { rdb.Close() })
+	direct, p, rdb := proxiedRedis(t)
 	tb := newTable()
 	tb.put("a", "a1")
 	l := newLoader(t, rdb, tb, &Options{Prefix: uniquePrefix(t, direct), RedisTimeout: faultRedisTimeout,
 		BreakerFailures: 2})
 	ctx := context.Background()
-	_, err = l.Get(ctx, "a")
+	_, err := l.Get(ctx, "a")
 	require.NoError(t, err)
 
 	require.NoError(t, p.Set(faultproxy.Refuse, 0))
@@ -143,12 +138,7 @@ func TestBreakerClosesWhenRedisIsBackWithoutGets(t *testing.T) {
 // queued (ErrQueued), bypassed by this process's Gets, and applied when
 // Redis is back.
 func TestInvalidatePersistsThroughFaults(t *testing.T) {
-	direct := realRedis(t)
-	p, err := faultproxy.Start(redisAddr())
-	require.NoError(t, err)
-	t.Cleanup(func() { p.Close() })
-	rdb := redis.NewClient(&redis.Options{Addr: p.Addr(), ContextTimeoutEnabled: true})
-	t.Cleanup(func() { rdb.Close() })
+	direct, p, rdb := proxiedRedis(t)
 	tb := newTable()
 	tb.put("a", "a1")
 	prefix := uniquePrefix(t, direct)
@@ -156,7 +146,7 @@ func TestInvalidatePersistsThroughFaults(t *testing.T) {
 		InvalidateTimeout: 2 * time.Second, DisableBreaker: true})
 	other := newLoader(t, direct, tb, &Options{Prefix: prefix}) // another process, unaffected by the faults
 	ctx := context.Background()
-	_, err = other.Get(ctx, "a")
+	_, err := other.Get(ctx, "a")
 	require.NoError(t, err)
 
 	// Slow replies: every call takes longer than RedisTimeout.
@@ -185,3 +175,16 @@ func TestInvalidatePersistsThroughFaults(t *testing.T) {
 }
 
 var errNoRows = sql.ErrNoRows
+
+// proxiedRedis returns a client of the real Redis, and one that reaches it
+// through a fault proxy (closed when the test ends).
+func proxiedRedis(t *testing.T) (direct *redis.Client, p *faultproxy.Proxy, rdb *redis.Client) {
+	t.Helper()
+	direct = realRedis(t)
+	p, err := faultproxy.Start(redisAddr())
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	rdb = redis.NewClient(&redis.Options{Addr: p.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { rdb.Close() })
+	return direct, p, rdb
+}
