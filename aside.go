@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"time"
+	"unsafe"
 
 	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/script"
@@ -132,7 +133,15 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 
 func (l *Loader[T]) decode(payload string) (T, error) {
 	var v T
-	err := l.s.codec.Unmarshal([]byte(payload), &v)
+	var data []byte
+	if _, ok := l.s.codec.(JSON); ok {
+		// encoding/json neither modifies nor keeps its input: it may read
+		// the reply's memory as it is (as go-redis's StringCmd.Bytes does).
+		data = unsafe.Slice(unsafe.StringData(payload), len(payload))
+	} else {
+		data = []byte(payload) // a Codec may keep or change what it is given
+	}
+	err := l.s.codec.Unmarshal(data, &v)
 	return v, err
 }
 

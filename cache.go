@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -39,8 +40,11 @@ type Loader[T any] struct {
 	// seq orders this process's Redis calls and loads; see accepts.
 	seq     atomic.Uint64
 	clock   clock
-	breaker *breaker      // nil when disabled
-	probing atomic.Bool   // the prober runs (probe.go)
+	breaker *breaker    // nil when disabled
+	probing atomic.Bool // the prober runs (probe.go)
+	// readEnd is the last byte an entry read asks for (header and
+	// MaxValueBytes+1 of payload), boxed once (see readEntry).
+	readEnd any
 	nodes   *nodeBreakers // per master on a Redis Cluster; nil otherwise
 	// breakerChanges are the breaker's state changes not yet reported.
 	breakerChanges breakerChanges
@@ -114,6 +118,7 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 		s:      s,
 		wake:   make(chan struct{}, 1),
 	}
+	l.readEnd = int64(entry.HeaderSize + l.s.maxValueBytes)
 	l.breaker = newBreaker(name, &l.s, &l.breakerChanges)
 	if cc, ok := rdb.(*redis.ClusterClient); ok && l.breaker != nil {
 		l.nodes = &nodeBreakers{cc: cc}

@@ -74,8 +74,11 @@ func rawKeys(b testing.TB, l *Loader[benchValue], rdb *redis.Client, keys ...str
 	}
 }
 
-// rawKey is where rawKeys put key's value for kind.
-func rawKey(l *Loader[benchValue], key, kind string) string { return l.Key("raw" + kind + ":" + key) }
+// rawKey is where rawKeys put key's value for kind: one string built per
+// call, as a hand-written cache builds its key.
+func rawKey(l *Loader[benchValue], key, kind string) string {
+	return l.prefix + "raw" + kind + ":" + key
+}
 
 // rawHit is a hit written by hand: GET (or HMGET) of rawKey(key, kind),
 // with the default RedisTimeout as deadline (or none), and decoding the

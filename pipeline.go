@@ -159,8 +159,17 @@ func (l *Loader[T]) readDirect(ctx context.Context, b *redisBudget, rkey string)
 // MaxValueBytes+1 bytes of payload, so that a planted huge value costs no
 // more than the limit to find out about (it is then corrupt, and
 // replaced).
-func (l *Loader[T]) readEntry(ctx context.Context, c redis.StringCmdable, rkey string) *redis.StringCmd {
-	return c.GetRange(ctx, rkey, 0, int64(entry.HeaderSize+l.s.maxValueBytes))
+func (l *Loader[T]) readEntry(ctx context.Context, c processor, rkey string) *redis.StringCmd {
+	// The command built by hand, with its bound boxed once per Loader: a
+	// hit allocates no more than a GET.
+	cmd := redis.NewStringCmd(ctx, "getrange", rkey, 0, l.readEnd)
+	_ = c.Process(ctx, cmd) // the error is cmd's
+	return cmd
+}
+
+// processor sends a command: a client or a pipeline.
+type processor interface {
+	Process(ctx context.Context, cmd redis.Cmder) error
 }
 
 // decodeRead decodes the reply of an entry's read; a key that holds
