@@ -71,7 +71,7 @@ const (
 	// sentinelResume bounds the time from the promotion to the first hit:
 	// the clients learn the new master from the sentinels (at their next
 	// dial, or from +switch-master), and each Loader's breaker, opened by
-	// the outage, lets a probe through after BreakerCooldown (1s).
+	// the outage, is closed by its prober once BreakerCooldown has passed.
 	sentinelResume = 10 * time.Second
 	// sentinelRecoveryFrom is when, after the kill, the first hit and
 	// breaker close start to count as the recovery: half the sentinels'

@@ -77,7 +77,7 @@ const (
 	killAfterApply = 0.02 // chance that a relay dies right after an Invalidate, before its commit
 	// recoveryWindow: a loader whose fault ended this recently is not
 	// counted among the unfaulted ones in the lag figures (relay backoff up
-	// to 500ms, the breaker's 1s cooldown).
+	// to 500ms, then the breaker's cooldown).
 	recoveryWindow = 3 * time.Second
 )
 
