@@ -103,7 +103,11 @@ func TestClusterBreakerPerMaster(t *testing.T) {
 		require.Len(t, got, keys)
 		require.EqualValues(t, len(liveKeys), l.Stats().Hits-hits, "GetMany %d: the live masters' keys from Redis", round)
 	}
-	require.EqualValues(t, 1, l.Stats().BreakerOpened, "one event: the Loader's state went to open once")
+	// The Loader's state went to open (again after each probe of the
+	// dead master, which the prober sends once the cooldown passes) and
+	// never closed: the live masters' breakers never opened it.
+	require.NotZero(t, l.Stats().BreakerOpened)
+	require.Zero(t, l.Stats().BreakerClosed, "the dead master's breaker never closed")
 }
 
 // TestClusterUnreachableAtStart: a cluster client that has never reached
