@@ -334,12 +334,17 @@ func (l *Loader[T]) awaitHolder(ctx context.Context, key, rkey string, a script.
 // It returns each call's command (nil for a call not sent: breaker open,
 // budget spent) and the first error.
 func (l *Loader[T]) runScripts(ctx context.Context, b *redisBudget, calls []script.Call) ([]*redis.Cmd, error) {
+	return l.runScriptsWith(ctx, b, calls, l.redisCallKey)
+}
+
+// runScriptsWith is runScripts with its Redis calls made by call.
+func (l *Loader[T]) runScriptsWith(ctx context.Context, b *redisBudget, calls []script.Call, call redisCaller) ([]*redis.Cmd, error) {
 	cmds := make([]*redis.Cmd, len(calls))
 	keys := make([]string, len(calls))
 	for i, c := range calls {
 		keys[i] = c.Key
 	}
-	err := l.perMaster(ctx, b, keys, l.redisCallKey, func(ctx context.Context, idx []int) error {
+	err := l.perMaster(ctx, b, keys, call, func(ctx context.Context, idx []int) error {
 		sub := make([]script.Call, len(idx))
 		for j, i := range idx {
 			sub[j] = calls[i]

@@ -238,21 +238,7 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, floors []
 	} else {
 		// One pipeline per Redis Cluster master, each through its
 		// breaker. A key whose invalidation was not sent has no command.
-		rkeys := make([]string, len(calls))
-		for i, c := range calls {
-			rkeys[i] = c.Key
-		}
-		err = l.perMaster(ctx, &b, rkeys, call, func(ctx context.Context, idx []int) error {
-			sub := make([]script.Call, len(idx))
-			for j, i := range idx {
-				sub[j] = calls[i]
-			}
-			sent, err := script.Pipeline(ctx, l.rdb, sub)
-			for j, i := range idx {
-				cmds[i] = sent[j]
-			}
-			return err
-		})
+		cmds, err = l.runScriptsWith(ctx, &b, calls, call)
 	}
 	if err == nil {
 		err = l.dropPrevious(ctx, keys, &b, call)
