@@ -217,7 +217,7 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 			start := time.Now()
 			res := l.loadOnly(ctx, key)
 			st := l.storeCall(rkey, token, res.val, res.err, time.Since(start), true)
-			return res, func() { l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st) }
+			return res, func() { l.storeAfter(ctx, st) }
 		}
 		switch a.Status {
 		case script.Granted:
@@ -253,6 +253,8 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 			switch outcome {
 			case filled:
 				return r, nil
+			case corrupt:
+				mode = script.ModeReplace
 			case gaveUp:
 				// The holder is still loading after longer than is worth
 				// waiting, or Redis failed: load without filling.
@@ -268,9 +270,10 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 type waitOutcome int
 
 const (
-	filled waitOutcome = iota // the entry is usable: r holds it
-	lapsed                    // the lease lapsed, was released or voided: ask again
-	gaveUp                    // the wait ran out, or Redis failed
+	filled  waitOutcome = iota // the entry is usable: r holds it
+	lapsed                     // the lease lapsed, was released or voided: ask again
+	corrupt                    // the entry is corrupt: ask again, replacing it
+	gaveUp                     // the wait ran out, or Redis failed
 )
 
 // awaitLease polls key's entry, with jittered backoff and at once when the
@@ -316,7 +319,8 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a script.Acquir
 		e, batch, err := l.read(ctx, &redisBudget{left: l.s.redisTimeout}, rkey)
 		switch {
 		case errors.Is(err, entry.ErrCorrupt):
-			return result[T]{}, lapsed // acquire replaces it
+			l.corrupt(rkey, err)
+			return result[T]{}, corrupt
 		case err != nil:
 			return result[T]{}, gaveUp
 		case e.Usable() && !e.FreshAt(l.clock.serverNow()):
@@ -331,7 +335,8 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a script.Acquir
 			if v, err := l.decodeShared(batch, e.Payload); err == nil {
 				return result[T]{val: v, seq: seq, gen: e.Generation}, filled
 			}
-			return result[T]{}, lapsed // corrupt: acquire replaces it
+			l.corrupt(rkey, err)
+			return result[T]{}, corrupt
 		case e.LeaseOwner != a.Owner:
 			return result[T]{}, lapsed
 		}
@@ -371,7 +376,7 @@ func (l *Loader[T]) loadAndFill(ctx context.Context, key, rkey, token string, se
 			return res, nil, n == script.OlderValue
 		}
 	}
-	return res, func() { l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st) }, false
+	return res, func() { l.storeAfter(ctx, st) }, false
 }
 
 // storeNowOrLater runs st within what is left of b, before the result is
@@ -385,7 +390,7 @@ func (l *Loader[T]) storeNowOrLater(ctx context.Context, st store, b *redisBudge
 			return nil
 		}
 	}
-	return func() { l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st) }
+	return func() { l.storeAfter(ctx, st) }
 }
 
 // usable answers from an entry that acquire found usable (filled since it
@@ -394,6 +399,10 @@ func (l *Loader[T]) storeNowOrLater(ctx context.Context, st store, b *redisBudge
 func (l *Loader[T]) usable(rkey string, seq uint64, a script.AcquireReply) (_ result[T], ok bool) {
 	if a.Flags&entry.FlagNegative != 0 {
 		return result[T]{err: ErrNotFound, seq: seq, gen: a.Gen}, true
+	}
+	if len(a.Payload) > l.s.maxValueBytes {
+		l.corrupt(rkey, fmt.Errorf("%w: %d bytes, limit %d", entry.ErrTooLarge, len(a.Payload), l.s.maxValueBytes))
+		return result[T]{}, false
 	}
 	v, err := l.decode(a.Payload)
 	if err != nil {

@@ -282,7 +282,7 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 			l.endFlight(keys[i], results[j], nil)
 		}
 	}
-	l.storeMany(ctx, &redisBudget{left: l.s.redisTimeout}, later)
+	l.storeManyAfter(ctx, later)
 	close(storedLater)
 }
 

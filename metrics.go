@@ -43,6 +43,7 @@ const (
 	EventSampled                          // a sampled hit was checked against the database (Options.SampleRate)
 	EventInconsistent                     // a sampled entry still differed from the database after SampleDelay
 	EventMigrated                         // a miss was answered from the previous key format (Options.PreviousKeyPrefix)
+	EventBudgetSpent                      // a Redis call was not made: the call's RedisTimeout was spent by the calls before it
 	numEvents
 )
 
@@ -53,7 +54,7 @@ var eventNames = [numEvents]string{
 	"invalidation_dropped", "redis_skipped", "breaker_open",
 	"breaker_half_open", "breaker_closed", "refresh", "read_bypass_on",
 	"read_bypass_off", "stale_entry_found", "sampled", "inconsistent",
-	"migrated",
+	"migrated", "budget_spent",
 }
 
 // String returns the event's metric label.
@@ -118,6 +119,7 @@ type Stats struct {
 	Sampled              uint64 // sampled hits checked against the database
 	Inconsistent         uint64 // sampled entries that still differed after SampleDelay
 	Migrated             uint64 // misses answered from the previous key format
+	BudgetSpent          uint64 // Redis calls not made: the call's RedisTimeout was spent
 	Breaker              BreakerState
 	ReadBypass           bool
 }
@@ -157,6 +159,7 @@ func (c *counters) snapshot() Stats {
 		Sampled:              e(EventSampled),
 		Inconsistent:         e(EventInconsistent),
 		Migrated:             e(EventMigrated),
+		BudgetSpent:          e(EventBudgetSpent),
 	}
 }
 

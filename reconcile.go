@@ -29,7 +29,9 @@ type ReconcileOptions struct {
 	ScanCount int
 
 	// Progress, when set, is called after every SCAN batch with the totals
-	// so far. It runs on the reconciling goroutine.
+	// so far, and once more at the end. Calls never overlap and their
+	// totals never go down; on a Redis Cluster, where every master is
+	// scanned on a goroutine of its own, they come from those goroutines.
 	// default: none
 	Progress func(ReconcileResult)
 }
@@ -102,6 +104,11 @@ type reconciler[T any] struct {
 	mu  sync.Mutex // protects res and n
 	res ReconcileResult
 	n   int // entries compared, for the rate
+
+	// reporting serialises the calls of Options.Progress; each takes the
+	// totals under it, so that they never go down from one call to the
+	// next.
+	reporting sync.Mutex
 }
 
 func (r *reconciler[T]) result() ReconcileResult {
@@ -111,9 +118,12 @@ func (r *reconciler[T]) result() ReconcileResult {
 }
 
 func (r *reconciler[T]) progress() {
-	if r.o.Progress != nil {
-		r.o.Progress(r.result())
+	if r.o.Progress == nil {
+		return
 	}
+	r.reporting.Lock()
+	defer r.reporting.Unlock()
+	r.o.Progress(r.result())
 }
 
 func (r *reconciler[T]) add(f func(*ReconcileResult)) {

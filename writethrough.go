@@ -265,9 +265,10 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, floors []
 //
 // Once write has committed, the database is the truth and WriteThrough
 // returns the value without error whatever Redis does: if the Set fails it
-// invalidates instead, and if that fails too (or the circuit breaker is
-// open) the invalidation is queued and retried in the background until it
-// lands; until then, Gets of key bypass Redis. The caller's cancellation
+// invalidates instead, retried within InvalidateTimeout as Invalidate
+// does, and if that fails too (or the circuit breaker is open) the
+// invalidation is queued and retried in the background until it lands;
+// until then, this process's Gets of key bypass Redis. The caller's cancellation
 // after the commit does not stop this.
 //
 // WARNING: a queued invalidation lives in this process's memory only; if the
@@ -295,28 +296,23 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	if err != nil {
 		return zero, err
 	}
+	// Once committed, Redis must not keep the old value: what cannot be
+	// stored is invalidated as Invalidate does it, retried within
+	// InvalidateTimeout and then queued.
 	rctx := context.WithoutCancel(ctx)
-	if l.pending.has(key) {
+	switch {
+	case l.pending.has(key):
 		// An older invalidation of key is still queued: keep the order,
 		// storing nothing before it lands. One invalidation sent now
 		// covers both commits, so try it rather than wait for the
-		// retrier (whose backoff may run to seconds); queue only if it
-		// fails.
-		if _, err := l.invalidateQueued(rctx, []string{key}, nil, l.s.redisTimeout); err != nil {
-			l.enqueueInvalidation(key)
-		}
-		return v, nil
-	}
-	if genErr != nil {
-		if _, err := l.invalidate(rctx, []string{key}); err != nil {
-			l.enqueueInvalidation(key)
-		}
-		return v, nil
-	}
-	if err := l.set(rctx, key, v, gen); err != nil {
-		l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", err)
-		if _, err := l.invalidate(rctx, []string{key}); err != nil {
-			l.enqueueInvalidation(key)
+		// retrier (whose backoff may run to seconds).
+		_ = l.invalidateDurably(rctx, []string{key}, nil)
+	case genErr != nil:
+		_ = l.invalidateDurably(rctx, []string{key}, nil)
+	default:
+		if err := l.set(rctx, key, v, gen); err != nil {
+			l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", err)
+			_ = l.invalidateDurably(rctx, []string{key}, nil)
 		}
 	}
 	return v, nil
