@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -162,7 +163,7 @@ type Relay struct {
 	Instances []Instance `json:"instances"`
 }
 
-// Read returns the relays that published under prefix, by Name.
+// Read returns the relays that published under prefix, sorted by Name.
 func Read(ctx context.Context, rdb redis.Cmdable, prefix string) ([]Relay, error) {
 	names, err := rdb.ZRangeWithScores(ctx, IndexKey(prefix), 0, -1).Result()
 	if err != nil {
@@ -197,6 +198,7 @@ func Read(ctx context.Context, rdb redis.Cmdable, prefix string) ([]Relay, error
 		}
 		out = append(out, r)
 	}
+	slices.SortFunc(out, func(a, b Relay) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
