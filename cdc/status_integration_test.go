@@ -2,7 +2,10 @@ package cdc_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -71,6 +74,93 @@ func TestRelayPublishesItsStatusForCachectl(t *testing.T) {
 	for _, in := range got.Instances {
 		if !strings.HasPrefix(in.ID, self) || in.LastSeen.IsZero() {
 			t.Errorf("instance %+v, want %s<token>", in, self)
+		}
+	}
+}
+
+// cachectl health, the binary, reads a real relay's status from Redis and
+// its checkpoint and leader lock from the source.
+func TestCachectlHealthShowsTheRunningRelay(t *testing.T) {
+	s := sharedSource(t)
+	rdb := testenv.Redis(t, "")
+	prefix := testenv.Prefix(t, rdb, "cdcops:health:")
+	table := s.usersTable(t, 3)
+	rec := &recorder{name: "user"}
+	rules := []cdc.Rule{{Table: table, Target: rec, KeyColumn: "id", VersionColumn: "version"}}
+	name := "health-" + testenv.Random(4)
+	r := startRelay(t, s.dsn(), rules, &cdc.Options{Name: name, StatusRedis: rdb, StatusPrefix: prefix,
+		StatusInterval: 50 * time.Millisecond, CheckpointInterval: 10 * time.Millisecond})
+	mustExec(t, s.db, "UPDATE "+table+" SET version = version + 1")
+	caughtUp(t, s, r)
+
+	bin := filepath.Join(t.TempDir(), "cachectl")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("no go command to build cachectl with: %v", err)
+	}
+	if out, err := exec.Command(gobin, "build", "-o", bin, "github.com/f4df6ac3/cache/cmd/cachectl").CombinedOutput(); err != nil {
+		t.Fatalf("go build cachectl: %v\n%s", err, out)
+	}
+	type report struct {
+		Relays struct {
+			Binlog []struct {
+				Name      string `json:"name"`
+				Running   bool   `json:"running"`
+				Instances []any  `json:"instances"`
+				Status    struct {
+					Host    string `json:"host"`
+					PID     int    `json:"pid"`
+					Applied string `json:"applied"`
+					Behind  int64  `json:"behind"`
+				} `json:"status"`
+			} `json:"binlog"`
+			Checkpoints []struct {
+				Name             string `json:"name"`
+				Position         string `json:"position"`
+				LeaderConnection *int64 `json:"leader_connection"`
+				Behind           *int64 `json:"behind"`
+			} `json:"checkpoints"`
+			Warnings []string `json:"warnings"`
+		} `json:"relays"`
+	}
+	var rep report
+	// The published status trails the relay by up to one interval.
+	waitFor(t, 30*time.Second, "cachectl to show the relay caught up", func() bool {
+		out, err := exec.Command(bin, "-redis", testenv.RedisAddr(), "-json", "health", "-pings", "1",
+			"-prefix", prefix, "-dsn", s.dsn()).Output()
+		if err != nil {
+			t.Fatalf("cachectl health: %v\n%s", err, out)
+		}
+		rep = report{}
+		if err := json.Unmarshal(out, &rep); err != nil {
+			t.Fatalf("cachectl health: %v\n%s", err, out)
+		}
+		b := rep.Relays.Binlog
+		return len(b) == 1 && b[0].Running && b[0].Status.Applied == "gtid:"+r.Stats().Applied.GTID && b[0].Status.Behind == 0
+	})
+	b := rep.Relays.Binlog[0]
+	host, _ := os.Hostname()
+	if b.Name != name || b.Status.Host != host || b.Status.PID != os.Getpid() || len(b.Instances) != 1 {
+		t.Errorf("binlog relay: %+v", b)
+	}
+	var cp int
+	for i, c := range rep.Relays.Checkpoints {
+		if c.Name == name {
+			cp = i + 1
+		}
+	}
+	if cp == 0 {
+		t.Fatalf("no checkpoint of %s in %+v", name, rep.Relays.Checkpoints)
+	}
+	c := rep.Relays.Checkpoints[cp-1]
+	// The relay leads: its connection holds the lock. The checkpoint
+	// trails the server by its own write at least.
+	if c.LeaderConnection == nil || !strings.HasPrefix(c.Position, "gtid:") || c.Behind == nil || *c.Behind < 1 {
+		t.Errorf("checkpoint: %+v", c)
+	}
+	for _, w := range rep.Relays.Warnings {
+		if strings.Contains(w, name) {
+			t.Errorf("warning about the running relay: %s", w)
 		}
 	}
 }
