@@ -70,7 +70,7 @@ func (r *Relay) statusRecord(st Stats, host string, pid int, now time.Time) *rel
 		Source: r.dsn.Addr, Flavor: r.s.flavor, Database: r.dsn.DBName, CheckpointTable: r.s.table,
 		LeaderSince: since, PublishedAt: now, IntervalMs: r.s.statusInterval.Milliseconds(),
 		Applied: st.Applied.String(), Checkpoint: st.Checkpoint.String(), CheckpointAt: savedAt,
-		Behind: st.Behind,
+		Behind: st.Behind, EventLagMs: -1, CheckpointAgeMs: now.Sub(savedAt).Milliseconds(),
 		Events: st.Events, Rows: st.Rows, Transactions: st.Transactions, Invalidations: st.Invalidations,
 		ApplyErrors: st.ApplyErrors, Reconnects: st.Reconnects, Statements: st.Statements,
 	}
@@ -79,6 +79,7 @@ func (r *Relay) statusRecord(st Stats, host string, pid int, now time.Time) *rel
 	}
 	if ts := r.stats.eventTime.Load(); ts > 0 {
 		rec.EventTime = time.Unix(ts, 0)
+		rec.EventLagMs = max(0, now.Sub(rec.EventTime).Milliseconds())
 	}
 	return rec
 }

@@ -64,7 +64,7 @@ func TestRelayPublishesItsStatusForCachectl(t *testing.T) {
 	if !strings.HasPrefix(st.Checkpoint, "gtid:") || st.CheckpointAt.IsZero() || !strings.HasPrefix(st.Server, "gtid:") {
 		t.Errorf("positions: %+v", st)
 	}
-	if st.Behind < 0 || st.EventTime.IsZero() || st.Events == 0 || st.Rows < 5 || st.Transactions == 0 {
+	if st.Behind < 0 || st.EventTime.IsZero() || st.EventLagMs < 0 || st.CheckpointAgeMs < 0 || st.Events == 0 || st.Rows < 5 || st.Transactions == 0 {
 		t.Errorf("progress: %+v", st)
 	}
 	if st.EventsPerSec < 0 || st.InvalidationsPerSec < 0 || st.ApplyErrorsPerSec != 0 || st.ApplyErrors != 0 {

@@ -49,9 +49,11 @@ type relaysReport struct {
 type binlogRelayReport struct {
 	relaystatus.Relay
 	Running bool `json:"running"` // a leader's status is live
-	// Ages at the time of the report (omitted without a live status).
+	// StatusAgeSeconds is how old the status is by cachectl's clock; the
+	// other ages are the relay's own, as of the status (omitted without a
+	// live status, or before the first event).
 	StatusAgeSeconds     *float64 `json:"status_age_seconds,omitempty"`
-	EventLagSeconds      *float64 `json:"event_lag_seconds,omitempty"` // now − the last event's time
+	EventLagSeconds      *float64 `json:"event_lag_seconds,omitempty"` // the last event's age
 	CheckpointAgeSeconds *float64 `json:"checkpoint_age_seconds,omitempty"`
 	LeaderForSeconds     *float64 `json:"leader_for_seconds,omitempty"`
 }
@@ -101,10 +103,19 @@ func relays(ctx context.Context, rdb redis.UniversalClient, f relayFlags) (*rela
 	for _, r := range found {
 		br := binlogRelayReport{Relay: r, Running: r.Status != nil}
 		if st := r.Status; st != nil {
+			ms := func(v int64) *float64 {
+				if v < 0 {
+					return nil
+				}
+				s := float64(v) / 1000
+				return &s
+			}
 			br.StatusAgeSeconds = secs(st.PublishedAt)
-			br.EventLagSeconds = secs(st.EventTime)
-			br.CheckpointAgeSeconds = secs(st.CheckpointAt)
-			br.LeaderForSeconds = secs(st.LeaderSince)
+			br.EventLagSeconds = ms(st.EventLagMs)
+			br.CheckpointAgeSeconds = ms(st.CheckpointAgeMs)
+			if !st.LeaderSince.IsZero() {
+				br.LeaderForSeconds = ms(st.PublishedAt.Sub(st.LeaderSince).Milliseconds())
+			}
 			rep.Warnings = append(rep.Warnings, binlogWarnings(st, br.EventLagSeconds)...)
 		} else {
 			rep.Warnings = append(rep.Warnings, fmt.Sprintf("binlog relay %s: no leader has published its status since %s (%s ago): is a relay of this Name running, and can it reach Redis?",
@@ -314,12 +325,12 @@ func printRelays(w io.Writer, r *relaysReport) {
 		}
 		fmt.Fprintf(w, "    applied:      %s\n", st.Applied)
 		fmt.Fprintf(w, "    server:       %s (%s transactions not applied)\n", orDash(st.Server), behind)
-		fmt.Fprintf(w, "    last event:   %s ago (whole seconds; grows on an idle binlog)\n", dur(b.EventLagSeconds))
+		fmt.Fprintf(w, "    last event:   %s ago (its time in whole seconds; grows on an idle binlog)\n", dur(b.EventLagSeconds))
 		fmt.Fprintf(w, "    checkpoint:   %s, stored %s ago\n", st.Checkpoint, dur(b.CheckpointAgeSeconds))
 		fmt.Fprintf(w, "    rates:        %.1f events/s, %.1f invalidations/s, %.1f failed calls/s\n", st.EventsPerSec, st.InvalidationsPerSec, st.ApplyErrorsPerSec)
 		fmt.Fprintf(w, "    totals:       %d events, %d rows, %d transactions, %d invalidations, %d failed calls, %d reconnects, %d statements\n",
 			st.Events, st.Rows, st.Transactions, st.Invalidations, st.ApplyErrors, st.Reconnects, st.Statements)
-		fmt.Fprintf(w, "    status:       published %s ago\n", dur(b.StatusAgeSeconds))
+		fmt.Fprintf(w, "    status:       published %s ago (by this host's clock; the ages above are the relay's, as of then)\n", dur(b.StatusAgeSeconds))
 	}
 	for _, c := range r.Checkpoints {
 		leader := "none"

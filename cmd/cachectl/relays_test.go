@@ -28,7 +28,7 @@ func TestHealthShowsBinlogRelays(t *testing.T) {
 		Relay: "orders", Host: "relay-host-1", PID: 4242, Source: "db:3306", Flavor: "mariadb", Database: "app",
 		CheckpointTable: "cache_cdc_checkpoint", LeaderSince: now.Add(-time.Hour), PublishedAt: now, IntervalMs: 1000,
 		Applied: "gtid:0-1-90", Checkpoint: "gtid:0-1-88", CheckpointAt: now.Add(-2 * time.Second),
-		Server: "gtid:0-1-100", Behind: 10, EventTime: now.Add(-time.Minute),
+		Server: "gtid:0-1-100", Behind: 10, EventTime: now.Add(-time.Minute), EventLagMs: 60_000, CheckpointAgeMs: 2_000,
 		Events: 1000, Rows: 500, Transactions: 300, Invalidations: 400, ApplyErrors: 7, Statements: 2,
 		EventsPerSec: 12.5, InvalidationsPerSec: 4, ApplyErrorsPerSec: 1,
 	}

@@ -85,6 +85,11 @@ type Status struct {
 	// events flow; on an idle stream it grows with nothing to apply (read
 	// it with Behind).
 	EventTime time.Time `json:"event_time"`
+	// EventLagMs and CheckpointAgeMs are now − EventTime and now −
+	// CheckpointAt by the relay's clock at PublishedAt (-1: no event yet),
+	// for readers whose clock may differ from the relay's.
+	EventLagMs      int64 `json:"event_lag_ms"`
+	CheckpointAgeMs int64 `json:"checkpoint_age_ms"`
 
 	// Totals since the relay process started.
 	Events        uint64 `json:"events"`
