@@ -136,7 +136,10 @@ func relays(ctx context.Context, rdb redis.UniversalClient, f relayFlags) (*rela
 // binlogWarnings are the warnings about a running relay's status.
 func binlogWarnings(st *relaystatus.Status, lag *float64) []string {
 	var w []string
-	if lag != nil && *lag > relayLagWarn.Seconds() && st.Behind != 0 {
+	// Behind is known on MariaDB GTIDs only; elsewhere a relay whose
+	// applied position is the server's is caught up.
+	caughtUp := st.Behind == 0 || (st.Behind < 0 && st.Server != "" && samePosition(st.Applied, st.Server))
+	if lag != nil && *lag > relayLagWarn.Seconds() && !caughtUp {
 		behind := "an unknown number of"
 		if st.Behind > 0 {
 			behind = fmt.Sprint(st.Behind)
@@ -153,6 +156,14 @@ func binlogWarnings(st *relaystatus.Status, lag *float64) []string {
 			st.Relay, st.Statements))
 	}
 	return w
+}
+
+// samePosition compares two positions as written by the relay and read
+// from the server (MySQL writes GTID sets with newlines, and UUIDs in
+// either case).
+func samePosition(a, b string) bool {
+	norm := func(s string) string { return strings.ToLower(strings.Join(strings.Fields(s), "")) }
+	return norm(a) == norm(b)
 }
 
 // mysqlRelays adds what MySQL tells: the checkpoint rows and who holds

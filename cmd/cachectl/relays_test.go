@@ -213,3 +213,26 @@ func contains(ss []string, sub string) bool {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// The lag warning needs the relay to be behind: known on MariaDB GTIDs,
+// and elsewhere (Behind -1) an applied position that is not the server's.
+func TestBinlogLagWarning(t *testing.T) {
+	lag := 120.0
+	for _, tc := range []struct {
+		behind          int64
+		applied, server string
+		warn            bool
+	}{
+		{0, "gtid:0-1-5", "gtid:0-1-5", false},
+		{3, "gtid:0-1-2", "gtid:0-1-5", true},
+		{-1, "gtid:3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5", "gtid:3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5\n", false},
+		{-1, "gtid:3e11fa47-71ca-11e1-9e33-c80aa9429562:1-4", "gtid:3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5", true},
+		{-1, "file:binlog.000002:400", "file:binlog.000002:400", false},
+		{-1, "file:binlog.000002:400", "", true},
+	} {
+		w := binlogWarnings(&relaystatus.Status{Relay: "r", Behind: tc.behind, Applied: tc.applied, Server: tc.server}, &lag)
+		if got := contains(w, "reads 2m0s behind"); got != tc.warn {
+			t.Errorf("behind %d, applied %q, server %q: warnings %q, want a lag warning: %v", tc.behind, tc.applied, tc.server, w, tc.warn)
+		}
+	}
+}
