@@ -129,13 +129,27 @@ func (r *Relay) Close() error { return r.db.Close() }
 // returns when a Target is closed, and with ErrRule when a rule cannot be
 // applied to a row (its column is missing, its Key func failed): it stops
 // rather than skip an invalidation.
+//
+// With Options.StatusRedis it publishes its status meanwhile, and when it
+// returns an error other than ctx's, a record saying so.
 func (r *Relay) Run(ctx context.Context) error {
-	if r.s.statusRedis != nil {
-		pctx, stop := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { defer close(done); r.publishStatus(pctx) }()
-		defer func() { stop(); <-done }()
+	if r.s.statusRedis == nil {
+		return r.run(ctx)
 	}
+	pctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); r.publishStatus(pctx) }()
+	err := r.run(ctx)
+	stop()
+	<-done
+	if err != nil && ctx.Err() == nil {
+		r.publishStopped(err)
+	}
+	return err
+}
+
+// run is Run without the status.
+func (r *Relay) run(ctx context.Context) error {
 	bo := newBackoff(100*time.Millisecond, r.s.maxBackoff)
 	var src source
 	for {

@@ -70,9 +70,12 @@ func (r *Relay) statusRecord(st Stats, host string, pid int, now time.Time) *rel
 		Source: r.dsn.Addr, Flavor: r.s.flavor, Database: r.dsn.DBName, CheckpointTable: r.s.table,
 		LeaderSince: since, PublishedAt: now, IntervalMs: r.s.statusInterval.Milliseconds(),
 		Applied: st.Applied.String(), Checkpoint: st.Checkpoint.String(), CheckpointAt: savedAt,
-		Behind: st.Behind, EventLagMs: -1, CheckpointAgeMs: now.Sub(savedAt).Milliseconds(),
+		Behind: st.Behind, EventLagMs: -1, CheckpointAgeMs: -1,
 		Events: st.Events, Rows: st.Rows, Transactions: st.Transactions, Invalidations: st.Invalidations,
 		ApplyErrors: st.ApplyErrors, Reconnects: st.Reconnects, Statements: st.Statements,
+	}
+	if !savedAt.IsZero() {
+		rec.CheckpointAgeMs = now.Sub(savedAt).Milliseconds()
 	}
 	if st.Server != (Position{}) {
 		rec.Server = st.Server.String()
@@ -82,4 +85,17 @@ func (r *Relay) statusRecord(st Stats, host string, pid int, now time.Time) *rel
 		rec.EventLagMs = max(0, now.Sub(rec.EventTime).Milliseconds())
 	}
 	return rec
+}
+
+// publishStopped publishes the record of a relay that stopped on err.
+func (r *Relay) publishStopped(err error) {
+	host, _ := os.Hostname()
+	now := time.Now()
+	rec := r.statusRecord(r.Stats(), host, os.Getpid(), now)
+	rec.Error, rec.StoppedAt = err.Error(), now
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if perr := relaystatus.PublishStopped(ctx, r.s.statusRedis, r.s.statusPrefix, r.s.name, rec); perr != nil {
+		r.s.logger.Warn("cdc: cannot publish that the relay stopped", "relay", r.s.name, "error", perr)
+	}
 }

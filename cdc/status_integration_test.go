@@ -3,6 +3,7 @@ package cdc_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -162,5 +163,45 @@ func TestCachectlHealthShowsTheRunningRelay(t *testing.T) {
 		if strings.Contains(w, name) {
 			t.Errorf("warning about the running relay: %s", w)
 		}
+	}
+}
+
+// A relay that stops on an error no retry cures says why, where cachectl
+// reads it, and leaves the instances.
+func TestAStoppedRelayPublishesWhy(t *testing.T) {
+	s := sharedSource(t)
+	rdb := testenv.Redis(t, "")
+	prefix := testenv.Prefix(t, rdb, "cdcops:stopped:")
+	table := s.usersTable(t, 1)
+	name := "stopped-" + testenv.Random(4)
+	r, err := cdc.New(s.dsn(), []cdc.Rule{{Table: table, Target: &recorder{name: "user"}, KeyColumn: "no_such_column"}},
+		&cdc.Options{Name: name, Logger: quiet(), StatusRedis: rdb, StatusPrefix: prefix, StatusInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	waitFor(t, 30*time.Second, "leader", func() bool { return r.Stats().Leader })
+	mustExec(t, s.db, "UPDATE "+table+" SET version = 2")
+	runErr := <-done
+	if !errors.Is(runErr, cdc.ErrRule) {
+		t.Fatalf("Run: %v; want ErrRule", runErr)
+	}
+	relays, err := relaystatus.Read(context.Background(), rdb, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(relays) != 1 || relays[0].Status == nil {
+		t.Fatalf("read %+v", relays)
+	}
+	st := relays[0].Status
+	if st.Error != runErr.Error() || st.StoppedAt.IsZero() || st.Relay != name || len(relays[0].Instances) != 0 {
+		t.Errorf("stopped relay: %+v, instances %v", st, relays[0].Instances)
+	}
+	if ttl := rdb.TTL(context.Background(), relaystatus.StatusKey(prefix, name)).Val(); ttl < time.Hour {
+		t.Errorf("the stopped record expires in %v, want about %v", ttl, relaystatus.StoppedTTL)
 	}
 }

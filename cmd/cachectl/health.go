@@ -39,7 +39,8 @@ invalidations/s, failed calls/s and totals, and how many instances
 (-cdc-table) gives each Name's stored position and age, and who holds its
 leader lock (GET_LOCK) on the server; the outbox table (-outbox-table)
 gives its backlog (rows pending, the oldest's age). Warnings:
-  - a relay Name whose leader stopped publishing (status expired);
+  - a relay Name whose leader stopped publishing (status expired), or
+    whose relay stopped on an error no retry cures (STOPPED, with it);
   - a relay whose last event is over 30s old while the server has
     transactions it has not applied;
   - failing invalidation calls; statement-logged writes it could not see;

@@ -48,7 +48,7 @@ type relaysReport struct {
 // health derived from it.
 type binlogRelayReport struct {
 	relaystatus.Relay
-	Running bool `json:"running"` // a leader's status is live
+	Running bool `json:"running"` // a leader's status is live (and not a stopped relay's)
 	// StatusAgeSeconds is how old the status is by cachectl's clock; the
 	// other ages are the relay's own, as of the status (omitted without a
 	// live status, or before the first event).
@@ -101,8 +101,11 @@ func relays(ctx context.Context, rdb redis.UniversalClient, f relayFlags) (*rela
 		return &s
 	}
 	for _, r := range found {
-		br := binlogRelayReport{Relay: r, Running: r.Status != nil}
-		if st := r.Status; st != nil {
+		br := binlogRelayReport{Relay: r, Running: r.Status != nil && r.Status.Error == ""}
+		if st := r.Status; st != nil && st.Error != "" {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("binlog relay %s STOPPED at %s on %s pid %d: %s",
+				r.Name, st.StoppedAt.UTC().Format(time.RFC3339), st.Host, st.PID, st.Error))
+		} else if st != nil {
 			ms := func(v int64) *float64 {
 				if v < 0 {
 					return nil
@@ -323,6 +326,11 @@ func printRelays(w io.Writer, r *relaysReport) {
 	}
 	for _, b := range r.Binlog {
 		st := b.Status
+		if st != nil && st.Error != "" {
+			fmt.Fprintf(w, "  %s: STOPPED at %s on %s pid %d, after applying up to %s: %s\n", b.Name,
+				st.StoppedAt.UTC().Format(time.RFC3339), st.Host, st.PID, st.Applied, st.Error)
+			continue
+		}
 		if st == nil {
 			fmt.Fprintf(w, "  %s: NOT RUNNING (last status %s, %s ago); %d instances seen\n", b.Name,
 				b.LastPublished.UTC().Format(time.RFC3339), time.Since(b.LastPublished).Round(time.Second), len(b.Instances))

@@ -46,13 +46,22 @@ func TestHealthShowsBinlogRelays(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A relay that stopped on an error no retry cures.
+	if err := relaystatus.PublishStopped(ctx, rdb, prefix, "payments", &relaystatus.Status{Relay: "payments", Host: "relay-host-3",
+		PID: 9, Applied: "gtid:0-1-70", Error: "cdc: a rule cannot be applied: no column tenant", StoppedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+
 	var r healthReport
 	cachectlJSON(t, &r, "health", "-pings", "1", "-prefix", prefix)
 	rel := r.Relays
-	if rel == nil || rel.Prefix != prefix || len(rel.Binlog) != 2 {
+	if rel == nil || rel.Prefix != prefix || len(rel.Binlog) != 3 {
 		t.Fatalf("relays: %+v", rel)
 	}
-	orders, users := rel.Binlog[0], rel.Binlog[1]
+	orders, payments, users := rel.Binlog[0], rel.Binlog[1], rel.Binlog[2]
+	if payments.Name != "payments" || payments.Running || payments.Status == nil || payments.Status.Error == "" {
+		t.Errorf("payments: %+v", payments)
+	}
 	if orders.Name != "orders" || !orders.Running || orders.Status == nil || orders.Status.Host != "relay-host-1" ||
 		orders.Status.PID != 4242 || orders.Status.Behind != 10 || len(orders.Instances) != 2 {
 		t.Errorf("orders: %+v", orders)
@@ -69,6 +78,8 @@ func TestHealthShowsBinlogRelays(t *testing.T) {
 		"binlog relay orders: invalidations are failing (1.0/s)",
 		"binlog relay orders saw 2 statement-logged writes",
 		"binlog relay users: no leader has published its status since",
+		"binlog relay payments STOPPED at ",
+		"on relay-host-3 pid 9: cdc: a rule cannot be applied: no column tenant",
 	} {
 		if !contains(rel.Warnings, want) {
 			t.Errorf("no warning %q in %q", want, rel.Warnings)
@@ -80,7 +91,9 @@ func TestHealthShowsBinlogRelays(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	for _, want := range []string{
-		`binlog relays:    2 under prefix "` + prefix + `"`,
+		`binlog relays:    3 under prefix "` + prefix + `"`,
+		"payments: STOPPED at ",
+		"after applying up to gtid:0-1-70: cdc: a rule cannot be applied",
 		"orders: leader relay-host-1 pid 4242 for 1h0m0s, 2 instances",
 		"applied:      gtid:0-1-90",
 		"server:       gtid:0-1-100 (10 transactions not applied)",

@@ -104,7 +104,18 @@ type Status struct {
 	EventsPerSec        float64 `json:"events_per_sec"`
 	InvalidationsPerSec float64 `json:"invalidations_per_sec"`
 	ApplyErrorsPerSec   float64 `json:"apply_errors_per_sec"`
+
+	// Error is set in the record of a relay that stopped on an error no
+	// retry cures (its Run returned it: server settings, a rule that
+	// cannot be applied, a closed Loader), at StoppedAt. Such a record
+	// lives StoppedTTL, or until a leader of the Name publishes again.
+	Error     string    `json:"error,omitempty"`
+	StoppedAt time.Time `json:"stopped_at,omitzero"`
 }
+
+// StoppedTTL is how long the record of a relay that stopped on an error
+// stays.
+const StoppedTTL = 24 * time.Hour
 
 // Instance is one running relay of a Name, as its last heartbeat says.
 type Instance struct {
@@ -139,6 +150,24 @@ func Publish(ctx context.Context, rdb redis.Cmdable, prefix, name, id string, st
 		p.ZAdd(ctx, ik, redis.Z{Score: ms, Member: id})
 		p.ZRemRangeByScore(ctx, ik, "-inf", "("+strconv.FormatInt(now.Add(-ttl).UnixMilli(), 10))
 		p.PExpire(ctx, ik, ttl)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("relay status: %w", err)
+	}
+	return nil
+}
+
+// PublishStopped writes the record of a relay of name that stopped on an
+// error (st.Error set); it lives StoppedTTL.
+func PublishStopped(ctx context.Context, rdb redis.Cmdable, prefix, name string, st *Status) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	_, err = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, StatusKey(prefix, name), b, StoppedTTL)
+		p.ZAdd(ctx, IndexKey(prefix), redis.Z{Score: float64(time.Now().UnixMilli()), Member: name})
 		return nil
 	})
 	if err != nil {
