@@ -38,9 +38,10 @@
 //	cd examples/simstatus
 //	go run . -dsn 'root@tcp(127.0.0.1:3306)/test' -redis 127.0.0.1:6379
 //
-// With -relay the server needs a binary log: --log-bin --binlog-format=ROW
-// --binlog-row-metadata=FULL (MariaDB 10.5+, MySQL 8.0.1+), and the DSN's
-// user REPLICATION SLAVE and REPLICATION CLIENT (see cdc/README.md). The
+// With -relay the server must be a MariaDB 10.5+ (the relay's flavor here,
+// and the example waits for it by GTID) with a binary log: --log-bin
+// --binlog-format=ROW --binlog-row-metadata=FULL, and the DSN's user needs
+// REPLICATION SLAVE and BINLOG MONITOR (see cdc/README.md). The
 // relay publishes its status: while it runs,
 //
 //	cachectl health -prefix simstatus-example:
