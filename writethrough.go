@@ -33,7 +33,10 @@ func (l *Loader[T]) Set(ctx context.Context, key string, v T) error {
 	if err := l.check(key); err != nil {
 		return err
 	}
-	return l.set(ctx, key, v, anyGeneration)
+	ctx, sp := l.startOp(ctx, OpSet, key, 1)
+	err := l.set(ctx, key, v, anyGeneration)
+	endOp(sp, err)
+	return err
 }
 
 // anyGeneration lets set store whatever invalidations happened before.
@@ -63,7 +66,7 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 		return fmt.Errorf("cache: set %q: %w", key, err)
 	}
 	if n != script.Stored {
-		l.count(EventStaleSetPrevented)
+		l.countIn(ctx, EventStaleSetPrevented)
 	}
 	if err := l.dropPrevious(ctx, []string{key}, &redisBudget{left: l.s.redisTimeout}, l.redisCallKey); err != nil {
 		return fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
@@ -107,7 +110,10 @@ func (l *Loader[T]) Invalidate(ctx context.Context, keys ...string) error {
 			return err
 		}
 	}
-	return l.invalidateDurably(ctx, keys, nil)
+	ctx, sp := l.startOp(ctx, OpInvalidate, oneKey(keys), len(keys))
+	err := l.invalidateDurably(ctx, keys, nil)
+	endOp(sp, err)
+	return err
 }
 
 // KeyVersion names a key to invalidate and the version of its row as
@@ -138,7 +144,10 @@ func (l *Loader[T]) InvalidateVersions(ctx context.Context, kvs ...KeyVersion) e
 		}
 		keys[i], floors[i] = kv.Key, kv.Version
 	}
-	return l.invalidateDurably(ctx, keys, floors)
+	ctx, sp := l.startOp(ctx, OpInvalidate, oneKey(keys), len(keys))
+	err := l.invalidateDurably(ctx, keys, floors)
+	endOp(sp, err)
+	return err
 }
 
 // invalidateDurably invalidates keys (with floors, when not nil) within
@@ -160,6 +169,7 @@ func (l *Loader[T]) invalidateDurably(ctx context.Context, keys []string, floors
 			for _, k := range keys {
 				l.enqueueInvalidation(k)
 			}
+			l.note(ctx, EventInvalidationQueued)
 			return fmt.Errorf("%w: %w", ErrQueued, err)
 		}
 		t := time.NewTimer(jittered(backoff, 0.5))
@@ -274,11 +284,13 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, floors []
 // process dies before it is applied, the entry stays stale until its TTL.
 // The queue holds 4096 keys; beyond that invalidations are dropped, counted
 // and logged.
-func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx context.Context) (T, error)) (T, error) {
+func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx context.Context) (T, error)) (_ T, err error) {
 	var zero T
 	if err := l.check(key); err != nil {
 		return zero, err
 	}
+	ctx, sp := l.startOp(ctx, OpWriteThrough, key, 1)
+	defer func() { endOp(sp, err) }()
 	// The entry's generation before the write: if another writer
 	// invalidates or sets key after it, that writer's value may be newer
 	// than ours (it may have committed after us but reached Redis first),
@@ -304,12 +316,14 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 		// fails.
 		if _, err := l.invalidateQueued(rctx, []string{key}, nil, l.s.redisTimeout); err != nil {
 			l.enqueueInvalidation(key)
+			l.note(ctx, EventInvalidationQueued)
 		}
 		return v, nil
 	}
 	if genErr != nil {
 		if _, err := l.invalidate(rctx, []string{key}); err != nil {
 			l.enqueueInvalidation(key)
+			l.note(ctx, EventInvalidationQueued)
 		}
 		return v, nil
 	}
@@ -317,6 +331,7 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 		l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", err)
 		if _, err := l.invalidate(rctx, []string{key}); err != nil {
 			l.enqueueInvalidation(key)
+			l.note(ctx, EventInvalidationQueued)
 		}
 	}
 	return v, nil
