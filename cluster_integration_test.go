@@ -269,7 +269,7 @@ func TestCluster(t *testing.T) {
 		res, err := l.Reconcile(ctx, &ReconcileOptions{Rate: 100000})
 		require.NoError(t, err)
 		t.Logf("%+v", res)
-		require.Equal(t, ReconcileResult{Scanned: n, Compared: n, Divergent: 6, Evicted: 6}, res,
+		require.Equal(t, ReconcileResult{Scanned: n, Compared: n, Divergent: 6, Older: 6, Evicted: 6}, res,
 			"SCAN visited every master")
 		for _, rk := range rkeys {
 			k := rk[len(l.Key("")):]
