@@ -214,6 +214,8 @@ type settings struct {
 	maxValueBytes int
 	codec         Codec
 	recorder      Recorder
+	redisRecorder RedisRecorder // recorder, if it is one; else nil
+	writeRecorder WriteRecorder // recorder, if it is one; else nil
 	tracer        Tracer
 	logger        *slog.Logger
 }
@@ -312,6 +314,8 @@ func (o *Options) settings() (settings, error) {
 	if s.recorder == nil {
 		s.recorder = nopRecorder{}
 	}
+	s.redisRecorder, _ = s.recorder.(RedisRecorder)
+	s.writeRecorder, _ = s.recorder.(WriteRecorder)
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}

@@ -34,7 +34,8 @@ func (l *Loader[T]) Set(ctx context.Context, key string, v T) error {
 		return err
 	}
 	ctx, sp := l.startOp(ctx, OpSet, key, 1)
-	err := l.set(ctx, key, v, anyGeneration)
+	r, err := l.set(ctx, key, v, anyGeneration)
+	l.countWrite(OpSet, r)
 	endOp(sp, err)
 	return err
 }
@@ -42,15 +43,20 @@ func (l *Loader[T]) Set(ctx context.Context, key string, v T) error {
 // anyGeneration lets set store whatever invalidations happened before.
 const anyGeneration = script.AnyGeneration
 
-// set stores v if key's generation is still gen (see set.lua).
-func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error {
+// set stores v if key's generation is still gen (see set.lua), and says
+// how that ended: stored, invalidated instead, or failed.
+func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) (WriteResult, error) {
 	payload, version, err := l.encode(v)
 	if err != nil {
 		_, ierr := l.invalidate(ctx, []string{key})
-		if errors.Is(err, ErrTooLarge) {
-			return ierr
+		r := WriteInvalidated
+		if ierr != nil {
+			r = WriteFailed
 		}
-		return errors.Join(err, ierr)
+		if errors.Is(err, ErrTooLarge) {
+			return r, ierr
+		}
+		return r, errors.Join(err, ierr)
 	}
 	ttl := l.s.valueTTL()
 	c := script.SetCall(l.Key(key), script.Set{
@@ -63,15 +69,17 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("cache: set %q: %w", key, err)
+		return WriteFailed, fmt.Errorf("cache: set %q: %w", key, err)
 	}
+	r := WriteStored
 	if n != script.Stored {
 		l.countIn(ctx, EventStaleSetPrevented)
+		r = WriteInvalidated // the script invalidates what it refuses
 	}
 	if err := l.dropPrevious(ctx, []string{key}, &redisBudget{left: l.s.redisTimeout}, l.redisCallKey); err != nil {
-		return fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
+		return WriteFailed, fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
 	}
-	return nil
+	return r, nil
 }
 
 // dropPrevious deletes the keys' entries in the previous key format, if
@@ -112,6 +120,7 @@ func (l *Loader[T]) Invalidate(ctx context.Context, keys ...string) error {
 	}
 	ctx, sp := l.startOp(ctx, OpInvalidate, oneKey(keys), len(keys))
 	err := l.invalidateDurably(ctx, keys, nil)
+	l.countInvalidate(err)
 	endOp(sp, err)
 	return err
 }
@@ -146,8 +155,19 @@ func (l *Loader[T]) InvalidateVersions(ctx context.Context, kvs ...KeyVersion) e
 	}
 	ctx, sp := l.startOp(ctx, OpInvalidate, oneKey(keys), len(keys))
 	err := l.invalidateDurably(ctx, keys, floors)
+	l.countInvalidate(err)
 	endOp(sp, err)
 	return err
+}
+
+// countInvalidate counts an Invalidate or InvalidateVersions that ended
+// with err (nil or ErrQueued).
+func (l *Loader[T]) countInvalidate(err error) {
+	if err != nil {
+		l.countWrite(OpInvalidate, WriteQueued)
+	} else {
+		l.countWrite(OpInvalidate, WriteInvalidated)
+	}
 }
 
 // invalidateDurably invalidates keys (with floors, when not nil) within
@@ -290,7 +310,11 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 		return zero, err
 	}
 	ctx, sp := l.startOp(ctx, OpWriteThrough, key, 1)
-	defer func() { endOp(sp, err) }()
+	result := WriteFailed // until the write commits
+	defer func() {
+		l.countWrite(OpWriteThrough, result)
+		endOp(sp, err)
+	}()
 	// The entry's generation before the write: if another writer
 	// invalidates or sets key after it, that writer's value may be newer
 	// than ours (it may have committed after us but reached Redis first),
@@ -314,24 +338,31 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 		// covers both commits, so try it rather than wait for the
 		// retrier (whose backoff may run to seconds); queue only if it
 		// fails.
+		result = WriteInvalidated
 		if _, err := l.invalidateQueued(rctx, []string{key}, nil, l.s.redisTimeout); err != nil {
 			l.enqueueInvalidation(key)
 			l.note(ctx, EventInvalidationQueued)
+			result = WriteQueued
 		}
 		return v, nil
 	}
 	if genErr != nil {
+		result = WriteInvalidated
 		if _, err := l.invalidate(rctx, []string{key}); err != nil {
 			l.enqueueInvalidation(key)
 			l.note(ctx, EventInvalidationQueued)
+			result = WriteQueued
 		}
 		return v, nil
 	}
-	if err := l.set(rctx, key, v, gen); err != nil {
-		l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", err)
+	var serr error
+	if result, serr = l.set(rctx, key, v, gen); serr != nil {
+		l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", serr)
+		result = WriteInvalidated
 		if _, err := l.invalidate(rctx, []string{key}); err != nil {
 			l.enqueueInvalidation(key)
 			l.note(ctx, EventInvalidationQueued)
+			result = WriteQueued
 		}
 	}
 	return v, nil
