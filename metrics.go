@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/f4df6ac3/cache/internal/promreg"
 )
@@ -88,11 +87,12 @@ type PendingRecorder interface {
 
 // RedisRecorder is implemented by Recorders that also observe the
 // Loader's Redis calls: each call (a command, a script or a pipeline: one
-// round trip) that was sent, with how long it took and its error — nil
-// or an error reply that says Redis is up (WRONGTYPE, ...) when Redis
-// answered. Calls the circuit breaker skipped, and calls whose caller left
-// before the answer, are not observed. Prometheus implements it as
-// cache_redis_duration_seconds.
+// round trip) that was sent, with how long it took and, when Redis failed
+// (a timeout, a lost connection, a reply such as OOM or LOADING that says
+// it cannot serve), the failure; err is nil when Redis answered, error
+// replies such as WRONGTYPE included. Calls the circuit breaker skipped,
+// and calls whose caller left before the answer, are not observed.
+// Prometheus implements it as cache_redis_duration_seconds.
 type RedisRecorder interface {
 	ObserveRedis(loader string, d time.Duration, err error)
 }
@@ -132,6 +132,9 @@ func (r WriteResult) String() string {
 func (l *Loader[T]) observeRedis(d time.Duration, err error) {
 	if l.s.redisRecorder == nil || callerLeft(err) {
 		return
+	}
+	if answered(err) { // redis.Nil too
+		err = nil
 	}
 	l.s.redisRecorder.ObserveRedis(l.name, d, err)
 }
@@ -402,7 +405,7 @@ func (p *Prometheus) ObserveLoad(loader string, d time.Duration, err error) {
 func (p *Prometheus) ObserveRedis(loader string, d time.Duration, err error) {
 	p.seen(loader)
 	result := "ok"
-	if err != nil && !errors.Is(err, redis.Nil) && !answered(err) {
+	if err != nil {
 		result = "error"
 	}
 	p.redis.WithLabelValues(loader, result).Observe(d.Seconds())

@@ -3,11 +3,13 @@ package otelcache_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -20,6 +22,18 @@ import (
 type both [2]interface {
 	cache.Recorder
 	cache.PendingRecorder
+	cache.RedisRecorder
+	cache.WriteRecorder
+}
+
+func (b both) ObserveRedis(loader string, d time.Duration, err error) {
+	b[0].ObserveRedis(loader, d, err)
+	b[1].ObserveRedis(loader, d, err)
+}
+
+func (b both) CountWrite(loader string, op cache.Op, r cache.WriteResult) {
+	b[0].CountWrite(loader, op, r)
+	b[1].CountWrite(loader, op, r)
 }
 
 func (b both) Count(loader string, e cache.Event) {
@@ -58,6 +72,12 @@ func TestMetricsEqualThePrometheusAdapters(t *testing.T) {
 	d.setFail(errors.New("db down"))
 	_, _ = l.Get(ctx, "dan")
 	d.setFail(nil)
+	require.NoError(t, l.Set(ctx, "ada", user{Name: "Ada"}))
+	require.NoError(t, l.Invalidate(ctx, "bob", "carl"))
+	_, err = l.WriteThrough(ctx, "ada", func(context.Context) (user, error) { return user{Name: "Ada L."}, nil })
+	require.NoError(t, err)
+	_, err = l.WriteThrough(ctx, "ada", func(context.Context) (user, error) { return user{}, errors.New("deadlock") })
+	require.Error(t, err)
 	l.SetReadBypass(true)
 	_, _ = l.Get(ctx, "ada")
 
@@ -93,21 +113,65 @@ func TestMetricsEqualThePrometheusAdapters(t *testing.T) {
 
 	dur := metricOf(t, rm, "cache.load.duration")
 	require.Equal(t, "s", dur.Unit)
-	h, ok := dur.Data.(metricdata.Histogram[float64])
-	require.True(t, ok)
-	require.Len(t, h.DataPoints, 1)
-	require.EqualValues(t, st.Loads, h.DataPoints[0].Count)
-	require.Len(t, h.DataPoints[0].Bounds, 16)
-	require.InDelta(t, 0.0005, h.DataPoints[0].Bounds[0], 1e-12)
+	var observed uint64
+	for _, r := range []string{"ok", "not_found", "error"} {
+		p := histOf(t, dur, loader, attribute.String("result", r))
+		require.Equal(t, promHistCount(t, reg, "cache_load_duration_seconds", "result", r), p.Count, r)
+		require.Len(t, p.Bounds, 16)
+		require.InDelta(t, 0.0005, p.Bounds[0], 1e-12)
+		observed += p.Count
+	}
+	require.EqualValues(t, st.Loads, observed)
+
+	redisDur := metricOf(t, rm, "cache.redis.duration")
+	require.Equal(t, "s", redisDur.Unit)
+	ok := histOf(t, redisDur, loader, attribute.String("result", "ok"))
+	require.NotZero(t, ok.Count)
+	require.Equal(t, promHistCount(t, reg, "cache_redis_duration_seconds", "result", "ok"), ok.Count)
+	require.InDelta(t, 0.0001, ok.Bounds[0], 1e-12)
+
+	writes := metricOf(t, rm, "cache.writes")
+	for _, w := range []struct {
+		op, result string
+		n          int64
+	}{
+		{"set", "stored", 1}, {"invalidate", "invalidated", 1}, {"write_through", "stored", 1},
+		{"write_through", "error", 1}, {"write_through", "queued", 0}, {"set", "error", 0},
+	} {
+		n := sumOf(t, writes, loader, attribute.String("op", w.op), attribute.String("result", w.result))
+		require.Equal(t, w.n, n, "%s %s", w.op, w.result)
+		require.EqualValues(t, promValue(t, reg, "cache_writes_total", "result", w.result, "op", w.op), n)
+	}
 
 	require.EqualValues(t, 1, gaugeOf(t, metricOf(t, rm, "cache.read_bypass"), loader))
 	require.EqualValues(t, 0, gaugeOf(t, metricOf(t, rm, "cache.breaker.state"), loader))
 	require.EqualValues(t, 0, gaugeOf(t, metricOf(t, rm, "cache.invalidations.pending"), loader))
 }
 
-// promValue returns the value of the counter name{loader="user",label=value}.
-func promValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+// promValue returns the value of the counter name{loader="user",
+// labels...} (label, value pairs).
+func promValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
+	return promMetric(t, reg, name, labels...).GetCounter().GetValue()
+}
+
+// promHistCount returns the number of observations of the histogram
+// name{loader="user", labels...}.
+func promHistCount(t *testing.T, reg *prometheus.Registry, name string, labels ...string) uint64 {
+	t.Helper()
+	return promMetric(t, reg, name, labels...).GetHistogram().GetSampleCount()
+}
+
+// promMetric returns the series name{loader="user", labels...}.
+func promMetric(t *testing.T, reg *prometheus.Registry, name string, labels ...string) interface {
+	GetCounter() *dto.Counter
+	GetHistogram() *dto.Histogram
+} {
+	t.Helper()
+	want := map[string]string{"loader": "user"}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
+	}
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	for _, mf := range mfs {
@@ -115,19 +179,32 @@ func promValue(t *testing.T, reg *prometheus.Registry, name, label, value string
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			ok := 0
+			got := map[string]string{}
 			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "loader" && lp.GetValue() == "user" || lp.GetName() == label && lp.GetValue() == value {
-					ok++
-				}
+				got[lp.GetName()] = lp.GetValue()
 			}
-			if ok == 2 {
-				return m.GetCounter().GetValue()
+			if maps.Equal(got, want) {
+				return m
 			}
 		}
 	}
-	t.Fatalf("no %s{%s=%q}", name, label, value)
-	return 0
+	t.Fatalf("no %s%v", name, want)
+	return nil
+}
+
+// histOf returns the histogram point with exactly attrs.
+func histOf(t testing.TB, m metricdata.Metrics, kv ...attribute.KeyValue) metricdata.HistogramDataPoint[float64] {
+	t.Helper()
+	want := attribute.NewSet(kv...)
+	h, ok := m.Data.(metricdata.Histogram[float64])
+	require.True(t, ok, "%s is not a float64 histogram", m.Name)
+	for _, p := range h.DataPoints {
+		if p.Attributes.Equals(&want) {
+			return p
+		}
+	}
+	t.Fatalf("%s has no point %v", m.Name, want.Encoded(attribute.DefaultEncoder()))
+	return metricdata.HistogramDataPoint[float64]{}
 }
 
 func TestMetricsRecordEveryLoaderAtZeroFirst(t *testing.T) {
