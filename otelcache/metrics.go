@@ -27,8 +27,10 @@ import (
 //	cache.read_bypass{loader}                gauge: 1 while SetReadBypass(true)
 //	cache.invalidations.pending{loader}      gauge: invalidations queued for retry
 //
-// OpenTelemetry's Prometheus exporter names them as cache.Prometheus does
-// (cache_requests_total, cache_load_duration_seconds, ...). Attributes are
+// OpenTelemetry's Prometheus exporter exports them with cache.Prometheus's
+// names, types and labels (cache_requests_total,
+// cache_load_duration_seconds, ...; with its WithoutScopeInfo option, else
+// it adds otel_scope_* labels). Attributes are
 // bounded: the loader's name, an operation, a result or event; never a
 // key.
 //
