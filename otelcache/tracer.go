@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"sync"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -56,6 +57,9 @@ type Tracer struct {
 	tracer trace.Tracer
 	hash   bool
 	secret []byte
+	// plain are the start options of a span with no attribute but the
+	// loader's name, per loader name: built once, for the common case.
+	plain sync.Map // string → []trace.SpanStartOption
 }
 
 // numOps is the number of cache.Op values.
@@ -88,16 +92,24 @@ var spanNames = func() []string {
 
 // Start implements cache.Tracer.
 func (t *Tracer) Start(ctx context.Context, op cache.Operation) (context.Context, cache.Span) {
-	attrs := make([]attribute.KeyValue, 0, 3)
-	attrs = append(attrs, AttrLoader.String(op.Loader))
-	if op.Key == "" && op.Keys > 0 {
-		attrs = append(attrs, AttrKeys.Int(op.Keys))
+	many := op.Key == "" && op.Keys > 0
+	hashed := t.hash && op.Key != ""
+	background := op.Op == cache.OpRefresh || op.Op == cache.OpSample
+	var opts []trace.SpanStartOption
+	if !many && !hashed && !background {
+		opts = t.plainOptions(op.Loader)
+	} else {
+		attrs := make([]attribute.KeyValue, 0, 2)
+		attrs = append(attrs, AttrLoader.String(op.Loader))
+		if many {
+			attrs = append(attrs, AttrKeys.Int(op.Keys))
+		}
+		if hashed {
+			attrs = append(attrs, AttrKeyHash.String(t.hashKey(op.Key)))
+		}
+		opts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...)}
 	}
-	if t.hash && op.Key != "" {
-		attrs = append(attrs, AttrKeyHash.String(t.hashKey(op.Key)))
-	}
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...)}
-	if op.Op == cache.OpRefresh || op.Op == cache.OpSample {
+	if background {
 		// The Get that started it has returned, or will without waiting:
 		// a trace of its own, linked to that Get.
 		opts = append(opts, trace.WithNewRoot())
@@ -113,7 +125,22 @@ func (t *Tracer) Start(ctx context.Context, op cache.Operation) (context.Context
 	if !s.IsRecording() {
 		return ctx, nil // sampled out: nothing to record
 	}
-	return ctx, &span{s: s, op: op.Op}
+	sp := &span{s: s, op: op.Op}
+	if op.Op == cache.OpGetMany {
+		sp.counts = new([numEventsMax]atomic.Int32)
+	}
+	return ctx, sp
+}
+
+// plainOptions returns the start options of a span of loader with no
+// other attribute.
+func (t *Tracer) plainOptions(loader string) []trace.SpanStartOption {
+	if o, ok := t.plain.Load(loader); ok {
+		return o.([]trace.SpanStartOption)
+	}
+	o := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(AttrLoader.String(loader))}
+	t.plain.Store(loader, o)
+	return o
 }
 
 func (t *Tracer) hashKey(key string) string {
@@ -126,9 +153,10 @@ func (t *Tracer) hashKey(key string) string {
 type span struct {
 	s  trace.Span
 	op cache.Op
-	// counts are the events of a GetMany, reported as attributes at End
-	// (one span event per key would be too many).
-	counts [numEventsMax]atomic.Int32
+	// counts are the events of a GetMany (nil for other operations),
+	// reported as attributes at End: one span event per key would be too
+	// many.
+	counts *[numEventsMax]atomic.Int32
 }
 
 // numEventsMax bounds cache.Event values counted on a span.
