@@ -74,8 +74,8 @@ func (l *Loader[T]) checkSample(origin context.Context, key, rkey string) {
 		return // changed meanwhile: a write or a fill is at work
 	}
 	if !l.agrees(&after, v, notFound) {
-		l.count(EventInconsistent)
+		l.countIn(ctx, EventInconsistent)
 		l.s.logger.Warn("cache: sampled entry differs from the database", "loader", l.name, "key", rkey)
 	}
-	l.count(EventSampled) // last: once it is counted, the verdict is too
+	l.countIn(ctx, EventSampled) // last: once it is counted, the verdict is too
 }

@@ -32,7 +32,8 @@ type Span interface {
 	// Get (EventHit, EventMiss, EventNegativeHit, EventStale, EventBypass,
 	// once per key of a GetMany), and what happened along the way
 	// (EventCoalesced, EventLeaseWait, EventRefresh, EventMigrated,
-	// EventStaleSetPrevented, EventInvalidationQueued).
+	// EventStaleSetPrevented, EventInvalidationQueued; a sampled check's
+	// EventSampled and EventInconsistent).
 	Event(e Event)
 	// End ends the operation with the error it returned: nil, one
 	// matching ErrNotFound (not a failure) or ErrQueued, or another.
@@ -120,7 +121,8 @@ func (l *Loader[T]) note(ctx context.Context, e Event) {
 
 // traceOrigin returns what a background operation started by ctx's
 // operation passes to Tracer.Start: ctx without its cancellation when a
-// Tracer is configured, nil otherwise (nothing is kept).
+// Tracer is configured, nil otherwise (nothing is kept). A sampled check
+// started from it runs with ctx's values, as a refresh does.
 func (l *Loader[T]) traceOrigin(ctx context.Context) context.Context {
 	if l.s.tracer == nil {
 		return nil

@@ -146,6 +146,7 @@ func TestBackgroundWorkIsLinkedNotParented(t *testing.T) {
 	require.Equal(t, hit.SpanContext(), sample.Links()[0].SpanContext.WithRemote(false), "linked to the hit")
 	ld := e.ended(t, "cache.load", 1)[0]
 	require.Equal(t, sample.SpanContext().SpanID(), ld.Parent().SpanID(), "the check's load is its child")
+	require.Equal(t, []string{"sampled"}, eventNames(sample), "judged consistent")
 
 	// Invalidated, kept for stale serving: answered stale, refreshed in
 	// the background.
