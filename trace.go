@@ -13,9 +13,9 @@ import "context"
 // check per operation and allocates nothing for it.
 type Tracer interface {
 	// Start is called as op begins, with the context it was called with.
-	// It returns the context the operation goes on in — the loads and
-	// user functions it calls get it, so that their spans nest — and the
-	// Span that follows it (nil: not followed).
+	// It returns the context the operation goes on in, derived from ctx —
+	// the loads, user functions and Redis calls it makes get it, so that
+	// their spans nest — and the Span that follows it (nil: not followed).
 	//
 	// For OpRefresh and OpSample, ctx is that of the Get that started the
 	// work, without its cancellation; that Get has returned or soon will,
