@@ -50,7 +50,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 	}
 
 	if l.bypassing(key) {
-		l.count(EventBypass)
+		l.countIn(ctx, EventBypass)
 		res, _, err := l.bypassFlights.do(ctx, key, c, l.bg.Go, func(*flight[T]) (result[T], func()) {
 			return l.loadOnly(context.WithoutCancel(ctx), key), nil
 		})
@@ -75,7 +75,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 	switch {
 	case err == nil && (e.Usable() || e.Invalidated() && e.HasPayload):
 		if e.Negative() {
-			l.count(EventNegativeHit)
+			l.countIn(ctx, EventNegativeHit)
 			return zero, true, ErrNotFound
 		}
 		c.gen = e.Generation
@@ -90,15 +90,15 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 			if l.refreshDue(&e, now) {
 				l.refresh(ctx, key, rkey, e.SoftExpiry)
 			}
-			l.sampleHit(key, rkey)
-			l.count(EventHit)
+			l.sampleHit(ctx, key, rkey)
+			l.countIn(ctx, EventHit)
 			return v, true, nil
 		}
 		// Expired or invalidated, and kept for stale serving.
 		if now-e.SoftExpiry <= l.s.maxStale.Milliseconds() {
 			if l.s.swr {
 				l.refresh(ctx, key, rkey, e.SoftExpiry)
-				l.count(EventStale)
+				l.countIn(ctx, EventStale)
 				return v, true, nil
 			}
 			stale = new(T) // copied, so that v stays on the stack of hits
@@ -121,13 +121,13 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 		return zero, false, err
 	}
 	if shared {
-		l.count(EventCoalesced)
+		l.countIn(ctx, EventCoalesced)
 	}
 	if res.err != nil && stale != nil && l.s.staleIfError && !errors.Is(res.err, ErrNotFound) {
-		l.count(EventStale)
+		l.countIn(ctx, EventStale)
 		return *stale, false, nil
 	}
-	l.count(EventMiss)
+	l.countIn(ctx, EventMiss)
 	return res.val, false, res.err
 }
 
@@ -175,10 +175,14 @@ func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 	if _, running := l.refreshing.LoadOrStore(key, struct{}{}); running {
 		return
 	}
-	l.count(EventRefresh)
+	l.countIn(ctx, EventRefresh)
 	ctx = context.WithoutCancel(ctx)
 	l.bg.Go(func() {
 		defer l.refreshing.Delete(key)
+		// Linked to the Get that started it, which does not wait for it.
+		ctx, sp := l.startOp(ctx, OpRefresh, key, 1)
+		var err error
+		defer func() { endOp(sp, err) }()
 		seq := l.seq.Add(1)
 		token := script.NewToken()
 		b := redisBudget{left: l.s.redisTimeout}
@@ -187,9 +191,11 @@ func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 			return // Redis is failing, or the entry is being or was refreshed
 		}
 		b = redisBudget{left: l.s.redisTimeout}
-		if _, store, _ := l.loadAndFill(ctx, key, rkey, token, seq, a, &b); store != nil {
+		r, store, _ := l.loadAndFill(ctx, key, rkey, token, seq, a, &b)
+		if store != nil {
 			store()
 		}
+		err = r.err
 	})
 }
 
@@ -245,7 +251,7 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 			mode = script.ModeReplace
 		case script.Held:
 			if !waited {
-				l.count(EventLeaseWait)
+				l.countIn(ctx, EventLeaseWait)
 				waited = true
 			}
 			r, outcome := l.awaitLease(ctx, rkey, a)

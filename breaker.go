@@ -310,7 +310,9 @@ func (l *Loader[T]) call(ctx context.Context, b *redisBudget, br *breaker, fn fu
 		}
 		err = l.countRedisErr(err)
 	}
-	b.left -= time.Since(start)
+	d := time.Since(start)
+	b.left -= d
+	l.observeRedis(d, err)
 	switch {
 	case err == nil:
 		// Redis answers: queued invalidations need not wait out their

@@ -206,10 +206,12 @@ func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
 		var zero T
 		return zero, err
 	}
+	ctx, sp := l.startOp(ctx, OpGet, key, 1)
 	v, _, err := l.get(ctx, key)
 	if errors.Is(err, ErrNotFound) {
-		return v, notFound(l.name, key, err)
+		err = notFound(l.name, key, err)
 	}
+	endOp(sp, err)
 	return v, err
 }
 

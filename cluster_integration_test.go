@@ -294,7 +294,7 @@ func TestCluster(t *testing.T) {
 		require.Zero(t, overlaps.Load(), "Progress calls overlapped")
 		require.Empty(t, backwards, "Progress totals went down")
 		require.Equal(t, res, last, "the last Progress call has the result")
-		require.Equal(t, ReconcileResult{Scanned: n, Compared: n, Divergent: 6, Evicted: 6}, res,
+		require.Equal(t, ReconcileResult{Scanned: n, Compared: n, Divergent: 6, Older: 6, Evicted: 6}, res,
 			"SCAN visited every master")
 		for _, rk := range rkeys {
 			k := rk[len(l.Key("")):]

@@ -33,21 +33,30 @@ func (l *Loader[T]) Set(ctx context.Context, key string, v T) error {
 	if err := l.check(key); err != nil {
 		return err
 	}
-	return l.set(ctx, key, v, anyGeneration)
+	ctx, sp := l.startOp(ctx, OpSet, key, 1)
+	r, err := l.set(ctx, key, v, anyGeneration)
+	l.countWrite(OpSet, r)
+	endOp(sp, err)
+	return err
 }
 
 // anyGeneration lets set store whatever invalidations happened before.
 const anyGeneration = script.AnyGeneration
 
-// set stores v if key's generation is still gen (see set.lua).
-func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error {
+// set stores v if key's generation is still gen (see set.lua), and says
+// how that ended: stored, invalidated instead, or failed.
+func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) (WriteResult, error) {
 	payload, version, err := l.encode(v)
 	if err != nil {
 		_, ierr := l.invalidate(ctx, []string{key})
-		if errors.Is(err, ErrTooLarge) {
-			return ierr
+		r := WriteInvalidated
+		if ierr != nil {
+			r = WriteFailed
 		}
-		return errors.Join(err, ierr)
+		if errors.Is(err, ErrTooLarge) {
+			return r, ierr
+		}
+		return r, errors.Join(err, ierr)
 	}
 	ttl := l.s.valueTTL()
 	c := script.SetCall(l.Key(key), script.Set{
@@ -60,15 +69,17 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("cache: set %q: %w", key, err)
+		return WriteFailed, fmt.Errorf("cache: set %q: %w", key, err)
 	}
+	r := WriteStored
 	if n != script.Stored {
-		l.count(EventStaleSetPrevented)
+		l.countIn(ctx, EventStaleSetPrevented)
+		r = WriteInvalidated // the script invalidates what it refuses
 	}
 	if err := l.dropPrevious(ctx, []string{key}, &redisBudget{left: l.s.redisTimeout}, l.redisCallKey); err != nil {
-		return fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
+		return WriteFailed, fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
 	}
-	return nil
+	return r, nil
 }
 
 // dropPrevious deletes the keys' entries in the previous key format, if
@@ -107,7 +118,11 @@ func (l *Loader[T]) Invalidate(ctx context.Context, keys ...string) error {
 			return err
 		}
 	}
-	return l.invalidateDurably(ctx, keys, nil)
+	ctx, sp := l.startOp(ctx, OpInvalidate, oneKey(keys), len(keys))
+	err := l.invalidateDurably(ctx, keys, nil)
+	l.countInvalidate(err)
+	endOp(sp, err)
+	return err
 }
 
 // KeyVersion names a key to invalidate and the version of its row as
@@ -138,7 +153,21 @@ func (l *Loader[T]) InvalidateVersions(ctx context.Context, kvs ...KeyVersion) e
 		}
 		keys[i], floors[i] = kv.Key, kv.Version
 	}
-	return l.invalidateDurably(ctx, keys, floors)
+	ctx, sp := l.startOp(ctx, OpInvalidate, oneKey(keys), len(keys))
+	err := l.invalidateDurably(ctx, keys, floors)
+	l.countInvalidate(err)
+	endOp(sp, err)
+	return err
+}
+
+// countInvalidate counts an Invalidate or InvalidateVersions that ended
+// with err (nil or ErrQueued).
+func (l *Loader[T]) countInvalidate(err error) {
+	if err != nil {
+		l.countWrite(OpInvalidate, WriteQueued)
+	} else {
+		l.countWrite(OpInvalidate, WriteInvalidated)
+	}
 }
 
 // invalidateDurably invalidates keys (with floors, when not nil) within
@@ -160,6 +189,7 @@ func (l *Loader[T]) invalidateDurably(ctx context.Context, keys []string, floors
 			for _, k := range keys {
 				l.enqueueInvalidation(k)
 			}
+			l.note(ctx, EventInvalidationQueued)
 			return fmt.Errorf("%w: %w", ErrQueued, err)
 		}
 		t := time.NewTimer(jittered(backoff, 0.5))
@@ -275,11 +305,17 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, floors []
 // process dies before it is applied, the entry stays stale until its TTL.
 // The queue holds 4096 keys; beyond that invalidations are dropped, counted
 // and logged.
-func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx context.Context) (T, error)) (T, error) {
+func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx context.Context) (T, error)) (_ T, err error) {
 	var zero T
 	if err := l.check(key); err != nil {
 		return zero, err
 	}
+	ctx, sp := l.startOp(ctx, OpWriteThrough, key, 1)
+	result := WriteFailed // until the write commits
+	defer func() {
+		l.countWrite(OpWriteThrough, result)
+		endOp(sp, err)
+	}()
 	// The entry's generation before the write: if another writer
 	// invalidates or sets key after it, that writer's value may be newer
 	// than ours (it may have committed after us but reached Redis first),
@@ -306,16 +342,27 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 		// storing nothing before it lands. One invalidation sent now
 		// covers both commits, so try it rather than wait for the
 		// retrier (whose backoff may run to seconds).
-		_ = l.invalidateDurably(rctx, []string{key}, nil)
+		result = l.invalidateAfterWrite(rctx, key)
 	case genErr != nil:
-		_ = l.invalidateDurably(rctx, []string{key}, nil)
+		result = l.invalidateAfterWrite(rctx, key)
 	default:
-		if err := l.set(rctx, key, v, gen); err != nil {
-			l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", err)
-			_ = l.invalidateDurably(rctx, []string{key}, nil)
+		var serr error
+		if result, serr = l.set(rctx, key, v, gen); serr != nil {
+			l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", serr)
+			result = l.invalidateAfterWrite(rctx, key)
 		}
 	}
 	return v, nil
+}
+
+// invalidateAfterWrite invalidates key after a committed write, as
+// Invalidate does (retried within InvalidateTimeout, then queued), and
+// says which happened.
+func (l *Loader[T]) invalidateAfterWrite(ctx context.Context, key string) WriteResult {
+	if err := l.invalidateDurably(ctx, []string{key}, nil); err != nil {
+		return WriteQueued
+	}
+	return WriteInvalidated
 }
 
 // errNoGeneration marks a generation WriteThrough did not read.
