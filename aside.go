@@ -186,7 +186,13 @@ func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 		seq := l.seq.Add(1)
 		token := script.NewToken()
 		b := redisBudget{left: l.s.redisTimeout}
-		a, err := l.acquire(ctx, &b, rkey, token, script.ModeRefresh, soft)
+		a, settled, err := l.acquire(ctx, &b, rkey, token, script.ModeRefresh, soft)
+		if err != nil && !errors.Is(err, ErrRedisUnavailable) && !errors.Is(err, errLateAcquire) {
+			// The request may have run and granted the lease: release it
+			// once it can no longer be granted.
+			l.storeSettled(ctx, store{call: script.Release(rkey, token, l.wakeChannel()), tentative: true}, settled)
+			return
+		}
 		if err != nil || a.Status != script.Granted {
 			return // Redis is failing, or the entry is being or was refreshed
 		}
@@ -211,19 +217,20 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 	for round := range maxAcquireRounds {
 		seq := l.seq.Add(1)
 		token := script.NewToken()
-		a, err := l.acquire(ctx, &budget, rkey, token, mode, 0)
-		if errors.Is(err, ErrRedisUnavailable) {
+		a, settled, err := l.acquire(ctx, &budget, rkey, token, mode, 0)
+		if errors.Is(err, ErrRedisUnavailable) || errors.Is(err, errLateAcquire) {
 			return l.loadOnly(ctx, key), nil
 		}
 		if err != nil {
 			// The request may have reached Redis and the lease may be
-			// ours: try a fill with its token after answering, so that
-			// other processes do not wait out an orphaned lease. If the
-			// lease is not ours the fill is refused, harmlessly.
+			// ours: try a fill with its token after answering, once the
+			// request can no longer be granted, so that other processes
+			// do not wait out an orphaned lease. If the lease is not ours
+			// the fill is refused, harmlessly.
 			start := time.Now()
 			res := l.loadOnly(ctx, key)
 			st := l.storeCall(rkey, token, res.val, res.err, time.Since(start), true)
-			return res, func() { l.storeAfter(ctx, st) }
+			return res, func() { l.storeSettled(ctx, st, settled) }
 		}
 		switch a.Status {
 		case script.Granted:

@@ -368,9 +368,8 @@ func TestCluster(t *testing.T) {
 // with the default Options on warm clients of the cluster. One load runs
 // in the whole cluster unless a process's Redis budget (50ms) ran out: such
 // a process answers from a load of its own (fail-open, P4), so each extra
-// load must come from a process that counted a Redis error or a call not
-// made because its budget was spent (under -race on a busy machine the
-// read alone can take it). Seen on 2
+// load must come with a Redis error or a call not made because its budget
+// was spent (under -race on a busy machine the read alone can take it). Seen on 2
 // cores under -race while other tests shared the machine: about 1 run in
 // 8, with 1 or 2 extra loads.
 func clusterStampedeDefaults(t *testing.T, rdb *redis.ClusterClient) {
@@ -396,20 +395,13 @@ func clusterStampedeDefaults(t *testing.T, rdb *redis.ClusterClient) {
 	out := stampede(t, loaders, stampedeGoroutines, "hot")
 	out.logLatency(t)
 	st := sumStats(loaders)
-	failedOpen := 0 // processes whose Redis calls failed, or were not made for a spent budget
-	for _, l := range loaders {
-		if s := l.Stats(); s.RedisErrors+s.BudgetSpent > 0 {
-			failedOpen++
-		}
-	}
-	t.Logf("loads %d, hits %d, misses %d, coalesced %d, lease waits %d, redis errors %d (in %d processes)",
-		loads.Load(), st.Hits, st.Misses, st.Coalesced, st.LeaseWaits, st.RedisErrors, failedOpen)
+	t.Logf("loads %d, hits %d, misses %d, coalesced %d, lease waits %d, redis errors %d, calls not made for a spent budget %d",
+		loads.Load(), st.Hits, st.Misses, st.Coalesced, st.LeaseWaits, st.RedisErrors, st.BudgetSpent)
 	out.requireAll(t, want)
-	if failedOpen == 0 {
-		require.EqualValues(t, 1, loads.Load(), "P2: one load across %d processes × %d goroutines", stampedeProcs, stampedeGoroutines)
-	} else {
-		require.LessOrEqual(t, loads.Load(), int64(1+failedOpen), "P2: a load beyond the lease holder's by a process whose Redis calls did not fail")
-	}
+	// Each failed or unmade Redis call explains at most one more load (its
+	// flight's), as in stampedeOneLoad.
+	require.LessOrEqual(t, loads.Load(), int64(1+st.RedisErrors+st.BudgetSpent),
+		"P2: one load across %d processes × %d goroutines, but for Gets that failed open", stampedeProcs, stampedeGoroutines)
 
 	// The one load filled the entry for everyone: the next Gets are hits.
 	loaded := loads.Load()

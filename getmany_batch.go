@@ -156,9 +156,10 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 	seq := l.seq.Add(1)
 	tokens := make([]string, len(keys))
 	calls := make([]script.Call, len(keys))
+	notAfter, settled := l.acquireDeadline(budget.left)
 	for i := range keys {
 		tokens[i] = script.NewToken()
-		calls[i] = script.Acquire(keys[i].rkey, tokens[i], l.s.leaseTimeout, script.ModeMiss, 0)
+		calls[i] = script.Acquire(keys[i].rkey, tokens[i], l.s.leaseTimeout, script.ModeMiss, 0, notAfter)
 	}
 	// Per-key outcomes are in cmds; the error only repeats the first.
 	cmds, _ := l.runScripts(ctx, &budget, calls)
@@ -186,6 +187,11 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 			// The request may have reached Redis and the lease may be
 			// ours (see fetch).
 			modes[i] = batchTentative
+			load = append(load, i)
+			continue
+		case a.Status == script.Late:
+			// It ran after its deadline and granted nothing.
+			modes[i] = batchLoadOnly
 			load = append(load, i)
 			continue
 		}
@@ -222,6 +228,7 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 
 	results := make([]result[T], len(load))
 	var now, later []store   // fills before answering, and after
+	var tentative []store    // those of later whose lease request got no answer
 	var nowAt, laterAt []int // their indexes in load
 	for j, i := range load {
 		r := &results[j]
@@ -240,8 +247,10 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 			nowAt = append(nowAt, j)
 		case batchTentative:
 			r.seq = loadSeq
-			later = append(later, l.storeCall(keys[i].rkey, tokens[i], r.val, r.err, delta, true))
+			st := l.storeCall(keys[i].rkey, tokens[i], r.val, r.err, delta, true)
+			later = append(later, st)
 			laterAt = append(laterAt, j)
+			tentative = append(tentative, st)
 		default:
 			r.seq = loadSeq
 		}
@@ -284,6 +293,12 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 	}
 	l.storeManyAfter(ctx, later)
 	close(storedLater)
+	if len(tentative) > 0 {
+		// Lease requests that got no answer may run yet: once they can
+		// no longer grant, send their stores again (see storeSettled).
+		l.waitSettled(settled)
+		l.storeManyAfter(ctx, tentative)
+	}
 }
 
 // endFlight hands r to k's flight (and runs after, which the flight's

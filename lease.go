@@ -16,17 +16,66 @@ import (
 // batches alike.
 
 // acquire asks for the lease on rkey; soft is the soft expiry the caller
-// read, checked in refresh mode.
-func (l *Loader[T]) acquire(ctx context.Context, b *redisBudget, rkey, token string, mode script.Mode, soft int64) (script.AcquireReply, error) {
+// read, checked in refresh mode. When Redis does not answer, the request
+// may still run (it can sit in a socket while the call gives up), so it
+// carries the server time after which it must grant nothing (see
+// acquireDeadline); settled is when that time has passed, after which a
+// store under token either finds the lease or none will be granted. A
+// request that ran too late says so: errLateAcquire.
+func (l *Loader[T]) acquire(ctx context.Context, b *redisBudget, rkey, token string, mode script.Mode, soft int64) (_ script.AcquireReply, settled time.Time, _ error) {
+	notAfter, settled := l.acquireDeadline(b.left)
 	var a script.AcquireReply
 	err := l.redisCallKey(ctx, b, rkey, func(ctx context.Context) (err error) {
-		a, err = script.ParseAcquire(script.Acquire(rkey, token, l.s.leaseTimeout, mode, soft).Run(ctx, l.rdb))
+		a, err = script.ParseAcquire(script.Acquire(rkey, token, l.s.leaseTimeout, mode, soft, notAfter).Run(ctx, l.rdb))
 		return err
 	})
 	if err == nil {
 		l.clock.observe(a.Now)
+		if a.Status == script.Late {
+			err = errLateAcquire
+		}
 	}
-	return a, err
+	return a, settled, err
+}
+
+// errLateAcquire: the lease request ran after its caller stopped waiting
+// for it, and granted nothing.
+var errLateAcquire = errors.New("cache: lease request ran after its deadline")
+
+// acquireDeadline returns, for a lease request sent now with left to wait
+// for its reply, the server time (ms) after which it must grant nothing,
+// and the local time by which that server time has surely passed. The
+// server clock is estimated from earlier replies (l.clock), which can only
+// underestimate it (a reply's time was read before the reply arrived), so
+// the deadline errs early and the local time late.
+func (l *Loader[T]) acquireDeadline(left time.Duration) (notAfter int64, settled time.Time) {
+	now := time.Now()
+	return l.clock.serverNow() + left.Milliseconds() + 1, now.Add(left + 2*time.Millisecond)
+}
+
+// storeSettled sends st, the store of a lease request that got no answer:
+// at once, which lands when the request ran and its reply was lost; and,
+// when it found no lease, again once the request can no longer be granted
+// (settled; see acquire), which lands if the request ran late. Either way
+// no lease is left behind by the request.
+func (l *Loader[T]) storeSettled(ctx context.Context, st store, settled time.Time) {
+	if ok, n := l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st); ok && n != script.LeaseLost {
+		return // the lease was ours: filled, refused as older, or released
+	}
+	l.waitSettled(settled)
+	l.storeAfter(ctx, st)
+}
+
+// waitSettled waits until settled, or until the Loader closes.
+func (l *Loader[T]) waitSettled(settled time.Time) {
+	if d := time.Until(settled); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-l.bg.done:
+		}
+		t.Stop()
+	}
 }
 
 // store is the step that stores the outcome of one load under a lease.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/f4df6ac3/cache/internal/entry"
@@ -170,4 +171,39 @@ func TestLeaseLeftByAFailedFillIsFilledWhenRedisAnswers(t *testing.T) {
 	require.Equal(t, "one", v.Val)
 	require.EqualValues(t, 1, other.Stats().Hits)
 	require.EqualValues(t, 1, tb.loads.Load())
+}
+
+// A lease request that reaches Redis after its caller gave up on it — it
+// sat in a socket while the Get timed out, loaded and tried a fill that
+// found no lease — grants nothing: no lease is left for other processes
+// to wait out until it lapses.
+func TestLeaseRequestRunAfterItsCallerGaveUpGrantsNothing(t *testing.T) {
+	direct, p, rdb := proxiedRedis(t)
+	tb := newTable()
+	tb.put("a", "one")
+	l := newLoader(t, rdb, tb, &Options{RedisTimeout: 50 * time.Millisecond, LeaseTimeout: time.Minute})
+	ctx := context.Background()
+	p.DelayNextRequest("EVALSHA", 300*time.Millisecond) // the acquire
+	v, err := l.Get(ctx, "a")
+	require.NoError(t, err)
+	require.Equal(t, "one", v.Val)
+
+	// The acquire has run by the time a read queued behind it on its
+	// connection is answered; by then the Get's tentative fill has been
+	// sent too (after the acquire's deadline).
+	time.Sleep(400 * time.Millisecond)
+	raw, err := direct.Get(ctx, l.Key("a")).Result()
+	if err == nil {
+		e, err := entry.Decode(raw, 1<<20)
+		require.NoError(t, err)
+		require.Empty(t, e.LeaseOwner, "a lease was left: %+v", e)
+	} else {
+		require.ErrorIs(t, err, redis.Nil)
+	}
+	// Another process is not held up by it.
+	other := newLoader(t, newClient(t, redisAddr()), tb, &Options{Prefix: l.s.prefix, LeaseTimeout: time.Minute})
+	v, err = other.Get(ctx, "a")
+	require.NoError(t, err)
+	require.Equal(t, "one", v.Val)
+	require.Zero(t, other.Stats().LeaseWaits)
 }

@@ -122,6 +122,34 @@ func (p *Proxy) DelayNextReply(command string, d time.Duration) {
 	p.arm(shot{kind: delay, cmd: strings.ToUpper(command), delay: d})
 }
 
+// DelayNextRequest arms one delayed request: the next command named
+// command ("" for any), on any connection, reaches Redis d late (with the
+// bytes that came with it), as a request that sat in a socket or a queue
+// would: its client may have given up on it by the time it runs.
+func (p *Proxy) DelayNextRequest(command string, d time.Duration) {
+	p.mu.Lock()
+	p.requestDelay = &requestShot{cmd: strings.ToUpper(command), delay: d}
+	p.mu.Unlock()
+}
+
+// requestShot is an armed DelayNextRequest.
+type requestShot struct {
+	cmd   string
+	delay time.Duration
+}
+
+// requestDelayFor takes the armed request delay if it matches cmd.
+func (p *Proxy) requestDelayFor(cmd string) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.requestDelay
+	if s == nil || s.cmd != "" && s.cmd != cmd {
+		return 0
+	}
+	p.requestDelay = nil
+	return s.delay
+}
+
 func (p *Proxy) arm(s shot) {
 	p.mu.Lock()
 	p.faults.shots = append(p.faults.shots, s)
@@ -132,6 +160,7 @@ func (p *Proxy) arm(s shot) {
 func (p *Proxy) Disarm() {
 	p.mu.Lock()
 	p.faults = replyFaults{}
+	p.requestDelay = nil
 	p.mu.Unlock()
 }
 

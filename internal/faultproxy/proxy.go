@@ -16,7 +16,10 @@
 //     delivered ([Proxy.ResetInPipeline]); every command of the pipeline
 //     had reached Redis;
 //   - a delayed reply ([Proxy.DelayNextReply]): the connection's later
-//     replies wait behind it, as they would behind a slow one.
+//     replies wait behind it, as they would behind a slow one;
+//   - a delayed request ([Proxy.DelayNextRequest]): the command reaches
+//     Redis late, possibly after its client gave up and sent others on
+//     other connections, which then run first.
 //
 // [Proxy.SetReplyFaults] draws the same faults at random for every reply,
 // from a seeded generator, for randomized fault campaigns; [Proxy.Stats]
@@ -57,6 +60,8 @@ type Proxy struct {
 	closed  bool
 	changed chan struct{} // closed and replaced at every mode change
 	faults  replyFaults   // per-reply faults: armed shots and random draws
+	// requestDelay is an armed DelayNextRequest, nil when none.
+	requestDelay *requestShot
 
 	stats counters
 
@@ -283,11 +288,18 @@ func (p *Proxy) pumpRequests(server, client net.Conn, l *link) {
 			}
 			if !fr.broken {
 				evs = fr.feed(buf[:n], evs[:0])
+				var hold time.Duration
 				for _, ev := range evs {
 					if !ev.start && !ev.empty {
 						l.sent(ev.name)
 						p.stats.commands.Add(1)
+						if hold == 0 {
+							hold = p.requestDelayFor(ev.name)
+						}
 					}
+				}
+				if hold > 0 && !p.sleep(hold) {
+					return
 				}
 				if fr.broken {
 					l.setOpaque()

@@ -6,11 +6,15 @@
 --         '2' refresh (early refresh of a usable entry: grant unless a
 --         lease is live or the entry was refilled since the caller read it)
 -- ARGV[4] with mode '2': the soft expiry the caller read
+-- ARGV[5] the server time (ms) after which the caller no longer waits for
+--         this reply ('0': none): run later than that — the request sat in
+--         a socket or a queue while its caller gave up — it grants nothing,
+--         so that no lease is left that nobody will fill
 -- Returns {status, generation, payload, flags, lease remaining ms,
 --          delta ms, lease owner, soft expiry ms, server now ms}
 --   status 0: granted; 1: the entry is usable and fresh (a fill landed;
 --   the payload is returned in mode '0' only); 2: another caller holds a
---   live lease.
+--   live lease; 3: too late (ARGV[5] passed), nothing granted.
 -- Run again with the same token (the client retrying after a lost reply),
 -- it finds the lease it granted and grants it again.
 local key, token = KEYS[1], ARGV[1]
@@ -19,6 +23,10 @@ local lease = tonumber(ARGV[2])
 local mode = ARGV[3]
 
 local e, why = read(key)
+local late = tonumber(ARGV[5]) > 0 and now_ms > tonumber(ARGV[5])
+if late and not (e and e.lo == token and e.ld > 0) then
+  return {3, 0, '', 0, 0, 0, '', 0, now_ms}
+end
 if not e then
   if why == 'other' then redis.call('DEL', key) end
   e = blank(now_us)

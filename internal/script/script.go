@@ -135,12 +135,16 @@ const (
 	Granted = 0
 	Usable  = 1
 	Held    = 2
+	Late    = 3 // the request ran after its notAfter: nothing was granted, nor ever will be
 )
 
 // Acquire asks for the fill lease on key for token; soft is the soft
-// expiry the caller read (checked in ModeRefresh).
-func Acquire(key, token string, lease time.Duration, mode Mode, soft int64) Call {
-	return Call{acquire, key, []any{token, ms(lease), string(mode), soft}}
+// expiry the caller read (checked in ModeRefresh). notAfter (server ms; 0:
+// none) is when the caller stops waiting for the reply: a request that
+// runs later grants nothing (status Late), so that a request delayed past
+// its caller's timeout cannot leave a lease that no one fills.
+func Acquire(key, token string, lease time.Duration, mode Mode, soft, notAfter int64) Call {
+	return Call{acquire, key, []any{token, ms(lease), string(mode), soft, notAfter}}
 }
 
 // AcquireReply is acquire's reply.

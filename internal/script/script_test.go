@@ -95,12 +95,12 @@ func TestEveryScriptAnswersTheSameWhenRunTwice(t *testing.T) {
 	}
 	t.Run("acquire grants the same lease", func(t *testing.T) {
 		servers(t, func(t *testing.T, rdb *redis.Client, key string) {
-			a, err := ParseAcquire(twice(t, rdb, Acquire(key, "tok-1", lease, ModeMiss, 0), nil))
+			a, err := ParseAcquire(twice(t, rdb, Acquire(key, "tok-1", lease, ModeMiss, 0, 0), nil))
 			if err != nil || a.Status != Granted {
 				t.Fatalf("%+v %v", a, err)
 			}
 			// Another caller's request is still refused: the lease is tok-1's.
-			b, err := ParseAcquire(Acquire(key, "tok-2", lease, ModeMiss, 0).Run(context.Background(), rdb))
+			b, err := ParseAcquire(Acquire(key, "tok-2", lease, ModeMiss, 0, 0).Run(context.Background(), rdb))
 			if err != nil || b.Status != Held || b.Owner != "tok-1" {
 				t.Fatalf("%+v %v", b, err)
 			}
@@ -108,9 +108,9 @@ func TestEveryScriptAnswersTheSameWhenRunTwice(t *testing.T) {
 	})
 	t.Run("acquire of a fresh entry", func(t *testing.T) {
 		servers(t, func(t *testing.T, rdb *redis.Client, key string) {
-			Acquire(key, "tok-1", lease, ModeMiss, 0).Run(context.Background(), rdb)
+			Acquire(key, "tok-1", lease, ModeMiss, 0, 0).Run(context.Background(), rdb)
 			fill(key, "tok-1", 1).Run(context.Background(), rdb)
-			a, _ := ParseAcquire(twice(t, rdb, Acquire(key, "tok-2", lease, ModeMiss, 0), nil))
+			a, _ := ParseAcquire(twice(t, rdb, Acquire(key, "tok-2", lease, ModeMiss, 0, 0), nil))
 			if a.Status != Usable || a.Payload != `{"v":1}` {
 				t.Fatalf("%+v", a)
 			}
@@ -118,7 +118,7 @@ func TestEveryScriptAnswersTheSameWhenRunTwice(t *testing.T) {
 	})
 	t.Run("fill stores once", func(t *testing.T) {
 		servers(t, func(t *testing.T, rdb *redis.Client, key string) {
-			Acquire(key, "tok-1", lease, ModeMiss, 0).Run(context.Background(), rdb)
+			Acquire(key, "tok-1", lease, ModeMiss, 0, 0).Run(context.Background(), rdb)
 			if n, _ := twice(t, rdb, fill(key, "tok-1", 2), nil).Int64(); n != Stored {
 				t.Fatalf("fill: %d", n)
 			}
@@ -131,10 +131,10 @@ func TestEveryScriptAnswersTheSameWhenRunTwice(t *testing.T) {
 	t.Run("fill refused for an older version", func(t *testing.T) {
 		servers(t, func(t *testing.T, rdb *redis.Client, key string) {
 			ctx := context.Background()
-			Acquire(key, "tok-1", lease, ModeMiss, 0).Run(ctx, rdb)
+			Acquire(key, "tok-1", lease, ModeMiss, 0, 0).Run(ctx, rdb)
 			fill(key, "tok-1", 5).Run(ctx, rdb)
 			Invalidate(key, time.Minute, false, 0).Run(ctx, rdb)
-			Acquire(key, "tok-2", lease, ModeMiss, 0).Run(ctx, rdb)
+			Acquire(key, "tok-2", lease, ModeMiss, 0, 0).Run(ctx, rdb)
 			if n, _ := twice(t, rdb, fill(key, "tok-2", 4), nil).Int64(); n != OlderValue {
 				t.Fatalf("fill: %d", n)
 			}
@@ -144,7 +144,7 @@ func TestEveryScriptAnswersTheSameWhenRunTwice(t *testing.T) {
 		servers(t, func(t *testing.T, rdb *redis.Client, key string) {
 			ctx := context.Background()
 			Invalidate(key, time.Minute, false, 7).Run(ctx, rdb)
-			Acquire(key, "tok-1", lease, ModeMiss, 0).Run(ctx, rdb)
+			Acquire(key, "tok-1", lease, ModeMiss, 0, 0).Run(ctx, rdb)
 			neg := FillCall(key, Fill{Token: "tok-1", Negative: true, KeyTTL: time.Minute})
 			if n, _ := twice(t, rdb, neg, nil).Int64(); n != OlderValue {
 				t.Fatalf("negative fill: %d", n)
@@ -153,7 +153,7 @@ func TestEveryScriptAnswersTheSameWhenRunTwice(t *testing.T) {
 	})
 	t.Run("negative fill", func(t *testing.T) {
 		servers(t, func(t *testing.T, rdb *redis.Client, key string) {
-			Acquire(key, "tok-1", lease, ModeMiss, 0).Run(context.Background(), rdb)
+			Acquire(key, "tok-1", lease, ModeMiss, 0, 0).Run(context.Background(), rdb)
 			neg := FillCall(key, Fill{Token: "tok-1", Negative: true, KeyTTL: time.Minute})
 			if n, _ := twice(t, rdb, neg, nil).Int64(); n != Stored {
 				t.Fatalf("negative fill: %d", n)
@@ -162,11 +162,11 @@ func TestEveryScriptAnswersTheSameWhenRunTwice(t *testing.T) {
 	})
 	t.Run("release", func(t *testing.T) {
 		servers(t, func(t *testing.T, rdb *redis.Client, key string) {
-			Acquire(key, "tok-1", lease, ModeMiss, 0).Run(context.Background(), rdb)
+			Acquire(key, "tok-1", lease, ModeMiss, 0, 0).Run(context.Background(), rdb)
 			if n, _ := twice(t, rdb, Release(key, "tok-1", ""), nil).Int64(); n != 1 {
 				t.Fatalf("release: %d", n)
 			}
-			a, _ := ParseAcquire(Acquire(key, "tok-2", lease, ModeMiss, 0).Run(context.Background(), rdb))
+			a, _ := ParseAcquire(Acquire(key, "tok-2", lease, ModeMiss, 0, 0).Run(context.Background(), rdb))
 			if a.Status != Granted {
 				t.Fatalf("after the release: %+v", a)
 			}
@@ -205,7 +205,7 @@ func TestEveryScriptAnswersTheSameWhenRunTwice(t *testing.T) {
 	t.Run("evict", func(t *testing.T) {
 		servers(t, func(t *testing.T, rdb *redis.Client, key string) {
 			ctx := context.Background()
-			Acquire(key, "tok-1", lease, ModeMiss, 0).Run(ctx, rdb)
+			Acquire(key, "tok-1", lease, ModeMiss, 0, 0).Run(ctx, rdb)
 			fill(key, "tok-1", 1).Run(ctx, rdb)
 			e := decode(t, rdb.Get(ctx, key).Val())
 			if n, _ := twice(t, rdb, Evict(key, e.Generation, e.Payload, false, time.Minute, "ev-1"), nil).Int64(); n != 1 {
@@ -269,7 +269,7 @@ func TestScriptsTreatWhatDecodeRejectsAsAbsent(t *testing.T) {
 				if err := rdb.Set(ctx, key, plant, time.Minute).Err(); err != nil {
 					t.Fatal(err)
 				}
-				a, err := ParseAcquire(Acquire(key, "tok-1", time.Second, ModeMiss, 0).Run(ctx, rdb))
+				a, err := ParseAcquire(Acquire(key, "tok-1", time.Second, ModeMiss, 0, 0).Run(ctx, rdb))
 				if err != nil || a.Status != Granted {
 					t.Fatalf("acquire over a corrupt entry: %+v %v", a, err)
 				}
@@ -283,10 +283,43 @@ func TestScriptsTreatWhatDecodeRejectsAsAbsent(t *testing.T) {
 				t.Fatal(err)
 			}
 			rdb.Set(ctx, key, good+`{"v":1}`, time.Minute)
-			a, err := ParseAcquire(Acquire(key, "tok-1", time.Second, ModeMiss, 0).Run(ctx, rdb))
+			a, err := ParseAcquire(Acquire(key, "tok-1", time.Second, ModeMiss, 0, 0).Run(ctx, rdb))
 			if err != nil || a.Status != Usable || a.Payload != `{"v":1}` {
 				t.Fatalf("%+v %v", a, err)
 			}
 		})
+	})
+}
+
+// An acquire that runs after its notAfter — it sat in a socket while its
+// caller gave up — grants nothing and leaves the entry as it was; one
+// whose own earlier run granted the lease still finds it granted.
+func TestAcquireAfterItsDeadlineGrantsNothing(t *testing.T) {
+	servers(t, func(t *testing.T, rdb *redis.Client, key string) {
+		ctx := context.Background()
+		past := time.Now().Add(-time.Hour).UnixMilli()
+		a, err := ParseAcquire(Acquire(key, "tok-1", time.Minute, ModeMiss, 0, past).Run(ctx, rdb))
+		if err != nil || a.Status != Late {
+			t.Fatalf("%+v %v", a, err)
+		}
+		if n := rdb.Exists(ctx, key).Val(); n != 0 {
+			t.Fatalf("a late acquire created the entry")
+		}
+		future := time.Now().Add(time.Hour).UnixMilli()
+		if a, err := ParseAcquire(Acquire(key, "tok-2", time.Minute, ModeMiss, 0, future).Run(ctx, rdb)); err != nil || a.Status != Granted {
+			t.Fatalf("%+v %v", a, err)
+		}
+		// tok-2's request run again (a retry) after its deadline: granted.
+		if a, err := ParseAcquire(Acquire(key, "tok-2", time.Minute, ModeMiss, 0, past).Run(ctx, rdb)); err != nil || a.Status != Granted {
+			t.Fatalf("the retry of a granted request: %+v %v", a, err)
+		}
+		// Another caller's late request changes nothing.
+		before := rdb.Get(ctx, key).Val()
+		if a, err := ParseAcquire(Acquire(key, "tok-3", time.Minute, ModeMiss, 0, past).Run(ctx, rdb)); err != nil || a.Status != Late {
+			t.Fatalf("%+v %v", a, err)
+		}
+		if after := rdb.Get(ctx, key).Val(); after != before {
+			t.Fatalf("a late acquire changed the entry:\n%q\n%q", before, after)
+		}
 	})
 }
