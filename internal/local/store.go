@@ -73,6 +73,10 @@ type Store[V any] struct {
 	last [slots]uint64
 
 	fills, refused, invalidations, flushes atomic.Uint64
+
+	// onFill, if set (by tests, before any Fill), runs inside Fill after
+	// the fill-race check passed, with the key's stripe lock held.
+	onFill func(key string)
 }
 
 type item[V any] struct {
@@ -140,8 +144,8 @@ func (s *Store[V]) Fill(t Ticket, key string, v V, size int, ttl time.Duration) 
 		s.refused.Add(1)
 		return false
 	}
-	if hookFill != nil {
-		hookFill(key)
+	if s.onFill != nil {
+		s.onFill(key)
 	}
 	s.cache.Set(key, item[V]{v: v, expiry: ttl, weight: uint32(w)})
 	s.fills.Add(1)
@@ -217,7 +221,3 @@ func (s *Store[V]) Close() {
 func (s *Store[V]) slot(key string) uint64 {
 	return maphash.String(s.seed, key) % slots
 }
-
-// hookFill, when set (by tests), runs inside Fill after the fill-race
-// check passed, with the key's stripe lock held.
-var hookFill func(key string)
