@@ -43,6 +43,7 @@ const (
 	EventSampled                          // a sampled hit was checked against the database (Options.SampleRate)
 	EventInconsistent                     // a sampled entry still differed from the database after SampleDelay
 	EventMigrated                         // a miss was answered from the previous key format (Options.PreviousKeyPrefix)
+	EventLocalHit                         // answered from the in-process tier (Options.Local), not counted as a hit
 	numEvents
 )
 
@@ -53,7 +54,7 @@ var eventNames = [numEvents]string{
 	"invalidation_dropped", "redis_skipped", "breaker_open",
 	"breaker_half_open", "breaker_closed", "refresh", "read_bypass_on",
 	"read_bypass_off", "stale_entry_found", "sampled", "inconsistent",
-	"migrated",
+	"migrated", "local_hit",
 }
 
 // String returns the event's metric label.
@@ -65,7 +66,7 @@ func (e Event) String() string {
 }
 
 // isRequest reports whether e is the result of a Get.
-func (e Event) isRequest() bool { return e <= EventBypass }
+func (e Event) isRequest() bool { return e <= EventBypass || e == EventLocalHit }
 
 // Recorder receives a Loader's metrics. Implementations must be safe for
 // concurrent use and fast: they are called on the hit path.
@@ -118,6 +119,7 @@ type Stats struct {
 	Sampled              uint64 // sampled hits checked against the database
 	Inconsistent         uint64 // sampled entries that still differed after SampleDelay
 	Migrated             uint64 // misses answered from the previous key format
+	LocalHits            uint64 // Gets answered from the in-process tier
 	Breaker              BreakerState
 	ReadBypass           bool
 }
@@ -157,6 +159,7 @@ func (c *counters) snapshot() Stats {
 		Sampled:              e(EventSampled),
 		Inconsistent:         e(EventInconsistent),
 		Migrated:             e(EventMigrated),
+		LocalHits:            e(EventLocalHit),
 	}
 }
 

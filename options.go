@@ -179,6 +179,11 @@ type Options struct {
 	// other processes stale until the TTL — is logged at Warn or Error.
 	// default: slog.Default()
 	Logger *slog.Logger
+
+	// Local turns on the in-process tier in front of Redis (see
+	// LocalOptions); it needs a *redis.Client.
+	// default: nil (no tier: Get reads Redis every time)
+	Local *LocalOptions
 }
 
 // settings is the validated, private copy of Options a Loader runs with.
@@ -209,6 +214,7 @@ type settings struct {
 	codec         Codec
 	recorder      Recorder
 	logger        *slog.Logger
+	local         *localSettings // nil: no in-process tier
 }
 
 const (
@@ -298,6 +304,11 @@ func (o *Options) settings() (settings, error) {
 	if s.ttl < time.Millisecond || s.negativeTTL < time.Millisecond || s.leaseTimeout < time.Millisecond {
 		return settings{}, errors.New("cache: TTL, NegativeTTL and LeaseTimeout must be at least 1ms (Redis expiry resolution)")
 	}
+	local, err := o.Local.settings(s.ttl)
+	if err != nil {
+		return settings{}, err
+	}
+	s.local = local
 	if s.codec == nil {
 		s.codec = JSON{}
 	}
