@@ -135,7 +135,7 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 		l.reloadState = c.ReloadState
 	}
 	if s.local != nil {
-		if l.tier, err = newLocalTier[T](rdb, l.prefix, s.local); err != nil {
+		if l.tier, err = newLocalTier[T](rdb, l.prefix, s.local, s.redisTimeout); err != nil {
 			return nil, err
 		}
 	}

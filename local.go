@@ -73,13 +73,15 @@ type localTier[T any] struct {
 // newLocalTier starts the tier of the Loader whose keys begin with prefix.
 // Only a single Redis server (or a Sentinel-managed one) is supported: a
 // Cluster needs a stream per master.
-func newLocalTier[T any](rdb redis.UniversalClient, prefix string, s *localSettings) (*localTier[T], error) {
+func newLocalTier[T any](rdb redis.UniversalClient, prefix string, s *localSettings, redisTimeout time.Duration) (*localTier[T], error) {
 	c, ok := rdb.(*redis.Client)
 	if !ok {
 		return nil, errors.New("cache: Options.Local needs a *redis.Client (Cluster and Ring are not supported yet)")
 	}
 	store := local.NewStore[T](local.StoreOptions{MaxBytes: s.maxBytes})
-	opts := local.StreamOptions{Redis: c.Options(), Prefixes: []string{prefix}, Sink: store}
+	// A strict Get waits for a barrier at most its whole Redis budget (the
+	// wait comes first, so that is what it has left).
+	opts := local.StreamOptions{Redis: c.Options(), Prefixes: []string{prefix}, Sink: store, MaxWait: redisTimeout}
 	if s.maxLag > 0 {
 		opts.Interval = s.maxLag / 2
 	}
@@ -112,9 +114,7 @@ func (l *Loader[T]) localGet(ctx context.Context, b *redisBudget, rkey string) (
 		return zero, false // no barrier to wait for
 	}
 	start := time.Now()
-	wctx, cancel := context.WithTimeout(ctx, b.left)
-	err := t.stream.Wait(wctx)
-	cancel()
+	err := t.stream.Wait(ctx) // bounded by MaxWait: the Get's Redis budget
 	b.left -= time.Since(start)
 	if err != nil {
 		var zero T

@@ -54,6 +54,11 @@ type StreamOptions struct {
 	// connection is closed as broken (flush, reconnect).
 	// default: DefaultTimeout
 	Timeout time.Duration
+	// MaxWait bounds how long Wait waits, from when the caller arrived:
+	// one timer per barrier round, shared by its waiters, instead of a
+	// context deadline per caller.
+	// default: 0 (only the caller's ctx bounds Wait)
+	MaxWait time.Duration
 
 	// onMessage, if set (by tests), runs on the receive loop before a
 	// message's keys are applied.
@@ -80,6 +85,7 @@ type Stream struct {
 	client   *redis.Client
 	interval time.Duration
 	timeout  time.Duration
+	maxWait  time.Duration
 	onMsg    func(keys []string)
 
 	ctx    context.Context
@@ -113,12 +119,16 @@ type Stream struct {
 }
 
 // round is one barrier: its waiters wait on done; ok is written before
-// done is closed.
+// done is closed. expired (nil without MaxWait) is closed MaxWait after
+// the round was created, which is no earlier than any of its waiters
+// arrived.
 type round struct {
-	n    uint64
-	sent int64
-	done chan struct{}
-	ok   bool
+	n       uint64
+	sent    int64
+	done    chan struct{}
+	ok      bool
+	expired chan struct{}
+	timer   *time.Timer
 }
 
 // start is the origin of now: a monotonic clock in nanoseconds, never 0.
@@ -143,6 +153,7 @@ func NewStream(opts StreamOptions) (*Stream, error) {
 		sink:     opts.Sink,
 		interval: opts.Interval,
 		timeout:  opts.Timeout,
+		maxWait:  opts.MaxWait,
 		onMsg:    opts.onMessage,
 		kick:     make(chan struct{}, 1),
 	}
@@ -201,7 +212,7 @@ func (s *Stream) Begin() Ticket {
 // returned: every invalidation of a write that completed before the call
 // has then been applied to the Sink. One barrier serves every caller
 // waiting for it. It fails with ErrDown when the stream is down or breaks
-// first, or with ctx's error.
+// first, or when MaxWait runs out, or with ctx's error.
 func (s *Stream) Wait(ctx context.Context) error {
 	s.waits.Add(1)
 	r := s.barrier(true)
@@ -216,6 +227,9 @@ func (s *Stream) Wait(ctx context.Context) error {
 			return ErrDown
 		}
 		return nil
+	case <-r.expired: // nil without MaxWait: never
+		s.waitsFailed.Add(1)
+		return ErrDown
 	case <-ctx.Done():
 		s.waitsFailed.Add(1)
 		return ctx.Err()
@@ -276,10 +290,25 @@ func (s *Stream) barrier(waiter bool) *round {
 	return r
 }
 
-// newRound numbers a round; s.mu is held.
+// newRound numbers a round and starts its MaxWait timer; s.mu is held.
 func (s *Stream) newRound() *round {
 	s.rounds++
-	return &round{n: s.rounds, done: make(chan struct{})}
+	r := &round{n: s.rounds, done: make(chan struct{})}
+	if s.maxWait > 0 {
+		r.expired = make(chan struct{})
+		r.timer = time.AfterFunc(s.maxWait, func() { close(r.expired) })
+	}
+	return r
+}
+
+// finish completes r (ok: its barrier returned); only its owner calls it,
+// once.
+func (r *round) finish(ok bool) {
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.ok = ok
+	close(r.done)
 }
 
 // send writes r's PING; a failed write breaks the connection.
@@ -317,8 +346,7 @@ func (s *Stream) returned(payload string) {
 	ps := s.ps
 	s.mu.Unlock()
 	s.barrierNanos.Add(uint64(now() - r.sent))
-	r.ok = true
-	close(r.done)
+	r.finish(true)
 	if next != nil {
 		s.send(ps, next)
 	}
@@ -412,7 +440,7 @@ func (s *Stream) fail(ps *redis.PubSub, wasUp bool) {
 	}
 	for _, r := range rs {
 		if r != nil {
-			close(r.done) // r.ok stays false
+			r.finish(false)
 		}
 	}
 	ps.Close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -201,3 +202,31 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestWaitBoundedByMaxWait: with the receive loop held, the barrier cannot
+// return; Wait gives up after MaxWait instead of waiting for the stream's
+// Timeout.
+func TestWaitBoundedByMaxWait(t *testing.T) {
+	rdb := testenv.Redis(t, "")
+	prefix := testenv.Prefix(t, rdb, "local:")
+	hold, held, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	tr := newTier(t, rdb.Options(), prefix, StreamOptions{
+		MaxWait: 10 * time.Millisecond,
+		Timeout: time.Hour,
+		onMessage: func([]string) {
+			select {
+			case <-hold:
+				once.Do(func() { close(held); <-release })
+			default:
+			}
+		},
+	})
+	defer close(release)
+	close(hold)
+	rdb.Set(context.Background(), prefix+"k", "v", 0)
+	<-held
+	if err := tr.stream.Wait(context.Background()); !errors.Is(err, ErrDown) {
+		t.Fatalf("Wait with the loop held: %v", err)
+	}
+}
