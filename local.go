@@ -124,6 +124,48 @@ func (l *Loader[T]) localGet(ctx context.Context, b *redisBudget, rkey string) (
 	return t.store.Get(rkey)
 }
 
+// localGetMany answers from the tier the keys it holds, when the
+// staleness bound allows (one check for all of them), into res, and
+// returns the others. Keys whose invalidation is queued are never
+// answered from it.
+func (l *Loader[T]) localGetMany(ctx context.Context, b *redisBudget, keys []string, res *manyResult[T]) []string {
+	t := l.tier
+	if t.s.maxLag > 0 {
+		if !t.stream.Fresh(t.s.maxLag) {
+			return keys
+		}
+	} else {
+		held := false
+		for _, k := range keys {
+			if _, ok := t.store.Get(l.Key(k)); ok {
+				held = true
+				break
+			}
+		}
+		if !held {
+			return keys // no barrier to wait for
+		}
+		start := time.Now()
+		err := t.stream.Wait(ctx)
+		b.left -= time.Since(start)
+		if err != nil {
+			return keys
+		}
+	}
+	rest := keys[:0:0]
+	for _, k := range keys {
+		if !l.pending.has(k) {
+			if v, ok := t.store.Get(l.Key(k)); ok {
+				l.count(EventLocalHit)
+				res.out[k] = v
+				continue
+			}
+		}
+		rest = append(rest, k)
+	}
+	return rest
+}
+
 // localFill offers v, read from Redis as e under tk, to the tier.
 func (l *Loader[T]) localFill(tk local.Ticket, rkey string, v T, e *entry.Entry, now int64) {
 	ttl := l.tier.s.ttl

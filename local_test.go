@@ -237,3 +237,34 @@ func TestLocalTierRace(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalTierGetMany: GetMany answers from the tier what it holds, with
+// one barrier for all keys, and reads the rest from Redis.
+func TestLocalTierGetMany(t *testing.T) {
+	ctx := context.Background()
+	a, b, tb := localPair(t, LocalOptions{})
+	keys := make([]string, 10)
+	for i := range keys {
+		keys[i] = strconv.Itoa(i)
+		tb.put(keys[i], "v1")
+	}
+	for i := range 3 { // loads, Redis hits (fill the tier), tier hits
+		got, err := a.GetMany(ctx, keys)
+		require.NoError(t, err)
+		require.Len(t, got, len(keys))
+		if i == 0 {
+			settle(t, a)
+		}
+	}
+	require.EqualValues(t, len(keys), a.Stats().LocalHits)
+	barriers := a.tier.stream.Stats().Barriers
+
+	tb.put("3", "v2")
+	require.NoError(t, b.Invalidate(ctx, "3"))
+	got, err := a.GetMany(ctx, keys)
+	require.NoError(t, err)
+	require.Equal(t, "v2", got["3"].Val)
+	require.Equal(t, "v1", got["4"].Val)
+	require.EqualValues(t, 2*len(keys)-1, a.Stats().LocalHits)
+	require.LessOrEqual(t, a.tier.stream.Stats().Barriers-barriers, uint64(2), "one barrier for the whole GetMany (and one it may have had to wait behind)")
+}
