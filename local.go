@@ -98,6 +98,43 @@ func (t *localTier[T]) close() {
 	t.store.Close()
 }
 
+// LocalStats are the in-process tier's counters and gauges (Options.Local).
+// Its hits are Stats.LocalHits.
+type LocalStats struct {
+	Entries        int           // entries held (estimate)
+	Bytes          uint64        // bytes held, as weighed against MaxBytes
+	Fills          uint64        // values read from Redis that entered the tier
+	FillsRefused   uint64        // values refused: an invalidation or a stream break came after their read was sent
+	Invalidations  uint64        // keys invalidated (by the stream and by this process's writes)
+	Messages       uint64        // invalidation messages received from Redis
+	Flushes        uint64        // stream breaks, each of which emptied the tier
+	Up             bool          // the stream is subscribed and a barrier returned on its connection
+	Lag            time.Duration // how long ago the last returned barrier was sent
+	Barriers       uint64        // barrier PINGs sent
+	BarrierLatency time.Duration // mean time from a barrier's PING to its return
+	BarrierWaits   uint64        // strict checks that waited for a barrier
+	WaitsFailed    uint64        // of which the barrier did not return in time, or the stream was down
+}
+
+// LocalStats returns the in-process tier's counters; the zero LocalStats
+// without Options.Local.
+func (l *Loader[T]) LocalStats() LocalStats {
+	if l.tier == nil {
+		return LocalStats{}
+	}
+	st, ss := l.tier.store.Stats(), l.tier.stream.Stats()
+	ls := LocalStats{
+		Entries: st.Entries, Bytes: st.Bytes, Fills: st.Fills, FillsRefused: st.Refused,
+		Invalidations: st.Invalidations, Messages: ss.Messages, Flushes: ss.Breaks,
+		Up: ss.Up, Lag: ss.Lag, Barriers: ss.Barriers,
+		BarrierWaits: ss.Waits, WaitsFailed: ss.WaitsFailed,
+	}
+	if ss.Returned > 0 {
+		ls.BarrierLatency = time.Duration(ss.BarrierNanos / ss.Returned)
+	}
+	return ls
+}
+
 // localGet answers rkey from the tier if it holds it and the staleness
 // bound allows; a strict wait spends from b.
 func (l *Loader[T]) localGet(ctx context.Context, b *redisBudget, rkey string) (T, bool) {

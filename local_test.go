@@ -257,6 +257,12 @@ func TestLocalTierGetMany(t *testing.T) {
 		}
 	}
 	require.EqualValues(t, len(keys), a.Stats().LocalHits)
+	ls := a.LocalStats()
+	require.True(t, ls.Up)
+	require.EqualValues(t, len(keys), ls.Entries)
+	require.NotZero(t, ls.Bytes)
+	require.NotZero(t, ls.BarrierLatency)
+	require.Zero(t, ls.Flushes)
 	barriers := a.tier.stream.Stats().Barriers
 
 	tb.put("3", "v2")

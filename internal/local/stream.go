@@ -115,7 +115,7 @@ type Stream struct {
 	clientID atomic.Int64
 
 	messages, keys, barriers, waits, waitsFailed atomic.Uint64
-	breaks, subscriptions, barrierNanos          atomic.Uint64
+	breaks, subscriptions, barrierNanos, rets    atomic.Uint64
 }
 
 // round is one barrier: its waiters wait on done; ok is written before
@@ -346,6 +346,7 @@ func (s *Stream) returned(payload string) {
 	ps := s.ps
 	s.mu.Unlock()
 	s.barrierNanos.Add(uint64(now() - r.sent))
+	s.rets.Add(1)
 	r.finish(true)
 	if next != nil {
 		s.send(ps, next)
@@ -499,7 +500,8 @@ type StreamStats struct {
 	Messages      uint64        // invalidation messages received
 	Keys          uint64        // keys they named
 	Barriers      uint64        // barrier PINGs sent
-	BarrierNanos  uint64        // total time from sending a barrier to its return
+	Returned      uint64        // barriers that returned
+	BarrierNanos  uint64        // total time from sending a returned barrier to its return
 	Waits         uint64        // Wait calls
 	WaitsFailed   uint64        // Wait calls answered with an error
 	Breaks        uint64        // connections lost after being subscribed (each flushed the Sink)
@@ -513,6 +515,7 @@ func (s *Stream) Stats() StreamStats {
 		Messages:      s.messages.Load(),
 		Keys:          s.keys.Load(),
 		Barriers:      s.barriers.Load(),
+		Returned:      s.rets.Load(),
 		BarrierNanos:  s.barrierNanos.Load(),
 		Waits:         s.waits.Load(),
 		WaitsFailed:   s.waitsFailed.Load(),
