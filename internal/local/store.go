@@ -73,6 +73,10 @@ type Store[V any] struct {
 	last [slots]uint64
 
 	fills, refused, invalidations, flushes atomic.Uint64
+	// closed is set by Close before its flush: a Fill or Invalidate that
+	// takes its stripe after that leaves otter alone (which would start
+	// its goroutines again).
+	closed atomic.Bool
 
 	// onFill, if set (by tests, before any Fill), runs inside Fill after
 	// the fill-race check passed, with the key's stripe lock held.
@@ -140,7 +144,7 @@ func (s *Store[V]) Fill(t Ticket, key string, v V, size int, ttl time.Duration) 
 	mu := &s.locks[slot%stripes]
 	mu.Lock()
 	defer mu.Unlock()
-	if s.epoch.Load() != t.epoch || s.last[slot] > t.seq {
+	if s.epoch.Load() != t.epoch || s.last[slot] > t.seq || s.closed.Load() {
 		s.refused.Add(1)
 		return false
 	}
@@ -165,7 +169,9 @@ func (s *Store[V]) Invalidate(keys ...string) {
 		// in between (a Ticket taken now reads the new seq, and its read
 		// is sent after this invalidation was applied).
 		s.last[slot] = s.seq.Add(1)
-		s.cache.Invalidate(key)
+		if !s.closed.Load() {
+			s.cache.Invalidate(key)
+		}
 		mu.Unlock()
 		s.invalidations.Add(1)
 	}
@@ -173,14 +179,19 @@ func (s *Store[V]) Invalidate(keys ...string) {
 
 // Flush drops every local copy and refuses every fill whose Ticket was
 // taken before it returned.
-func (s *Store[V]) Flush() {
+func (s *Store[V]) Flush() { s.flush(!s.closed.Load()) }
+
+// flush is Flush; clear says whether otter may still be called.
+func (s *Store[V]) flush(clear bool) {
 	for i := range s.locks {
 		s.locks[i].Lock()
 	}
 	// With every stripe held no Fill is between its check and its Set:
 	// each one either stored before the clear below or sees the new epoch.
 	s.epoch.Add(1)
-	s.cache.InvalidateAll()
+	if clear {
+		s.cache.InvalidateAll()
+	}
 	for i := range s.locks {
 		s.locks[i].Unlock()
 	}
@@ -212,9 +223,13 @@ func (s *Store[V]) Stats() StoreStats {
 	}
 }
 
-// Close drops every entry and stops the Store's goroutines.
+// Close drops every entry and stops the Store's goroutines; the Store
+// then refuses every fill. Calls racing with Close are safe.
 func (s *Store[V]) Close() {
-	s.Flush()
+	if s.closed.Swap(true) {
+		return
+	}
+	s.flush(true)
 	s.cache.StopAllGoroutines()
 }
 

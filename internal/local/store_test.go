@@ -66,3 +66,17 @@ func TestStoreInvalidateAndFlush(t *testing.T) {
 		t.Fatal("a fresh Ticket was refused")
 	}
 }
+
+// TestStoreClosed: after Close a Store refuses fills and stays empty.
+func TestStoreClosed(t *testing.T) {
+	st := NewStore[string](StoreOptions{})
+	st.Close()
+	if st.Fill(st.Ticket(), "local:k", "v", 1, time.Hour) {
+		t.Fatal("fill after Close stored")
+	}
+	st.Invalidate("local:k")
+	st.Close()
+	if _, ok := st.Get("local:k"); ok {
+		t.Fatal("entry after Close")
+	}
+}
