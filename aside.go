@@ -51,7 +51,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 	}
 
 	if l.bypassing(key) {
-		l.count(EventBypass)
+		l.countIn(ctx, EventBypass)
 		res, _, err := l.bypassFlights.do(ctx, key, c, l.bg.Go, func(*flight[T]) (result[T], func()) {
 			return l.loadOnly(context.WithoutCancel(ctx), key), nil
 		})
@@ -64,7 +64,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 	var tk local.Ticket // refused unless taken below, before the read
 	if l.tier != nil && pre == nil {
 		if v, ok := l.localGet(ctx, &budget, rkey); ok {
-			l.count(EventLocalHit)
+			l.countIn(ctx, EventLocalHit)
 			return v, true, nil
 		}
 		tk = l.tier.stream.Begin()
@@ -85,7 +85,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 	switch {
 	case err == nil && (e.Usable() || e.Invalidated() && e.HasPayload):
 		if e.Negative() {
-			l.count(EventNegativeHit)
+			l.countIn(ctx, EventNegativeHit)
 			return zero, true, ErrNotFound
 		}
 		c.gen = e.Generation
@@ -100,18 +100,18 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 			if l.refreshDue(&e, now) {
 				l.refresh(ctx, key, rkey, e.SoftExpiry)
 			}
-			l.sampleHit(key, rkey)
+			l.sampleHit(ctx, key, rkey)
 			if l.tier != nil {
 				l.localFill(tk, rkey, v, &e, now)
 			}
-			l.count(EventHit)
+			l.countIn(ctx, EventHit)
 			return v, true, nil
 		}
 		// Expired or invalidated, and kept for stale serving.
 		if now-e.SoftExpiry <= l.s.maxStale.Milliseconds() {
 			if l.s.swr {
 				l.refresh(ctx, key, rkey, e.SoftExpiry)
-				l.count(EventStale)
+				l.countIn(ctx, EventStale)
 				return v, true, nil
 			}
 			stale = new(T) // copied, so that v stays on the stack of hits
@@ -134,13 +134,13 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 		return zero, false, err
 	}
 	if shared {
-		l.count(EventCoalesced)
+		l.countIn(ctx, EventCoalesced)
 	}
 	if res.err != nil && stale != nil && l.s.staleIfError && !errors.Is(res.err, ErrNotFound) {
-		l.count(EventStale)
+		l.countIn(ctx, EventStale)
 		return *stale, false, nil
 	}
-	l.count(EventMiss)
+	l.countIn(ctx, EventMiss)
 	return res.val, false, res.err
 }
 
@@ -188,10 +188,14 @@ func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 	if _, running := l.refreshing.LoadOrStore(key, struct{}{}); running {
 		return
 	}
-	l.count(EventRefresh)
+	l.countIn(ctx, EventRefresh)
 	ctx = context.WithoutCancel(ctx)
 	l.bg.Go(func() {
 		defer l.refreshing.Delete(key)
+		// Linked to the Get that started it, which does not wait for it.
+		ctx, sp := l.startOp(ctx, OpRefresh, key, 1)
+		var err error
+		defer func() { endOp(sp, err) }()
 		seq := l.seq.Add(1)
 		token := script.NewToken()
 		b := redisBudget{left: l.s.redisTimeout}
@@ -200,9 +204,11 @@ func (l *Loader[T]) refresh(ctx context.Context, key, rkey string, soft int64) {
 			return // Redis is failing, or the entry is being or was refreshed
 		}
 		b = redisBudget{left: l.s.redisTimeout}
-		if _, store, _ := l.loadAndFill(ctx, key, rkey, token, seq, a, &b); store != nil {
+		r, store, _ := l.loadAndFill(ctx, key, rkey, token, seq, a, &b)
+		if store != nil {
 			store()
 		}
+		err = r.err
 	})
 }
 
@@ -230,7 +236,7 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 			start := time.Now()
 			res := l.loadOnly(ctx, key)
 			st := l.storeCall(rkey, token, res.val, res.err, time.Since(start), true)
-			return res, func() { l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st) }
+			return res, func() { l.storeAfter(ctx, st) }
 		}
 		switch a.Status {
 		case script.Granted:
@@ -258,7 +264,7 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 			mode = script.ModeReplace
 		case script.Held:
 			if !waited {
-				l.count(EventLeaseWait)
+				l.countIn(ctx, EventLeaseWait)
 				waited = true
 			}
 			r, outcome := l.awaitLease(ctx, rkey, a)
@@ -266,6 +272,8 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 			switch outcome {
 			case filled:
 				return r, nil
+			case corrupt:
+				mode = script.ModeReplace
 			case gaveUp:
 				// The holder is still loading after longer than is worth
 				// waiting, or Redis failed: load without filling.
@@ -281,9 +289,10 @@ func (l *Loader[T]) fetch(ctx context.Context, key, rkey string, mode script.Mod
 type waitOutcome int
 
 const (
-	filled waitOutcome = iota // the entry is usable: r holds it
-	lapsed                    // the lease lapsed, was released or voided: ask again
-	gaveUp                    // the wait ran out, or Redis failed
+	filled  waitOutcome = iota // the entry is usable: r holds it
+	lapsed                     // the lease lapsed, was released or voided: ask again
+	corrupt                    // the entry is corrupt: ask again, replacing it
+	gaveUp                     // the wait ran out, or Redis failed
 )
 
 // awaitLease polls key's entry, with jittered backoff and at once when the
@@ -329,7 +338,8 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a script.Acquir
 		e, batch, err := l.read(ctx, &redisBudget{left: l.s.redisTimeout}, rkey)
 		switch {
 		case errors.Is(err, entry.ErrCorrupt):
-			return result[T]{}, lapsed // acquire replaces it
+			l.corrupt(rkey, err)
+			return result[T]{}, corrupt
 		case err != nil:
 			return result[T]{}, gaveUp
 		case e.Usable() && !e.FreshAt(l.clock.serverNow()):
@@ -344,7 +354,8 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a script.Acquir
 			if v, err := l.decodeShared(batch, e.Payload); err == nil {
 				return result[T]{val: v, seq: seq, gen: e.Generation}, filled
 			}
-			return result[T]{}, lapsed // corrupt: acquire replaces it
+			l.corrupt(rkey, err)
+			return result[T]{}, corrupt
 		case e.LeaseOwner != a.Owner:
 			return result[T]{}, lapsed
 		}
@@ -384,7 +395,7 @@ func (l *Loader[T]) loadAndFill(ctx context.Context, key, rkey, token string, se
 			return res, nil, n == script.OlderValue
 		}
 	}
-	return res, func() { l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st) }, false
+	return res, func() { l.storeAfter(ctx, st) }, false
 }
 
 // storeNowOrLater runs st within what is left of b, before the result is
@@ -398,7 +409,7 @@ func (l *Loader[T]) storeNowOrLater(ctx context.Context, st store, b *redisBudge
 			return nil
 		}
 	}
-	return func() { l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st) }
+	return func() { l.storeAfter(ctx, st) }
 }
 
 // usable answers from an entry that acquire found usable (filled since it
@@ -407,6 +418,10 @@ func (l *Loader[T]) storeNowOrLater(ctx context.Context, st store, b *redisBudge
 func (l *Loader[T]) usable(rkey string, seq uint64, a script.AcquireReply) (_ result[T], ok bool) {
 	if a.Flags&entry.FlagNegative != 0 {
 		return result[T]{err: ErrNotFound, seq: seq, gen: a.Gen}, true
+	}
+	if len(a.Payload) > l.s.maxValueBytes {
+		l.corrupt(rkey, fmt.Errorf("%w: %d bytes, limit %d", entry.ErrTooLarge, len(a.Payload), l.s.maxValueBytes))
+		return result[T]{}, false
 	}
 	v, err := l.decode(a.Payload)
 	if err != nil {

@@ -100,6 +100,11 @@ type breakerChanges struct {
 	n  atomic.Int32 // len(to), read without the lock after every call
 	mu sync.Mutex   // protects to
 	to []BreakerState
+	// flushing is held by the one goroutine that reports changes, so that
+	// reports keep the order of the changes: two flushers each taking a
+	// batch could report "open" after a later "closed", leaving the
+	// breaker gauge at open while the breaker is closed.
+	flushing sync.Mutex
 }
 
 func (c *breakerChanges) add(s BreakerState) {
@@ -144,10 +149,8 @@ type nodeBreakers struct {
 	cc *redis.ClusterClient
 	m  sync.Map // master address → *breaker
 	// reported is the state last counted and logged: the most severe
-	// state among the breakers (see flushNodeBreakerChanges), which holds
-	// flushing while it computes and reports it.
+	// state among the breakers (see flushNodeBreakerChanges).
 	reported atomic.Int32
-	flushing sync.Mutex
 	// mapped is set once the client has found a key's master: it has
 	// loaded the slot map, and finding masters no longer calls Redis.
 	mapped atomic.Bool
@@ -276,6 +279,10 @@ func (l *Loader[T]) redisCallPastBreaker(ctx context.Context, b *redisBudget, _ 
 func (l *Loader[T]) call(ctx context.Context, b *redisBudget, br *breaker, fn func(ctx context.Context) error) error {
 	left := b.left
 	if left <= 0 {
+		// The caller's RedisTimeout is spent (the calls before this one
+		// took it, or a busy machine did): counted, so that a load it
+		// causes is not a mystery.
+		l.count(EventBudgetSpent)
 		return ErrRedisUnavailable
 	}
 	start := time.Now()
@@ -303,12 +310,14 @@ func (l *Loader[T]) call(ctx context.Context, b *redisBudget, br *breaker, fn fu
 		}
 		err = l.countRedisErr(err)
 	}
-	b.left -= time.Since(start)
+	d := time.Since(start)
+	b.left -= d
+	l.observeRedis(d, err)
 	switch {
 	case err == nil:
 		// Redis answers: queued invalidations need not wait out their
 		// backoff.
-		if l.pending.n.Load() > 0 {
+		if l.pending.n.Load() > 0 || l.leftovers.n.Load() > 0 {
 			l.nudgeRetrier()
 		}
 	case !answered(err) && !callerLeft(err):
@@ -431,8 +440,16 @@ func (l *Loader[T]) flushBreakerChanges() {
 		l.flushNodeBreakerChanges()
 		return
 	}
-	for _, to := range l.breakerChanges.take() {
-		l.reportBreaker(to)
+	// A flusher that finds another at work leaves its changes to it: the
+	// one at work looks for more after it lets go of flushing.
+	for l.breakerChanges.n.Load() > 0 {
+		if !l.breakerChanges.flushing.TryLock() {
+			return
+		}
+		for _, to := range l.breakerChanges.take() {
+			l.reportBreaker(to)
+		}
+		l.breakerChanges.flushing.Unlock()
 	}
 }
 
@@ -445,7 +462,7 @@ func (l *Loader[T]) flushBreakerChanges() {
 // the breaker's state while being told of a change).
 func (l *Loader[T]) flushNodeBreakerChanges() {
 	for l.breakerChanges.n.Load() > 0 {
-		if !l.nodes.flushing.TryLock() {
+		if !l.breakerChanges.flushing.TryLock() {
 			return
 		}
 		if len(l.breakerChanges.take()) > 0 {
@@ -455,7 +472,7 @@ func (l *Loader[T]) flushNodeBreakerChanges() {
 			}
 			l.wakeRetrier() // a master's breaker moved: the queue may land
 		}
-		l.nodes.flushing.Unlock()
+		l.breakerChanges.flushing.Unlock()
 	}
 }
 

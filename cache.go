@@ -54,9 +54,10 @@ type Loader[T any] struct {
 	// samplesInFlight counts consistency checks waiting for their delay.
 	samplesInFlight atomic.Int64
 	readBypass      atomic.Bool
-	pending         pendingSet    // invalidations WriteThrough could not apply
-	pendingReport   sync.Mutex    // serialises reportPending
-	wake            chan struct{} // wakes retryLoop: a key was queued, the breaker changed state, or Redis answered
+	pending         pendingSet     // invalidations WriteThrough could not apply
+	leftovers       leftoverStores // stores after answering that Redis did not answer
+	pendingReport   sync.Mutex     // serialises reportPending
+	wake            chan struct{}  // wakes retryLoop: a key was queued, the breaker changed state, or Redis answered
 	// retrying is set while retryLoop applies the queue, and lastRetry is
 	// when it last finished (elapsed): see nudgeRetrier.
 	retrying  atomic.Bool
@@ -213,10 +214,12 @@ func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
 		var zero T
 		return zero, err
 	}
+	ctx, sp := l.startOp(ctx, OpGet, key, 1)
 	v, _, err := l.get(ctx, key)
 	if errors.Is(err, ErrNotFound) {
-		return v, notFound(l.name, key, err)
+		err = notFound(l.name, key, err)
 	}
+	endOp(sp, err)
 	return v, err
 }
 

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -266,10 +267,34 @@ func TestCluster(t *testing.T) {
 				divergent[k] = true
 			}
 		}
-		res, err := l.Reconcile(ctx, &ReconcileOptions{Rate: 100000})
+		// Progress is called from every master's scan, never two at once,
+		// with totals that never go down.
+		var (
+			inProgress atomic.Int32
+			overlaps   atomic.Int32
+			calls      int
+			last       ReconcileResult
+			backwards  []string
+		)
+		progress := func(r ReconcileResult) {
+			if inProgress.Add(1) != 1 {
+				overlaps.Add(1)
+			}
+			defer inProgress.Add(-1)
+			time.Sleep(time.Millisecond) // room for a concurrent call to show
+			if r.Scanned < last.Scanned || r.Compared < last.Compared {
+				backwards = append(backwards, fmt.Sprintf("%+v after %+v", r, last))
+			}
+			last = r
+			calls++
+		}
+		res, err := l.Reconcile(ctx, &ReconcileOptions{Rate: 100000, ScanCount: 5, Progress: progress})
 		require.NoError(t, err)
-		t.Logf("%+v", res)
-		require.Equal(t, ReconcileResult{Scanned: n, Compared: n, Divergent: 6, Evicted: 6}, res,
+		t.Logf("%+v, %d progress calls", res, calls)
+		require.Zero(t, overlaps.Load(), "Progress calls overlapped")
+		require.Empty(t, backwards, "Progress totals went down")
+		require.Equal(t, res, last, "the last Progress call has the result")
+		require.Equal(t, ReconcileResult{Scanned: n, Compared: n, Divergent: 6, Older: 6, Evicted: 6}, res,
 			"SCAN visited every master")
 		for _, rk := range rkeys {
 			k := rk[len(l.Key("")):]
@@ -343,7 +368,9 @@ func TestCluster(t *testing.T) {
 // with the default Options on warm clients of the cluster. One load runs
 // in the whole cluster unless a process's Redis budget (50ms) ran out: such
 // a process answers from a load of its own (fail-open, P4), so each extra
-// load must come from a process that counted a Redis error. Seen on 2
+// load must come from a process that counted a Redis error or a call not
+// made because its budget was spent (under -race on a busy machine the
+// read alone can take it). Seen on 2
 // cores under -race while other tests shared the machine: about 1 run in
 // 8, with 1 or 2 extra loads.
 func clusterStampedeDefaults(t *testing.T, rdb *redis.ClusterClient) {
@@ -369,9 +396,9 @@ func clusterStampedeDefaults(t *testing.T, rdb *redis.ClusterClient) {
 	out := stampede(t, loaders, stampedeGoroutines, "hot")
 	out.logLatency(t)
 	st := sumStats(loaders)
-	failedOpen := 0 // processes whose Redis calls failed
+	failedOpen := 0 // processes whose Redis calls failed, or were not made for a spent budget
 	for _, l := range loaders {
-		if l.Stats().RedisErrors > 0 {
+		if s := l.Stats(); s.RedisErrors+s.BudgetSpent > 0 {
 			failedOpen++
 		}
 	}

@@ -98,6 +98,11 @@
 // Package outbox makes invalidations durable across process crashes;
 // cmd/cachectl inspects entries from a shell.
 //
+// Options.Recorder receives the metrics ([NewPrometheus] exports them);
+// Options.Tracer, a [Tracer], follows each operation in its context for
+// distributed tracing — module otelcache implements both with
+// OpenTelemetry.
+//
 // # Go-redis configuration
 //
 // Build the client with ContextTimeoutEnabled: true; New refuses go-redis

@@ -141,5 +141,7 @@ func ExampleNewPrometheus() {
 	// cache_load_duration_seconds
 	// cache_loads_total
 	// cache_read_bypass
+	// cache_redis_duration_seconds
 	// cache_requests_total
+	// cache_writes_total
 }

@@ -200,11 +200,14 @@ func (f *retrierFixture) settled(t *testing.T, n int64) {
 func (f *retrierFixture) queueA(t *testing.T, val string) {
 	t.Helper()
 	f.mode.Store(rfFailAll)
-	sent := f.invs.Load()
+	last := f.l.lastRetry.Load()
 	_, err := f.l.WriteThrough(context.Background(), "a", func(context.Context) (row, error) { return f.tb.put("a", val), nil })
 	require.NoError(t, err)
 	require.EqualValues(t, 1, f.l.Stats().InvalidationsPending)
-	f.settled(t, sent+2) // WriteThrough's own, then the retrier's on enqueue
+	// WriteThrough's own tries (within InvalidateTimeout), then the
+	// retrier's on enqueue; its next waits out its backoff (an hour).
+	require.Eventually(t, func() bool { return f.l.lastRetry.Load() != last && !f.l.retrying.Load() },
+		10*time.Second, time.Millisecond, "the retrier's try on enqueue")
 }
 
 func TestFailoverRedisSuccessWakesRetrier(t *testing.T) {

@@ -33,7 +33,7 @@ const getManyConcurrency = 16
 // When ctx ends first, GetMany returns what it has with an error matching
 // ctx.Err(); loads already started go on for the other callers waiting on
 // them and still fill Redis.
-func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, error) {
+func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (_ map[string]T, err error) {
 	uniq := make([]string, 0, len(keys))
 	seen := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -49,6 +49,8 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 	if len(uniq) == 0 {
 		return res.out, nil
 	}
+	ctx, sp := l.startOp(ctx, OpGetMany, "", len(uniq))
+	defer func() { endOp(sp, err) }()
 
 	// Taken before the reads are sent: whatever this process issues later
 	// reflects every invalidation completed before GetMany began (P3b).
@@ -141,7 +143,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 			continue
 		}
 		if e.Negative() {
-			l.count(EventNegativeHit)
+			l.countIn(ctx, EventNegativeHit)
 			continue
 		}
 		v, err := l.decode(e.Payload)
@@ -152,11 +154,11 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (map[string]T, e
 		if l.refreshDue(&e, now) {
 			l.refresh(ctx, k, l.Key(k), e.SoftExpiry) // as Get does
 		}
-		l.sampleHit(k, l.Key(k))
+		l.sampleHit(ctx, k, l.Key(k))
 		if l.tier != nil {
 			l.localFill(tk, l.Key(k), v, &e, now)
 		}
-		l.count(EventHit)
+		l.countIn(ctx, EventHit)
 		res.out[k] = v
 	}
 

@@ -110,9 +110,9 @@ func (l *Loader[T]) getBatch(ctx context.Context, budget redisBudget, keys []bat
 			continue
 		}
 		if joined[i] {
-			l.count(EventCoalesced)
+			l.countIn(ctx, EventCoalesced)
 		}
-		l.count(EventMiss)
+		l.countIn(ctx, EventMiss)
 		res.add(k.key, f.res.val, f.res.err)
 	}
 	return rejected, 0
@@ -201,7 +201,7 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 				return l.answerUsable(ctx, k.key, k.rkey, seq, a, f)
 			})
 		default: // script.Held
-			l.count(EventLeaseWait)
+			l.countIn(ctx, EventLeaseWait)
 			l.endWith(k, func(f *flight[T]) (result[T], func()) {
 				return l.awaitHolder(ctx, k.key, k.rkey, a, f)
 			})
@@ -282,7 +282,7 @@ func (l *Loader[T]) runBatch(ctx context.Context, budget redisBudget, keys []*ow
 			l.endFlight(keys[i], results[j], nil)
 		}
 	}
-	l.storeMany(ctx, &redisBudget{left: l.s.redisTimeout}, later)
+	l.storeManyAfter(ctx, later)
 	close(storedLater)
 }
 

@@ -3,10 +3,14 @@ package cache
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/f4df6ac3/cache/internal/entry"
+	"github.com/f4df6ac3/cache/internal/faultproxy"
 )
 
 // Loaders with separate clients stand for separate processes.
@@ -129,4 +133,41 @@ func TestStampedeAcrossProcessesMiniredis(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.EqualValues(t, 1, tb.loads.Load(), "one load across 8 processes")
+}
+
+// A lease whose fill could not reach Redis — Redis went away during the
+// load, so the fill failed before and after the Get was answered — is
+// filled (or released) once Redis answers again, not left for other
+// processes to wait out until it lapses.
+func TestLeaseLeftByAFailedFillIsFilledWhenRedisAnswers(t *testing.T) {
+	direct, p, rdb := proxiedRedis(t)
+	tb := newTable()
+	tb.put("a", "one")
+	var cut atomic.Bool
+	tb.hook = func(context.Context, string, int64) error {
+		if !cut.Swap(true) { // the first load: Redis goes away meanwhile
+			return p.Set(faultproxy.Blackhole, 0)
+		}
+		return nil
+	}
+	l := newLoader(t, rdb, tb, &Options{RedisTimeout: 50 * time.Millisecond, LeaseTimeout: time.Minute})
+	ctx := context.Background()
+	v, err := l.Get(ctx, "a")
+	require.NoError(t, err)
+	require.Equal(t, "one", v.Val)
+	e, err := entry.Decode(direct.Get(ctx, l.Key("a")).Val(), 1<<20)
+	require.NoError(t, err)
+	require.NotEmpty(t, e.LeaseOwner, "the fill did not reach Redis: the lease is still there")
+
+	require.NoError(t, p.Set(faultproxy.Pass, 0))
+	require.Eventually(t, func() bool {
+		e, err := entry.Decode(direct.Get(ctx, l.Key("a")).Val(), 1<<20)
+		return err == nil && e.LeaseOwner == "" && e.Usable()
+	}, 10*time.Second, 5*time.Millisecond, "the fill was sent again once Redis answered")
+	other := newLoader(t, newClient(t, redisAddr()), tb, &Options{Prefix: l.s.prefix})
+	v, err = other.Get(ctx, "a")
+	require.NoError(t, err)
+	require.Equal(t, "one", v.Val)
+	require.EqualValues(t, 1, other.Stats().Hits)
+	require.EqualValues(t, 1, tb.loads.Load())
 }

@@ -193,7 +193,7 @@ func (l *Loader[T]) localGetMany(ctx context.Context, b *redisBudget, keys []str
 	for _, k := range keys {
 		if !l.pending.has(k) {
 			if v, ok := t.store.Get(l.Key(k)); ok {
-				l.count(EventLocalHit)
+				l.countIn(ctx, EventLocalHit)
 				res.out[k] = v
 				continue
 			}

@@ -43,6 +43,7 @@ const (
 	EventSampled                          // a sampled hit was checked against the database (Options.SampleRate)
 	EventInconsistent                     // a sampled entry still differed from the database after SampleDelay
 	EventMigrated                         // a miss was answered from the previous key format (Options.PreviousKeyPrefix)
+	EventBudgetSpent                      // a Redis call was not made: the call's RedisTimeout was spent by the calls before it
 	EventLocalHit                         // answered from the in-process tier (Options.Local), not counted as a hit
 	numEvents
 )
@@ -54,7 +55,7 @@ var eventNames = [numEvents]string{
 	"invalidation_dropped", "redis_skipped", "breaker_open",
 	"breaker_half_open", "breaker_closed", "refresh", "read_bypass_on",
 	"read_bypass_off", "stale_entry_found", "sampled", "inconsistent",
-	"migrated", "local_hit",
+	"migrated", "budget_spent", "local_hit",
 }
 
 // String returns the event's metric label.
@@ -84,6 +85,68 @@ type Recorder interface {
 // changes. Prometheus implements it as cache_invalidations_pending.
 type PendingRecorder interface {
 	InvalidationsPending(loader string, n int)
+}
+
+// RedisRecorder is implemented by Recorders that also observe the
+// Loader's Redis calls: each call (a command, a script or a pipeline: one
+// round trip) that was sent, with how long it took and, when Redis failed
+// (a timeout, a lost connection, a reply such as OOM or LOADING that says
+// it cannot serve), the failure; err is nil when Redis answered, error
+// replies such as WRONGTYPE included. Calls the circuit breaker skipped,
+// and calls whose caller left before the answer, are not observed.
+// Prometheus implements it as cache_redis_duration_seconds.
+type RedisRecorder interface {
+	ObserveRedis(loader string, d time.Duration, err error)
+}
+
+// WriteRecorder is implemented by Recorders that also count Set,
+// Invalidate (and InvalidateVersions) and WriteThrough calls by outcome.
+// op is OpSet, OpInvalidate or OpWriteThrough. Calls refused before they
+// start (an empty key, a closed Loader, a negative version) are not
+// counted. Prometheus implements it as cache_writes_total.
+type WriteRecorder interface {
+	CountWrite(loader string, op Op, r WriteResult)
+}
+
+// WriteResult is how a Set, Invalidate or WriteThrough ended.
+type WriteResult int
+
+// Write results.
+const (
+	WriteStored      WriteResult = iota // Set, WriteThrough: the value was stored
+	WriteInvalidated                    // Invalidate: applied; Set, WriteThrough: not stored (a newer version or another writer meanwhile, a value that cannot be cached, a failed set) but invalidated
+	WriteQueued                         // the invalidation could not reach Redis and was queued (ErrQueued)
+	WriteFailed                         // Set: Redis failed; WriteThrough: the write function failed (Redis untouched)
+	numWriteResults
+)
+
+var writeResultNames = [numWriteResults]string{"stored", "invalidated", "queued", "error"}
+
+// String returns the result's metric label.
+func (r WriteResult) String() string {
+	if r < 0 || r >= numWriteResults {
+		return "unknown"
+	}
+	return writeResultNames[r]
+}
+
+// observeRedis reports one Redis call to the RedisRecorder, if any.
+func (l *Loader[T]) observeRedis(d time.Duration, err error) {
+	if l.s.redisRecorder == nil || callerLeft(err) {
+		return
+	}
+	if answered(err) { // redis.Nil too
+		err = nil
+	}
+	l.s.redisRecorder.ObserveRedis(l.name, d, err)
+}
+
+// countWrite reports the outcome of a write call to the WriteRecorder, if
+// any.
+func (l *Loader[T]) countWrite(op Op, r WriteResult) {
+	if l.s.writeRecorder != nil {
+		l.s.writeRecorder.CountWrite(l.name, op, r)
+	}
 }
 
 type nopRecorder struct{}
@@ -119,6 +182,7 @@ type Stats struct {
 	Sampled              uint64 // sampled hits checked against the database
 	Inconsistent         uint64 // sampled entries that still differed after SampleDelay
 	Migrated             uint64 // misses answered from the previous key format
+	BudgetSpent          uint64 // Redis calls not made: the call's RedisTimeout was spent
 	LocalHits            uint64 // Gets answered from the in-process tier
 	Breaker              BreakerState
 	ReadBypass           bool
@@ -159,6 +223,7 @@ func (c *counters) snapshot() Stats {
 		Sampled:              e(EventSampled),
 		Inconsistent:         e(EventInconsistent),
 		Migrated:             e(EventMigrated),
+		BudgetSpent:          e(EventBudgetSpent),
 		LocalHits:            e(EventLocalHit),
 	}
 }
@@ -169,7 +234,9 @@ func (c *counters) snapshot() Stats {
 //	cache_requests_total{loader,result}     Gets by result: hit, miss, negative_hit, stale, bypass
 //	cache_events_total{loader,event}        everything else Event names
 //	cache_loads_total{loader,result}        LoadFunc calls: ok, not_found, error
-//	cache_load_duration_seconds{loader}     LoadFunc latency
+//	cache_load_duration_seconds{loader,result}  LoadFunc latency by result: ok, not_found, error
+//	cache_redis_duration_seconds{loader,result} Redis call latency (one round trip): ok (answered), error (Redis failed)
+//	cache_writes_total{loader,op,result}    Set, Invalidate, WriteThrough calls (op: set, invalidate, write_through) by result: stored, invalidated, queued, error
 //	cache_breaker_state{loader}             0 closed, 1 half-open, 2 open
 //	cache_read_bypass{loader}               1 while SetReadBypass(true)
 //	cache_invalidations_pending{loader}     invalidations queued for retry
@@ -182,6 +249,8 @@ type Prometheus struct {
 	events   *prometheus.CounterVec
 	loads    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	redis    *prometheus.HistogramVec
+	writes   *prometheus.CounterVec
 	breaker  *prometheus.GaugeVec
 	bypass   *prometheus.GaugeVec
 	pending  *prometheus.GaugeVec
@@ -212,9 +281,18 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 		}, []string{"loader", "result"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "cache_load_duration_seconds",
-			Help:    "LoadFunc latency.",
+			Help:    "LoadFunc latency by result: ok, not_found, error.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"loader"}),
+		}, []string{"loader", "result"}),
+		redis: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cache_redis_duration_seconds",
+			Help:    "Latency of the cache's Redis calls (one round trip: a command, script or pipeline) by result: ok (Redis answered), error (Redis failed).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}, []string{"loader", "result"}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cache_writes_total",
+			Help: "Set, Invalidate and WriteThrough calls (op: set, invalidate, write_through) by result: stored, invalidated, queued, error.",
+		}, []string{"loader", "op", "result"}),
 		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "cache_breaker_state",
 			Help: "Circuit breaker around Redis: 0 closed, 1 half-open, 2 open.",
@@ -239,6 +317,12 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 		return nil, err
 	}
 	if p.duration, err = promreg.Register(reg, p.duration); err != nil {
+		return nil, err
+	}
+	if p.redis, err = promreg.Register(reg, p.redis); err != nil {
+		return nil, err
+	}
+	if p.writes, err = promreg.Register(reg, p.writes); err != nil {
 		return nil, err
 	}
 	if p.breaker, err = promreg.Register(reg, p.breaker); err != nil {
@@ -268,10 +352,20 @@ func (p *Prometheus) seen(loader string) {
 			p.events.WithLabelValues(loader, e.String())
 		}
 	}
-	for _, r := range []string{"ok", "not_found", "error"} {
+	for _, r := range loadResults {
 		p.loads.WithLabelValues(loader, r)
+		p.duration.WithLabelValues(loader, r)
 	}
-	p.duration.WithLabelValues(loader)
+	for _, r := range []string{"ok", "error"} {
+		p.redis.WithLabelValues(loader, r)
+	}
+	for _, op := range writeOps {
+		for r := range numWriteResults {
+			if r.of(op) {
+				p.writes.WithLabelValues(loader, writeOpLabel(op), r.String())
+			}
+		}
+	}
 	p.breaker.WithLabelValues(loader)
 	p.bypass.WithLabelValues(loader)
 	p.pending.WithLabelValues(loader)
@@ -308,13 +402,64 @@ func (p *Prometheus) InvalidationsPending(loader string, n int) {
 // ObserveLoad implements Recorder.
 func (p *Prometheus) ObserveLoad(loader string, d time.Duration, err error) {
 	p.seen(loader)
+	result := loadResult(err)
+	p.loads.WithLabelValues(loader, result).Inc()
+	p.duration.WithLabelValues(loader, result).Observe(d.Seconds())
+}
+
+// ObserveRedis implements RedisRecorder.
+func (p *Prometheus) ObserveRedis(loader string, d time.Duration, err error) {
+	p.seen(loader)
 	result := "ok"
-	switch {
-	case errors.Is(err, ErrNotFound):
-		result = "not_found"
-	case err != nil:
+	if err != nil {
 		result = "error"
 	}
-	p.loads.WithLabelValues(loader, result).Inc()
-	p.duration.WithLabelValues(loader).Observe(d.Seconds())
+	p.redis.WithLabelValues(loader, result).Observe(d.Seconds())
+}
+
+// CountWrite implements WriteRecorder.
+func (p *Prometheus) CountWrite(loader string, op Op, r WriteResult) {
+	p.seen(loader)
+	p.writes.WithLabelValues(loader, writeOpLabel(op), r.String()).Inc()
+}
+
+// loadResults are the results of a load: see loadResult.
+var loadResults = []string{"ok", "not_found", "error"}
+
+// loadResult is the metric label of a load's outcome.
+func loadResult(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrNotFound):
+		return "not_found"
+	}
+	return "error"
+}
+
+// writeOps are the operations WriteRecorder counts.
+var writeOps = []Op{OpSet, OpInvalidate, OpWriteThrough}
+
+// writeOpLabel is the metric label of a write operation.
+func writeOpLabel(op Op) string {
+	switch op {
+	case OpSet:
+		return "set"
+	case OpInvalidate:
+		return "invalidate"
+	case OpWriteThrough:
+		return "write_through"
+	}
+	return "unknown"
+}
+
+// of reports whether op can end with r.
+func (r WriteResult) of(op Op) bool {
+	switch op {
+	case OpInvalidate:
+		return r == WriteInvalidated || r == WriteQueued
+	case OpSet:
+		return r != WriteQueued
+	}
+	return true
 }

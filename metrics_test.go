@@ -44,7 +44,7 @@ func TestPrometheusTwoLoadersOneRegistry(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(p1.loads.WithLabelValues("orders", "not_found")))
 	n, err := testutil.GatherAndCount(reg, "cache_load_duration_seconds")
 	require.NoError(t, err)
-	require.Equal(t, 2, n, "one histogram per loader")
+	require.Equal(t, 6, n, "one histogram per loader and result")
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
 	require.Empty(t, problems)
@@ -153,4 +153,102 @@ func TestInvalidationsPendingReported(t *testing.T) {
 	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
 	require.Empty(t, problems)
+}
+
+// histCount is the number of observations of the histogram child of vec
+// with labels.
+func histCount(t *testing.T, vec *prometheus.HistogramVec, labels ...string) uint64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(vec.WithLabelValues(labels...).(prometheus.Histogram))
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	require.Len(t, mfs, 1)
+	return mfs[0].GetMetric()[0].GetHistogram().GetSampleCount()
+}
+
+func TestPrometheusLatencyByResult(t *testing.T) {
+	mr, rdb := fakeRedis(t)
+	p, err := NewPrometheus(prometheus.NewPedanticRegistry())
+	require.NoError(t, err)
+	tb := newTable()
+	tb.put("a", "x")
+	boom := errors.New("boom")
+	tb.hook = func(_ context.Context, k string, _ int64) error {
+		if k == "err" {
+			return boom
+		}
+		return nil
+	}
+	l := newLoader(t, rdb, tb, &Options{Recorder: p, DisableBreaker: true})
+	ctx := context.Background()
+	_, _ = l.Get(ctx, "a")
+	_, _ = l.Get(ctx, "a")
+	_, _ = l.Get(ctx, "missing")
+	_, _ = l.Get(ctx, "err")
+	require.EqualValues(t, 1, histCount(t, p.duration, "row", "ok"))
+	require.EqualValues(t, 1, histCount(t, p.duration, "row", "not_found"))
+	require.EqualValues(t, 1, histCount(t, p.duration, "row", "error"))
+
+	// Each Get sent at least its read; none failed.
+	require.GreaterOrEqual(t, histCount(t, p.redis, "row", "ok"), uint64(4))
+	require.Zero(t, histCount(t, p.redis, "row", "error"))
+	// A WRONGTYPE reply is an answer.
+	require.NoError(t, rdb.HSet(ctx, l.Key("hash"), "f", "v").Err())
+	tb.put("hash", "x")
+	_, err = l.Get(ctx, "hash")
+	require.NoError(t, err)
+	require.Zero(t, histCount(t, p.redis, "row", "error"))
+
+	mr.Close()
+	okBefore := histCount(t, p.redis, "row", "ok")
+	_, err = l.Get(ctx, "a")
+	require.NoError(t, err, "fail-open")
+	require.NotZero(t, histCount(t, p.redis, "row", "error"), "Redis gone: failed calls observed")
+	require.Equal(t, okBefore, histCount(t, p.redis, "row", "ok"))
+}
+
+func TestPrometheusCountsWritesByResult(t *testing.T) {
+	mr, rdb := fakeRedis(t)
+	p, err := NewPrometheus(prometheus.NewPedanticRegistry())
+	require.NoError(t, err)
+	tb := newTable()
+	l := newLoader(t, rdb, tb, &Options{Recorder: p, MaxValueBytes: 100, InvalidateTimeout: time.Second})
+	ctx := context.Background()
+	writes := func(op, result string) float64 {
+		return testutil.ToFloat64(p.writes.WithLabelValues("row", op, result))
+	}
+
+	require.NoError(t, l.Set(ctx, "a", row{"one", 2}))
+	require.NoError(t, l.Set(ctx, "a", row{"older", 1}))                  // refused: invalidated
+	require.NoError(t, l.Set(ctx, "b", row{strings.Repeat("x", 200), 1})) // too large: invalidated
+	require.Equal(t, 1.0, writes("set", "stored"))
+	require.Equal(t, 2.0, writes("set", "invalidated"))
+
+	_, err = l.WriteThrough(ctx, "c", func(context.Context) (row, error) { return tb.put("c", "one"), nil })
+	require.NoError(t, err)
+	_, err = l.WriteThrough(ctx, "c", func(context.Context) (row, error) { return row{}, errors.New("deadlock") })
+	require.Error(t, err)
+	_, err = l.WriteThrough(ctx, "c", func(ctx context.Context) (row, error) {
+		// Another writer between our read of the generation and our set.
+		require.NoError(t, l.Invalidate(ctx, "c"))
+		return tb.put("c", "two"), nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, 1.0, writes("write_through", "stored"))
+	require.Equal(t, 1.0, writes("write_through", "error"))
+	require.Equal(t, 1.0, writes("write_through", "invalidated"))
+
+	require.NoError(t, l.InvalidateVersions(ctx, KeyVersion{Key: "a", Version: 3}))
+	require.Equal(t, 2.0, writes("invalidate", "invalidated"), "one from inside the write above")
+
+	mr.Close()
+	require.ErrorIs(t, l.Invalidate(ctx, "a"), ErrQueued)
+	require.Equal(t, 1.0, writes("invalidate", "queued"))
+	_, err = l.WriteThrough(ctx, "d", func(context.Context) (row, error) { return tb.put("d", "one"), nil })
+	require.NoError(t, err)
+	require.Equal(t, 1.0, writes("write_through", "queued"))
+	require.Equal(t, 0.0, writes("set", "error"))
+	require.Error(t, l.Set(ctx, "e", row{"one", 1}))
+	require.Equal(t, 1.0, writes("set", "error"))
 }

@@ -52,7 +52,7 @@ func (l *Loader[T]) migrateFrom(ctx context.Context, key, rkey, token string, se
 		Token: token, Payload: payload, Version: e.Version, KeyTTL: ttl + l.s.maxStale, SoftTTL: ttl,
 		Delta: time.Duration(e.Delta) * time.Millisecond, Channel: l.wakeChannel(),
 	})}
-	l.count(EventMigrated)
+	l.countIn(ctx, EventMigrated)
 	return result[T]{val: v, seq: seq, gen: a.Gen}, l.storeNowOrLater(ctx, st, b), true
 }
 

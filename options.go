@@ -142,6 +142,12 @@ type Options struct {
 	// default: none (Stats still counts)
 	Recorder Recorder
 
+	// Tracer follows each Get, GetMany, Set, Invalidate, WriteThrough, load,
+	// background refresh and sampled check in its context, for distributed
+	// tracing (package otelcache: OpenTelemetry).
+	// default: none (no tracing, no cost)
+	Tracer Tracer
+
 	// PreviousKeyPrefix names the key format this Loader replaces: entries
 	// were at PreviousKeyPrefix + key (e.g. "v1:sim:" when the new format is
 	// "v2:sim#2:"; or "sim:" to upgrade from the library's releases before
@@ -213,6 +219,9 @@ type settings struct {
 	maxValueBytes int
 	codec         Codec
 	recorder      Recorder
+	redisRecorder RedisRecorder // recorder, if it is one; else nil
+	writeRecorder WriteRecorder // recorder, if it is one; else nil
+	tracer        Tracer
 	logger        *slog.Logger
 	local         *localSettings // nil: no in-process tier
 }
@@ -287,6 +296,7 @@ func (o *Options) settings() (settings, error) {
 		maxValueBytes: or(o.MaxValueBytes, defaultMaxValueBytes),
 		codec:         o.Codec,
 		recorder:      o.Recorder,
+		tracer:        o.Tracer,
 		logger:        o.Logger,
 	}
 	if o.DisableJitter {
@@ -315,6 +325,8 @@ func (o *Options) settings() (settings, error) {
 	if s.recorder == nil {
 		s.recorder = nopRecorder{}
 	}
+	s.redisRecorder, _ = s.recorder.(RedisRecorder)
+	s.writeRecorder, _ = s.recorder.(WriteRecorder)
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}

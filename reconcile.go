@@ -29,7 +29,9 @@ type ReconcileOptions struct {
 	ScanCount int
 
 	// Progress, when set, is called after every SCAN batch with the totals
-	// so far. It runs on the reconciling goroutine.
+	// so far, and once more at the end. Calls never overlap and their
+	// totals never go down; on a Redis Cluster, where every master is
+	// scanned on a goroutine of its own, they come from those goroutines.
 	// default: none
 	Progress func(ReconcileResult)
 }
@@ -38,9 +40,20 @@ type ReconcileOptions struct {
 type ReconcileResult struct {
 	Scanned   int // keys seen under the Loader's prefix
 	Compared  int // values and negative entries compared with the database
-	Divergent int // entries that differed from the database
-	Evicted   int // divergent entries turned into tombstones
-	Errors    int // entries that could not be read, loaded or evicted
+	Divergent int // entries that differed from the database: Older + Newer + those that cannot be ordered
+	// Older are divergent entries behind the database: a lower version
+	// than the row's, a negative entry for a row that exists, or a value
+	// for a row that is gone — writes whose invalidation was missed.
+	Older int
+	// Newer are divergent entries ahead of the database: a higher version
+	// than the row's. The database went back (a restored backup, a
+	// rolled-back write that was Set anyway), or versions are not
+	// monotonic: worth investigating, an invalidation would not have helped.
+	// Divergent entries of the same version (a migration that rewrote
+	// rows and kept their versions) or unversioned are neither.
+	Newer   int
+	Evicted int // divergent entries turned into tombstones
+	Errors  int // entries that could not be read, loaded or evicted
 }
 
 // Reconcile walks the Loader's keys in Redis with SCAN (on Redis Cluster,
@@ -102,6 +115,11 @@ type reconciler[T any] struct {
 	mu  sync.Mutex // protects res and n
 	res ReconcileResult
 	n   int // entries compared, for the rate
+
+	// reporting serialises the calls of Options.Progress; each takes the
+	// totals under it, so that they never go down from one call to the
+	// next.
+	reporting sync.Mutex
 }
 
 func (r *reconciler[T]) result() ReconcileResult {
@@ -111,9 +129,12 @@ func (r *reconciler[T]) result() ReconcileResult {
 }
 
 func (r *reconciler[T]) progress() {
-	if r.o.Progress != nil {
-		r.o.Progress(r.result())
+	if r.o.Progress == nil {
+		return
 	}
+	r.reporting.Lock()
+	defer r.reporting.Unlock()
+	r.o.Progress(r.result())
 }
 
 func (r *reconciler[T]) add(f func(*ReconcileResult)) {
@@ -176,7 +197,16 @@ func (r *reconciler[T]) visit(ctx context.Context, rkey string) error {
 	if l.agrees(&e, v, notFound) {
 		return nil
 	}
-	r.add(func(res *ReconcileResult) { res.Divergent++ })
+	order := l.order(&e, v, notFound)
+	r.add(func(res *ReconcileResult) {
+		res.Divergent++
+		switch {
+		case order < 0:
+			res.Older++
+		case order > 0:
+			res.Newer++
+		}
+	})
 	l.count(EventStaleEntryFound)
 	n, err := script.Evict(rkey, e.Generation, e.Payload, e.Negative(), l.s.tombstoneTTL, script.NewToken()).Run(ctx, l.rdb).Int()
 	l.dropLocal(key)
@@ -209,6 +239,30 @@ func (l *Loader[T]) agrees(e *entry.Entry, v T, notFound bool) bool {
 	}
 	fresh, err := l.decode(string(payload))
 	return err == nil && reflect.DeepEqual(cached, fresh)
+}
+
+// order compares a divergent entry with what the database returned (v, or
+// not found): -1 when the entry is behind it, 1 when ahead of it, 0 when
+// they cannot be ordered (same or no versions).
+func (l *Loader[T]) order(e *entry.Entry, v T, notFound bool) int {
+	switch {
+	case e.Negative() != notFound:
+		// A row created after its negative entry, or deleted after its
+		// value was cached.
+		return -1
+	case notFound:
+		return 0
+	}
+	ver, err := versionOf(v)
+	switch {
+	case err != nil:
+		return 0
+	case e.Version < ver:
+		return -1
+	case e.Version > ver:
+		return 1
+	}
+	return 0
 }
 
 // isNotFound reports whether a LoadFunc's error says the row does not exist.

@@ -64,6 +64,10 @@ func TestReconcileEvictsOnlyDivergentEntries(t *testing.T) {
 	_, err = db.ExecContext(ctx, "DELETE FROM "+tbl+" WHERE id = 29") // a cached row gone
 	require.NoError(t, err)
 	divergent["29"] = true
+	// A restore: the database went back to an older version.
+	_, err = db.ExecContext(ctx, "UPDATE "+tbl+" SET val = 'restored', version = 0 WHERE id = 13")
+	require.NoError(t, err)
+	divergent["13"] = true
 	// Tombstones are skipped.
 	require.NoError(t, l.Invalidate(ctx, "0", "1"))
 
@@ -72,7 +76,8 @@ func TestReconcileEvictsOnlyDivergentEntries(t *testing.T) {
 		Progress: func(r ReconcileResult) { progress = append(progress, r) }})
 	require.NoError(t, err)
 	t.Logf("%+v after %d progress calls", res, len(progress))
-	require.Equal(t, ReconcileResult{Scanned: 33, Compared: 31, Divergent: len(divergent), Evicted: len(divergent)}, res)
+	require.Equal(t, ReconcileResult{Scanned: 33, Compared: 31, Divergent: len(divergent),
+		Older: 7, Newer: 1, Evicted: len(divergent)}, res, "older: 5 updates, the insert, the delete; newer: the restore; neither: the rewrite")
 	require.NotEmpty(t, progress)
 	require.Equal(t, res, progress[len(progress)-1])
 	require.EqualValues(t, len(divergent), l.Stats().StaleEntriesFound)
@@ -146,4 +151,24 @@ func TestReconcileStopsWithContext(t *testing.T) {
 
 func TestGlobEscape(t *testing.T) {
 	require.Equal(t, `app\*\?\[x\]\\:`, globEscape(`app*?[x]\:`))
+}
+
+func TestReconcileOrdersDivergentEntries(t *testing.T) {
+	_, rdb := fakeRedis(t)
+	tb := newTable()
+	for _, k := range []string{"behind", "ahead", "rewritten", "same"} {
+		tb.put(k, "v1")
+	}
+	l := newLoader(t, rdb, tb, nil)
+	ctx := context.Background()
+	for _, k := range []string{"behind", "ahead", "rewritten", "same", "created"} {
+		_, _ = l.Get(ctx, k)
+	}
+	tb.put("behind", "v2")                                // version 2 behind the cache's back
+	require.NoError(t, l.Set(ctx, "ahead", row{"v9", 9})) // the database stays at version 1
+	tb.rows["rewritten"] = row{Val: "other", Ver: 1}      // same version, other data
+	tb.put("created", "v1")                               // over a negative entry
+	res, err := l.Reconcile(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, ReconcileResult{Scanned: 5, Compared: 5, Divergent: 4, Older: 2, Newer: 1, Evicted: 4}, res)
 }

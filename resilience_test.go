@@ -157,6 +157,9 @@ func resWaitKey(t *testing.T, ch <-chan string, what string) string {
 }
 
 // resTee sends every event to each of its Recorders.
+// resTee passes every event to each of its Recorders, the last one last:
+// a test that waits on an event from an events Recorder puts it last, so
+// that the others have seen the event when the wait ends.
 type resTee []Recorder
 
 func (rt resTee) Count(loader string, e Event) {
@@ -450,7 +453,7 @@ func TestResilienceBreakerOpens(t *testing.T) {
 			// (A fixed prefix: newLoader's cleanup of a unique one would wait
 			// for the closed Redis.)
 			l := newLoader(t, rdb, tb, &Options{Prefix: "t:", BreakerFailures: tc.failures, BreakerCooldown: time.Hour,
-				Recorder: resTee{ev, prom}})
+				Recorder: resTee{prom, ev}})
 			ctx := context.Background()
 			gauge := func() float64 { return testutil.ToFloat64(prom.breaker.WithLabelValues("row")) }
 
@@ -532,7 +535,7 @@ func TestResilienceBreakerRecovers(t *testing.T) {
 	tb := newTable()
 	tb.put("a", "a1")
 	l := newLoader(t, rdb, tb, &Options{BreakerFailures: 2, BreakerCooldown: 50 * time.Millisecond,
-		RedisTimeout: 250 * time.Millisecond, Recorder: resTee{ev, prom}})
+		RedisTimeout: 250 * time.Millisecond, Recorder: resTee{prom, ev}})
 	ctx := context.Background()
 	gauge := func() float64 { return testutil.ToFloat64(prom.breaker.WithLabelValues("row")) }
 

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/f4df6ac3/cache/internal/script"
 )
 
 const (
@@ -96,6 +98,98 @@ func (p *pendingSet) remove(snap map[string]uint64) {
 	p.n.Store(int64(len(p.keys)))
 }
 
+// leftoverStores holds the stores (fills and lease releases) that could
+// not be sent after their callers were answered, Redis failing or the
+// breaker open. Each leaves a lease in Redis that other processes' Gets
+// would wait on until it lapses, so retryLoop sends them again with the
+// queued invalidations until Redis answers. A store sent late is as safe as
+// one sent at once: it lands only while its token is still the entry's
+// lease, that is while no invalidation, Set or other lease came since the
+// grant. Past the lease's lifetime a store is dropped: the lease lapsed
+// by itself.
+type leftoverStores struct {
+	n    atomic.Int64 // len(list), read without the lock after Redis calls
+	mu   sync.Mutex   // protects list
+	list []leftover
+}
+
+type leftover struct {
+	st    store
+	until time.Time // when the lease lapses by itself, at the latest
+}
+
+// add keeps st until until; a full list drops it (its lease lapses).
+func (s *leftoverStores) add(st store, until time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.list) >= retryQueueSize {
+		return
+	}
+	s.list = append(s.list, leftover{st, until})
+	s.n.Store(int64(len(s.list)))
+}
+
+// take empties the list and returns what it held whose lease may still
+// live.
+func (s *leftoverStores) take(now time.Time) []store {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store
+	for _, lo := range s.list {
+		if now.Before(lo.until) {
+			out = append(out, lo.st)
+		}
+	}
+	s.list = nil
+	s.n.Store(0)
+	return out
+}
+
+// storeAfter sends st after its callers were answered, with a budget of
+// its own; when Redis does not answer, retryLoop sends it again.
+func (l *Loader[T]) storeAfter(ctx context.Context, st store) {
+	if ok, _ := l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st); !ok {
+		l.leftovers.add(st, time.Now().Add(l.s.leaseTimeout))
+		l.wakeRetrier()
+	}
+}
+
+// storeManyAfter is storeAfter for stores sent in one pipelined round.
+func (l *Loader[T]) storeManyAfter(ctx context.Context, stores []store) {
+	for i, ok := range l.storeMany(ctx, &redisBudget{left: l.s.redisTimeout}, stores) {
+		if !ok {
+			l.leftovers.add(stores[i], time.Now().Add(l.s.leaseTimeout))
+			l.wakeRetrier()
+		}
+	}
+}
+
+// applyLeftovers sends the leftover stores through call and reports
+// whether none is left.
+func (l *Loader[T]) applyLeftovers(call redisCaller) bool {
+	stores := l.leftovers.take(time.Now())
+	if len(stores) == 0 {
+		return true
+	}
+	calls := make([]script.Call, len(stores))
+	for i, st := range stores {
+		calls[i] = st.call
+	}
+	cmds, _ := l.runScriptsWith(context.Background(), &redisBudget{left: l.s.redisTimeout}, calls, call)
+	left := true
+	until := time.Now().Add(l.s.leaseTimeout)
+	for i, c := range cmds {
+		if c == nil || c.Err() != nil {
+			l.leftovers.add(stores[i], until)
+			left = false
+			continue
+		}
+		n, _ := c.Int64()
+		l.countStored(stores[i], n)
+	}
+	return left
+}
+
 // enqueueInvalidation queues key for retryLoop; a full queue drops it.
 func (l *Loader[T]) enqueueInvalidation(key string) {
 	if !l.pending.add(key) {
@@ -144,7 +238,7 @@ func (l *Loader[T]) nudgeRetrier() {
 	l.wakeRetrier()
 }
 
-// retryLoop applies queued invalidations in batches, with exponential
+// retryLoop applies queued invalidations (and sends leftover stores) in batches, with exponential
 // backoff while Redis keeps failing and sooner when the breaker closes or
 // other calls succeed, until Close; then it gives them one last try, past
 // the breaker.
@@ -163,6 +257,7 @@ func (l *Loader[T]) retryLoop() {
 			// queue without a try. One call, bounded by RedisTimeout as
 			// every try is.
 			l.applyPending(l.redisCallPastBreaker)
+			l.applyLeftovers(l.redisCallPastBreaker) // what fails lapses by itself
 			if snap := l.pending.snapshot(); len(snap) > 0 {
 				for range snap {
 					l.count(EventInvalidationDropped)
@@ -174,7 +269,8 @@ func (l *Loader[T]) retryLoop() {
 			}
 			return
 		}
-		if l.applyPending(l.redisCallKey) {
+		// Both, whatever the first reports.
+		if done := l.applyPending(l.redisCallKey); l.applyLeftovers(l.redisCallKey) && done {
 			backoff = 0
 			continue
 		}

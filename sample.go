@@ -12,8 +12,8 @@ import (
 const maxSamplesInFlight = 1024
 
 // sampleHit decides whether a hit is checked against the database later
-// (Options.SampleRate) and schedules the check.
-func (l *Loader[T]) sampleHit(key, rkey string) {
+// (Options.SampleRate) and schedules the check; ctx is the hit's.
+func (l *Loader[T]) sampleHit(ctx context.Context, key, rkey string) {
 	if l.s.sampleRate <= 0 || rand.Float64() >= l.s.sampleRate {
 		return
 	}
@@ -21,6 +21,7 @@ func (l *Loader[T]) sampleHit(key, rkey string) {
 		l.samplesInFlight.Add(-1)
 		return
 	}
+	origin := l.traceOrigin(ctx) // for a Tracer to link the check to the hit
 	l.bg.Go(func() {
 		defer l.samplesInFlight.Add(-1)
 		t := time.NewTimer(l.s.sampleDelay)
@@ -30,16 +31,23 @@ func (l *Loader[T]) sampleHit(key, rkey string) {
 		case <-l.bg.done:
 			return
 		}
-		l.checkSample(key, rkey)
+		l.checkSample(origin, key, rkey)
 	})
 }
 
 // checkSample compares key's entry with the database. An entry that is gone,
 // invalidated or changed while the row was read is not judged: only an
 // entry that still differs from the database, SampleDelay after it was
-// served, counts as an inconsistency.
-func (l *Loader[T]) checkSample(key, rkey string) {
-	ctx, cancel := context.WithTimeout(context.Background(), l.s.loadTimeout)
+// served, counts as an inconsistency. origin is the hit's context for a
+// Tracer (nil without one).
+func (l *Loader[T]) checkSample(origin context.Context, key, rkey string) {
+	ctx := context.Background()
+	if origin != nil {
+		var sp Span
+		ctx, sp = l.startOp(origin, OpSample, key, 1)
+		defer endOp(sp, nil)
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.s.loadTimeout)
 	defer cancel()
 	read := func() (entry.Entry, bool) {
 		var e entry.Entry
@@ -66,8 +74,8 @@ func (l *Loader[T]) checkSample(key, rkey string) {
 		return // changed meanwhile: a write or a fill is at work
 	}
 	if !l.agrees(&after, v, notFound) {
-		l.count(EventInconsistent)
+		l.countIn(ctx, EventInconsistent)
 		l.s.logger.Warn("cache: sampled entry differs from the database", "loader", l.name, "key", rkey)
 	}
-	l.count(EventSampled) // last: once it is counted, the verdict is too
+	l.countIn(ctx, EventSampled) // last: once it is counted, the verdict is too
 }

@@ -52,6 +52,8 @@ func (l *Loader[T]) guard(ctx context.Context, timed, isLoad bool, what func() s
 // callLoad runs the LoadFunc for key through guard. A key that does not
 // exist returns ErrNotFound itself: callers name the key.
 func (l *Loader[T]) callLoad(ctx context.Context, key string) (v T, err error) {
+	ctx, sp := l.startOp(ctx, OpLoad, key, 1)
+	defer func() { endOp(sp, err) }()
 	err = l.guard(ctx, true, true, func() string { return fmt.Sprintf("load %s %q", l.name, key) },
 		func(ctx context.Context) (err error) {
 			v, err = l.load(ctx, key)
@@ -78,6 +80,8 @@ func (l *Loader[T]) checkVersion(key string, v T) error {
 // callBatchLoad runs the BatchLoadFunc for keys through guard, recorded as
 // one load.
 func (l *Loader[T]) callBatchLoad(ctx context.Context, keys []string) (m map[string]T, err error) {
+	ctx, sp := l.startOp(ctx, OpLoad, "", len(keys))
+	defer func() { endOp(sp, err) }()
 	err = l.guard(ctx, true, true, func() string { return fmt.Sprintf("batch load %s of %d keys", l.name, len(keys)) },
 		func(ctx context.Context) (err error) {
 			m, err = l.batch(ctx, keys)

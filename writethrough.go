@@ -33,22 +33,31 @@ func (l *Loader[T]) Set(ctx context.Context, key string, v T) error {
 	if err := l.check(key); err != nil {
 		return err
 	}
-	return l.set(ctx, key, v, anyGeneration)
+	ctx, sp := l.startOp(ctx, OpSet, key, 1)
+	r, err := l.set(ctx, key, v, anyGeneration)
+	l.countWrite(OpSet, r)
+	endOp(sp, err)
+	return err
 }
 
 // anyGeneration lets set store whatever invalidations happened before.
 const anyGeneration = script.AnyGeneration
 
-// set stores v if key's generation is still gen (see set.lua).
-func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error {
+// set stores v if key's generation is still gen (see set.lua), and says
+// how that ended: stored, invalidated instead, or failed.
+func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) (WriteResult, error) {
 	defer l.dropLocal(key) // after the Redis write: a Get's read sent before it is refused
 	payload, version, err := l.encode(v)
 	if err != nil {
 		_, ierr := l.invalidate(ctx, []string{key})
-		if errors.Is(err, ErrTooLarge) {
-			return ierr
+		r := WriteInvalidated
+		if ierr != nil {
+			r = WriteFailed
 		}
-		return errors.Join(err, ierr)
+		if errors.Is(err, ErrTooLarge) {
+			return r, ierr
+		}
+		return r, errors.Join(err, ierr)
 	}
 	ttl := l.s.valueTTL()
 	c := script.SetCall(l.Key(key), script.Set{
@@ -61,15 +70,17 @@ func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) error 
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("cache: set %q: %w", key, err)
+		return WriteFailed, fmt.Errorf("cache: set %q: %w", key, err)
 	}
+	r := WriteStored
 	if n != script.Stored {
-		l.count(EventStaleSetPrevented)
+		l.countIn(ctx, EventStaleSetPrevented)
+		r = WriteInvalidated // the script invalidates what it refuses
 	}
 	if err := l.dropPrevious(ctx, []string{key}, &redisBudget{left: l.s.redisTimeout}, l.redisCallKey); err != nil {
-		return fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
+		return WriteFailed, fmt.Errorf("cache: set %q: invalidating its previous key: %w", key, err)
 	}
-	return nil
+	return r, nil
 }
 
 // dropPrevious deletes the keys' entries in the previous key format, if
@@ -108,7 +119,11 @@ func (l *Loader[T]) Invalidate(ctx context.Context, keys ...string) error {
 			return err
 		}
 	}
-	return l.invalidateDurably(ctx, keys, nil)
+	ctx, sp := l.startOp(ctx, OpInvalidate, oneKey(keys), len(keys))
+	err := l.invalidateDurably(ctx, keys, nil)
+	l.countInvalidate(err)
+	endOp(sp, err)
+	return err
 }
 
 // KeyVersion names a key to invalidate and the version of its row as
@@ -139,7 +154,21 @@ func (l *Loader[T]) InvalidateVersions(ctx context.Context, kvs ...KeyVersion) e
 		}
 		keys[i], floors[i] = kv.Key, kv.Version
 	}
-	return l.invalidateDurably(ctx, keys, floors)
+	ctx, sp := l.startOp(ctx, OpInvalidate, oneKey(keys), len(keys))
+	err := l.invalidateDurably(ctx, keys, floors)
+	l.countInvalidate(err)
+	endOp(sp, err)
+	return err
+}
+
+// countInvalidate counts an Invalidate or InvalidateVersions that ended
+// with err (nil or ErrQueued).
+func (l *Loader[T]) countInvalidate(err error) {
+	if err != nil {
+		l.countWrite(OpInvalidate, WriteQueued)
+	} else {
+		l.countWrite(OpInvalidate, WriteInvalidated)
+	}
 }
 
 // invalidateDurably invalidates keys (with floors, when not nil) within
@@ -161,6 +190,7 @@ func (l *Loader[T]) invalidateDurably(ctx context.Context, keys []string, floors
 			for _, k := range keys {
 				l.enqueueInvalidation(k)
 			}
+			l.note(ctx, EventInvalidationQueued)
 			return fmt.Errorf("%w: %w", ErrQueued, err)
 		}
 		t := time.NewTimer(jittered(backoff, 0.5))
@@ -267,20 +297,27 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, floors []
 //
 // Once write has committed, the database is the truth and WriteThrough
 // returns the value without error whatever Redis does: if the Set fails it
-// invalidates instead, and if that fails too (or the circuit breaker is
-// open) the invalidation is queued and retried in the background until it
-// lands; until then, Gets of key bypass Redis. The caller's cancellation
+// invalidates instead, retried within InvalidateTimeout as Invalidate
+// does, and if that fails too (or the circuit breaker is open) the
+// invalidation is queued and retried in the background until it lands;
+// until then, this process's Gets of key bypass Redis. The caller's cancellation
 // after the commit does not stop this.
 //
 // WARNING: a queued invalidation lives in this process's memory only; if the
 // process dies before it is applied, the entry stays stale until its TTL.
 // The queue holds 4096 keys; beyond that invalidations are dropped, counted
 // and logged.
-func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx context.Context) (T, error)) (T, error) {
+func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx context.Context) (T, error)) (_ T, err error) {
 	var zero T
 	if err := l.check(key); err != nil {
 		return zero, err
 	}
+	ctx, sp := l.startOp(ctx, OpWriteThrough, key, 1)
+	result := WriteFailed // until the write commits
+	defer func() {
+		l.countWrite(OpWriteThrough, result)
+		endOp(sp, err)
+	}()
 	// The entry's generation before the write: if another writer
 	// invalidates or sets key after it, that writer's value may be newer
 	// than ours (it may have committed after us but reached Redis first),
@@ -297,31 +334,37 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	if err != nil {
 		return zero, err
 	}
+	// Once committed, Redis must not keep the old value: what cannot be
+	// stored is invalidated as Invalidate does it, retried within
+	// InvalidateTimeout and then queued.
 	rctx := context.WithoutCancel(ctx)
-	if l.pending.has(key) {
+	switch {
+	case l.pending.has(key):
 		// An older invalidation of key is still queued: keep the order,
 		// storing nothing before it lands. One invalidation sent now
 		// covers both commits, so try it rather than wait for the
-		// retrier (whose backoff may run to seconds); queue only if it
-		// fails.
-		if _, err := l.invalidateQueued(rctx, []string{key}, nil, l.s.redisTimeout); err != nil {
-			l.enqueueInvalidation(key)
-		}
-		return v, nil
-	}
-	if genErr != nil {
-		if _, err := l.invalidate(rctx, []string{key}); err != nil {
-			l.enqueueInvalidation(key)
-		}
-		return v, nil
-	}
-	if err := l.set(rctx, key, v, gen); err != nil {
-		l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", err)
-		if _, err := l.invalidate(rctx, []string{key}); err != nil {
-			l.enqueueInvalidation(key)
+		// retrier (whose backoff may run to seconds).
+		result = l.invalidateAfterWrite(rctx, key)
+	case genErr != nil:
+		result = l.invalidateAfterWrite(rctx, key)
+	default:
+		var serr error
+		if result, serr = l.set(rctx, key, v, gen); serr != nil {
+			l.s.logger.Warn("cache: write-through set failed; invalidating", "loader", l.name, "key", key, "err", serr)
+			result = l.invalidateAfterWrite(rctx, key)
 		}
 	}
 	return v, nil
+}
+
+// invalidateAfterWrite invalidates key after a committed write, as
+// Invalidate does (retried within InvalidateTimeout, then queued), and
+// says which happened.
+func (l *Loader[T]) invalidateAfterWrite(ctx context.Context, key string) WriteResult {
+	if err := l.invalidateDurably(ctx, []string{key}, nil); err != nil {
+		return WriteQueued
+	}
+	return WriteInvalidated
 }
 
 // errNoGeneration marks a generation WriteThrough did not read.

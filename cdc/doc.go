@@ -71,4 +71,11 @@
 // applies them also in the middle of a transaction (its rows are committed:
 // they are in the binlog); only the checkpoint waits for the transaction's
 // end. Rows events of tables without a rule are not decoded.
+//
+// Operations: [Relay.Stats] and [Relay.Collector] (Prometheus) carry the
+// state, counters and lags. With [Options].StatusRedis the leader also
+// publishes them every StatusInterval in a small expiring Redis record
+// under the Loaders' prefix, with a heartbeat from every relay of the
+// Name, which `cachectl health -prefix <prefix>` prints (with -dsn it also
+// reads the checkpoint table and who holds the leader lock).
 package cdc

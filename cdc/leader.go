@@ -2,24 +2,22 @@ package cdc
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/f4df6ac3/cache/internal/relaystatus"
 )
 
 // errLostLock ends a leader's term: its lock connection failed or no
 // longer holds the lock.
 var errLostLock = errors.New("cdc: lost the leader lock")
 
-// lockName is the GET_LOCK name of relays called name (64 bytes at most).
-func lockName(name string) string {
-	sum := sha256.Sum256([]byte(name))
-	return "cache_cdc:" + hex.EncodeToString(sum[:12])
-}
+// lockName is the GET_LOCK name of relays called name (64 bytes at most;
+// cachectl health looks its holder up by the same name).
+func lockName(name string) string { return relaystatus.LockName(name) }
 
 // term is one leadership: the connection that holds the lock. The
 // checkpoint is read and written on that connection only, so a relay that

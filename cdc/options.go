@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/redis/go-redis/v9"
 )
 
 // Options configure a Relay. The zero value is a MariaDB relay named
@@ -102,6 +103,23 @@ type Options struct {
 	// Logger receives the relay's and go-mysql's messages.
 	// default: slog.Default()
 	Logger *slog.Logger
+	// StatusRedis, if set, is where the relay publishes its status for
+	// `cachectl health -prefix <StatusPrefix>`: every StatusInterval the
+	// leader writes a small JSON record (host, pid, applied and server
+	// positions, transactions behind, last event time, checkpoint age,
+	// counters and rates) at StatusPrefix + "cdc-relay:" + Name, expiring
+	// after five intervals, and every relay of the Name, standbys included,
+	// a heartbeat. Give it the Loaders' client. A failed publish is logged
+	// (at most once a minute) and never holds up the relay.
+	// default: nil (nothing published)
+	StatusRedis redis.Cmdable
+	// StatusPrefix prefixes the status keys: the Loaders' Options.Prefix,
+	// which cachectl health is given as -prefix.
+	// default: ""
+	StatusPrefix string
+	// StatusInterval is how often the status is published.
+	// default: 1s
+	StatusInterval time.Duration
 }
 
 // settings are Options validated and defaulted.
@@ -123,6 +141,9 @@ type settings struct {
 	maxBackoff         time.Duration
 	heartbeat          time.Duration
 	logger             *slog.Logger
+	statusRedis        redis.Cmdable
+	statusPrefix       string
+	statusInterval     time.Duration
 }
 
 // identifier is what the relay accepts as a table name without quoting
@@ -151,6 +172,9 @@ func (o *Options) settings() (settings, error) {
 		maxBackoff:         or(o.MaxBackoff, 5*time.Second),
 		heartbeat:          or(o.Heartbeat, time.Second),
 		logger:             o.Logger,
+		statusRedis:        o.StatusRedis,
+		statusPrefix:       o.StatusPrefix,
+		statusInterval:     or(o.StatusInterval, time.Second),
 	}
 	if s.logger == nil {
 		s.logger = slog.Default()
@@ -174,6 +198,7 @@ func (o *Options) settings() (settings, error) {
 		{"FlushInterval", s.flushInterval}, {"CheckpointInterval", s.checkpointInterval},
 		{"ApplyTimeout", s.applyTimeout}, {"LockPoll", s.lockPoll},
 		{"MaxBackoff", s.maxBackoff}, {"Heartbeat", s.heartbeat}, {"Reinvalidate", s.reinvalidate},
+		{"StatusInterval", s.statusInterval},
 	} {
 		if d.v < 0 {
 			return s, fmt.Errorf("cdc: %s is negative", d.name)

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/f4df6ac3/cache/internal/relaystatus"
 )
 
 // Position is a place in the source's binlog: a GTID set (MariaDB
@@ -73,27 +75,9 @@ func behind(flavor string, applied, server Position) int64 {
 	if flavor != mysql.MariaDBFlavor || !applied.isGTID() || !server.isGTID() {
 		return -1
 	}
-	seqs := func(s string) (map[uint32]uint64, bool) {
-		set, err := mysql.ParseMariadbGTIDSet(s)
-		if err != nil {
-			return nil, false
-		}
-		out := map[uint32]uint64{}
-		for domain, g := range set.(*mysql.MariadbGTIDSet).Sets {
-			out[domain] = g.SequenceNumber
-		}
-		return out, true
-	}
-	a, ok1 := seqs(applied.GTID)
-	s, ok2 := seqs(server.GTID)
-	if !ok1 || !ok2 {
+	n, ok := relaystatus.Behind(applied.GTID, server.GTID)
+	if !ok {
 		return -1
-	}
-	var n int64
-	for domain, seq := range s {
-		if seq > a[domain] {
-			n += int64(seq - a[domain])
-		}
 	}
 	return n
 }

@@ -36,7 +36,8 @@ type Relay struct {
 	applied Position
 	saved   Position
 	savedAt time.Time
-	server  Position // the server's position at the last poll
+	server  Position  // the server's position at the last poll
+	since   time.Time // when the current leadership term began
 }
 
 // rule is a Rule with its target index.
@@ -128,7 +129,27 @@ func (r *Relay) Close() error { return r.db.Close() }
 // returns when a Target is closed, and with ErrRule when a rule cannot be
 // applied to a row (its column is missing, its Key func failed): it stops
 // rather than skip an invalidation.
+//
+// With Options.StatusRedis it publishes its status meanwhile, and when it
+// returns an error other than ctx's, a record saying so.
 func (r *Relay) Run(ctx context.Context) error {
+	if r.s.statusRedis == nil {
+		return r.run(ctx)
+	}
+	pctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); r.publishStatus(pctx) }()
+	err := r.run(ctx)
+	stop()
+	<-done
+	if err != nil && ctx.Err() == nil {
+		r.publishStopped(err)
+	}
+	return err
+}
+
+// run is Run without the status.
+func (r *Relay) run(ctx context.Context) error {
 	bo := newBackoff(100*time.Millisecond, r.s.maxBackoff)
 	var src source
 	for {
@@ -183,6 +204,7 @@ func (r *Relay) lead(ctx context.Context, t *term, src source) error {
 	}
 	r.mu.Lock()
 	r.applied, r.saved, r.savedAt = from, from, time.Now()
+	r.since = r.savedAt
 	r.mu.Unlock()
 	r.stats.leader.Store(true)
 	r.stats.terms.Add(1)

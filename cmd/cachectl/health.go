@@ -14,8 +14,8 @@ import (
 
 var healthCmd = &command{
 	name:    "health",
-	args:    "[-pings N]",
-	summary: "Redis latency, eviction policy, evictions, hit ratio, memory, clients",
+	args:    "[-pings N] [-prefix P] [-dsn DSN]",
+	summary: "Redis latency, eviction policy, evictions, hit ratio, memory, clients; invalidation relays",
 	help: `The diagnosis playbook in one command. Warnings:
   - maxmemory-policy allkeys-*: under memory pressure Redis may evict any key,
     including cache leases and tombstones (weakening the stale-set guard) and
@@ -27,15 +27,39 @@ var healthCmd = &command{
   - evicted_keys > 0: memory pressure has already evicted keys;
   - mem_fragmentation_ratio > 1.5 (with at least 64 MiB used);
   - keyspace hit ratio < 50% (over the server's lifetime, all clients).
-On Redis Cluster every master is reported on (with -json: a list).`,
+On Redis Cluster every master is reported on (with -json: a list).
+
+Invalidation relays. Binlog relays (package cdc) started with
+Options.StatusRedis publish their status under the Loaders' prefix
+(-prefix, Options.Prefix): for each relay Name, the leader's host and pid,
+the applied position, the server's position and the transactions not yet
+applied, the age of the last event read and of the checkpoint, events/s,
+invalidations/s, failed calls/s and totals, and how many instances
+(leader and standbys) run. With -dsn, the relays' checkpoint table
+(-cdc-table) gives each Name's stored position and age, and who holds its
+leader lock (GET_LOCK) on the server; the outbox table (-outbox-table)
+gives its backlog (rows pending, the oldest's age). Warnings:
+  - a relay Name whose leader stopped publishing (status expired), or
+    whose relay stopped on an error no retry cures (STOPPED, with it);
+  - a relay whose last event is over 30s old while the server has
+    transactions it has not applied;
+  - failing invalidation calls; statement-logged writes it could not see;
+  - a checkpoint whose leader lock nobody holds (no relay runs);
+  - an outbox row waiting over a minute.
+With -json (on Redis Cluster: in the first element) under "relays".`,
 	minArgs: 0, maxArgs: 0,
 	flags: func(fs *flag.FlagSet) runFunc {
 		pings := fs.Int("pings", 5, "how many PINGs to time")
+		var rf relayFlags
+		fs.StringVar(&rf.prefix, "prefix", "", "the Loaders' Options.Prefix, under which binlog relays publish their status")
+		fs.StringVar(&rf.dsn, "dsn", "", "MySQL DSN (go-sql-driver form) of the relays' database: checkpoints, leader locks, outbox backlog")
+		fs.StringVar(&rf.cdcTable, "cdc-table", "cache_cdc_checkpoint", "the binlog relays' checkpoint table (cdc.Options.CheckpointTable), with -dsn")
+		fs.StringVar(&rf.outboxTable, "outbox-table", "cache_outbox", "the outbox table, with -dsn")
 		return func(ctx context.Context, e *env, args []string) error {
 			if *pings < 1 {
 				return usagef("-pings must be at least 1")
 			}
-			return health(ctx, e, *pings)
+			return health(ctx, e, *pings, rf)
 		}
 	},
 }
@@ -59,9 +83,12 @@ type healthReport struct {
 	Clients        int64    `json:"connected_clients"`
 	BlockedClients int64    `json:"blocked_clients"`
 	Warnings       []string `json:"warnings"`
+	// Relays are the invalidation relays (see relays); nil when none
+	// publish and neither -prefix nor -dsn was given.
+	Relays *relaysReport `json:"relays,omitempty"`
 }
 
-func health(ctx context.Context, e *env, pings int) error {
+func health(ctx context.Context, e *env, pings int, rf relayFlags) error {
 	var reports []*healthReport
 	err := forEachNode(ctx, e.rdb, func(ctx context.Context, node redis.UniversalClient, addr string) error {
 		r, err := nodeHealth(ctx, node, addr, pings)
@@ -71,6 +98,11 @@ func health(ctx context.Context, e *env, pings int) error {
 	if err != nil {
 		return err
 	}
+	rel, err := relays(ctx, e.rdb, rf)
+	if err != nil {
+		return err
+	}
+	reports[0].Relays = rel
 	if e.json {
 		if _, ok := e.rdb.(*redis.ClusterClient); ok {
 			return writeJSON(e.stdout, reports)
@@ -82,6 +114,10 @@ func health(ctx context.Context, e *env, pings int) error {
 			fmt.Fprintln(e.stdout)
 		}
 		printHealth(e, r, pings)
+	}
+	if rel != nil {
+		fmt.Fprintln(e.stdout)
+		printRelays(e.stdout, rel)
 	}
 	return nil
 }

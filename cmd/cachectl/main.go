@@ -24,7 +24,10 @@
 //	compare KEY -dsn DSN -query Q -arg A ...
 //	                                  the entry beside the MySQL row
 //	ttl PATTERN [-sample N]           TTL histogram; warns on synchronized expiry
-//	health                            latency, eviction policy, hit ratio, memory
+//	health [-prefix P] [-dsn DSN]     latency, eviction policy, hit ratio, memory;
+//	                                  the binlog relays publishing under prefix P
+//	                                  and, with -dsn, their checkpoints and leader
+//	                                  locks and the outbox's backlog
 //	invalidate [-tombstone D] [-keep-stale] [-force] KEY ...
 //	                                  turn entries into tombstones (library semantics);
 //	                                  says ABSENT for a key that held no entry

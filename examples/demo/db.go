@@ -43,8 +43,14 @@ type store struct {
 	hold   selectHold
 	reads  atomic.Int64 // SELECTs
 	writes atomic.Int64 // UPDATEs
-	owned  bool         // the table was created by this run and is dropped on close
-	stop   func()       // stops the embedded server, if any
+	// floor, while set (the race phase), returns the version of a row
+	// whose write has returned; staleSelects counts the SELECTs that began
+	// after it and still read an older version: the database's own
+	// anomaly, which no cache in front of it can hide.
+	floor        atomic.Pointer[func(id string) int64]
+	staleSelects atomic.Int64
+	owned        bool   // the table was created by this run and is dropped on close
+	stop         func() // stops the embedded server, if any
 }
 
 // openStore connects to dsn, or to a fresh embedded server when dsn is "",
@@ -110,6 +116,10 @@ func (s *store) get(ctx context.Context, id string) (User, error) {
 	if err := sleep(ctx, s.latency); err != nil {
 		return User{}, err
 	}
+	var floor int64
+	if f := s.floor.Load(); f != nil {
+		floor = (*f)(id)
+	}
 	u := User{ID: id}
 	err := s.db.QueryRowContext(ctx, "SELECT name, version FROM "+s.table+" WHERE id = ?", id).Scan(&u.Name, &u.Version)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -117,6 +127,9 @@ func (s *store) get(ctx context.Context, id string) (User, error) {
 	}
 	if err != nil {
 		return User{}, err
+	}
+	if u.Version < floor {
+		s.staleSelects.Add(1)
 	}
 	return u, s.hold.wait(ctx, id)
 }

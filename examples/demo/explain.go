@@ -79,9 +79,13 @@ func explainRace(lib bool, p phaseResult) string {
 	}
 	fmt.Fprintf(&b, "%d of %d reads of these users returned a version older than a write completed before the read began, and afterwards %d of %d written users were still served older than the table",
 		r.StaleReads, r.Reads, r.StaleUsers, r.Users)
+	if r.DBStaleReads > 0 {
+		fmt.Fprintf(&b, " (the database itself answered %d SELECT%s with a row older than a write that had returned before the SELECT began: the embedded go-mysql-server does not show every commit to the reads that follow it, and a load that reads such a row hands it on; run with -mysql against MySQL or MariaDB to see the cache alone)",
+			r.DBStaleReads, plural(r.DBStaleReads, "", "s"))
+	}
 	switch {
 	case lib:
-		fmt.Fprintf(&b, "; the library rejected %d fills that a write had overtaken", p.Lib.StaleSetsPrevented)
+		fmt.Fprintf(&b, "; the library rejected %d fill%s that a write had overtaken", p.Lib.StaleSetsPrevented, plural(p.Lib.StaleSetsPrevented, "", "s"))
 		if p.Lib.RedisErrors > 0 {
 			fmt.Fprintf(&b, "; %d Redis call%s failed in the phase", p.Lib.RedisErrors, plural(p.Lib.RedisErrors, "", "s"))
 		}

@@ -60,6 +60,12 @@ func headlines(rs []runResult) []headline {
 			}
 			return fmt.Sprintf("%d of %d", p.Race.StaleReads, p.Race.Reads)
 		})),
+		row("write race: database SELECTs older than a returned write", phase(phaseRace, func(p phaseResult) string {
+			if p.Race == nil {
+				return "-"
+			}
+			return fmt.Sprintf("%d", p.Race.DBStaleReads)
+		})),
 		row("write race: users served stale afterwards", phase(phaseRace, func(p phaseResult) string {
 			if p.Race == nil {
 				return "-"

@@ -35,10 +35,8 @@ func TestRun(t *testing.T) {
 	var out strings.Builder
 	start := time.Now()
 	rep, err := run(t.Context(), &out, db, rdb, table, cfg)
-	elapsed := time.Since(start)
-	t.Log("\n" + out.String())
+	t.Logf("the whole rollout took %v\n%s", time.Since(start).Round(time.Millisecond), out.String())
 	require.NoError(t, err)
-	require.Less(t, elapsed, 10*time.Second, "the whole rollout, under -race too")
 
 	users := int64(cfg.Users)
 	// Before: version 1, warm, reads nothing from the database.

@@ -149,7 +149,8 @@ func gatherExported(t *testing.T) exported {
 	// The drive above must have made every family the adapter documents,
 	// and what was gathered must agree with the defined values.
 	want := []string{"cache_requests_total", "cache_events_total", "cache_loads_total",
-		"cache_load_duration_seconds", "cache_breaker_state", "cache_read_bypass", "cache_invalidations_pending"}
+		"cache_load_duration_seconds", "cache_breaker_state", "cache_read_bypass", "cache_invalidations_pending",
+		"cache_redis_duration_seconds", "cache_writes_total"}
 	want = append(want, writebehindFamilies...)
 	for _, name := range want {
 		if _, ok := ex.families[name]; !ok {

@@ -22,9 +22,31 @@
 // cached, and the next Get loads again). The counter says when the copy is
 // safe to read from.
 //
+// Then, after the window, the old service (still running in a few pods)
+// changes some SIMs with plain SQL on both tables — writes around the
+// cache, as any migration job, support script or second service can make.
+// The pass after the window finds those entries stale. With -relay, a
+// cdc.Relay tails the binlog from before the window opens, with a rule on
+// sims_v2: every write to it (dual writes, the copier's, the old service's)
+// invalidates its SIM's key with the row's version as floor, and the pass
+// after the window finds nothing. (Entries the cache holds ahead of a
+// lagging sims_v2 are still found by the passes inside the window: the
+// truth is behind, and no invalidation can make it catch up.)
+//
 // Run it against a MySQL or MariaDB and a Redis:
 //
-//	go run ./examples/simstatus -dsn 'root@tcp(127.0.0.1:3306)/test' -redis 127.0.0.1:6379
+//	cd examples/simstatus
+//	go run . -dsn 'root@tcp(127.0.0.1:3306)/test' -redis 127.0.0.1:6379
+//
+// With -relay the server must be a MariaDB 10.5+ (the relay's flavor here,
+// and the example waits for it by GTID) with a binary log: --log-bin
+// --binlog-format=ROW --binlog-row-metadata=FULL, and the DSN's user needs
+// REPLICATION SLAVE and BINLOG MONITOR (see cdc/README.md). The
+// relay publishes its status: while it runs,
+//
+//	cachectl health -prefix simstatus-example:
+//
+// shows it.
 //
 // It creates two uniquely named tables and drops them at the end, and
 // deletes the Redis keys under -prefix (and only those) before and after.
@@ -40,8 +62,10 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"math/rand/v2"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +75,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/f4df6ac3/cache"
+	"github.com/f4df6ac3/cache/cdc"
 )
 
 // SIM is the status of one SIM card: a row of sims (or sims_v2).
@@ -89,6 +114,13 @@ type config struct {
 	Webhooks int    // concurrent webhook workers; default 8
 	Writes   int    // status changes before the migration; default 400
 	Readers  int    // goroutines per reader (billing, alerting, dashboard); default 2
+	Around   int    // after the window, every Around-th SIM is changed around the cache; default 5
+	// RelayDSN, if set, runs a cdc.Relay on the binlog of the server it
+	// names (the one db is a pool of) through the window and after it.
+	RelayDSN string
+	// RelayLogger receives the relay's messages.
+	// default: slog.Default()
+	RelayLogger *slog.Logger
 }
 
 func (c *config) defaults() {
@@ -102,6 +134,7 @@ func (c *config) defaults() {
 	or(&c.Webhooks, 8)
 	or(&c.Writes, 400)
 	or(&c.Readers, 2)
+	or(&c.Around, 5)
 }
 
 // round is one round of the migration window.
@@ -119,15 +152,20 @@ type round struct {
 type result struct {
 	Tables       []string // the tables run created (and dropped)
 	SIMs         int
-	Writes       int            // webhook writes before the migration
-	Reads        map[string]int // Gets per reader, whole run
-	ReadErrors   int            // Gets that returned an error
-	Checked      int            // Gets compared with sims after the webhooks
-	Mismatches   int            // of which differed from the row
-	Rounds       []round        // the migration window
-	FinalChecked int            // Gets compared with sims_v2 after the window
-	FinalMisses  int            // of which differed from the row
-	TablesDiffer int            // rows where sims and sims_v2 still differ
+	Writes       int                   // webhook writes before the migration
+	Reads        map[string]int        // Gets per reader, whole run
+	ReadErrors   int                   // Gets that returned an error
+	Checked      int                   // Gets compared with sims after the webhooks
+	Mismatches   int                   // of which differed from the row
+	Rounds       []round               // the migration window
+	Relay        bool                  // a relay tailed the binlog
+	RelayStats   cdc.Stats             // the relay's, at the end
+	RelayWait    time.Duration         // how long the relay took to apply the writes around the cache
+	Around       int                   // SIMs changed around the cache after the window
+	After        cache.ReconcileResult // the pass after the writes around the cache
+	FinalChecked int                   // Gets compared with sims_v2 after the window
+	FinalMisses  int                   // of which differed from the row
+	TablesDiffer int                   // rows where sims and sims_v2 still differ
 	Stats        cache.Stats
 	Elapsed      time.Duration
 }
@@ -272,6 +310,23 @@ func run(ctx context.Context, w io.Writer, db *sql.DB, rdb redis.UniversalClient
 	}
 	fmt.Fprintf(w, "  check: %d of %d Gets equal their row in %s\n", res.Checked-res.Mismatches, res.Checked, oldT)
 
+	// With a relay: it starts before the window opens (its first start
+	// begins at the server's current position).
+	var relay *cdc.Relay
+	if cfg.RelayDSN != "" {
+		var stop func() error
+		relay, stop, err = startRelay(ctx, cfg, db, rdb, load, newT)
+		if err != nil {
+			return res, err
+		}
+		defer func() {
+			res.RelayStats = relay.Stats()
+			err = errors.Join(err, stop())
+		}()
+		res.Relay = true
+		fmt.Fprintf(w, "relay: a cdc.Relay tails the binlog with a rule on %s (key tenant:iccid:status, version floor from its version column)\n", newT)
+	}
+
 	// The migration window.
 	if _, err := db.ExecContext(ctx, "INSERT INTO "+newT+" SELECT * FROM "+oldT); err != nil {
 		return res, fmt.Errorf("backfill: %w", err)
@@ -337,8 +392,41 @@ func run(ctx context.Context, w io.Writer, db *sql.DB, rdb redis.UniversalClient
 		}
 	}
 
-	// After the window: the cache agrees with sims_v2, and both tables
-	// hold the same rows.
+	// After the window: the old service changes some SIMs with plain SQL,
+	// on both tables, without telling the cache.
+	var around []SIM
+	for i := 0; i < len(sims); i += cfg.Around {
+		s := sims[i]
+		if _, err := setStatus(ctx, db, oldT, s.Tenant, s.ICCID, "suspended-by-support", newT, nil); err != nil {
+			return res, fmt.Errorf("old service: %w", err)
+		}
+		around = append(around, s)
+	}
+	res.Around = len(around)
+	fmt.Fprintf(w, "after the window: the old service changed %d SIMs with plain SQL on both tables, around the cache\n", res.Around)
+	if relay != nil {
+		t := time.Now()
+		if err := relayCaughtUp(ctx, db, relay); err != nil {
+			return res, err
+		}
+		res.RelayWait = time.Since(t)
+		fmt.Fprintf(w, "  the relay applied their invalidations %v after the last COMMIT returned\n", res.RelayWait.Round(time.Microsecond))
+	}
+	s0 := status.Stats().StaleEntriesFound
+	res.After, err = status.Reconcile(ctx, &cache.ReconcileOptions{Rate: 20000})
+	if err != nil {
+		return res, fmt.Errorf("reconcile: %w", err)
+	}
+	fmt.Fprintf(w, "  reconcile pass after the window: scanned %d, stale %d, evicted %d, errors %d (stale_entry_found +%d)\n",
+		res.After.Scanned, res.After.Divergent, res.After.Evicted, res.After.Errors, status.Stats().StaleEntriesFound-s0)
+	switch {
+	case relay != nil && res.After.Divergent == 0:
+		fmt.Fprintf(w, "  the relay had invalidated every key the writes around the cache changed: nothing was stale\n")
+	case relay == nil && res.After.Divergent > 0:
+		fmt.Fprintf(w, "  without a relay those entries stayed stale until this pass (or their TTL); run with -relay to see the binlog close the gap\n")
+	}
+
+	// The cache agrees with sims_v2, and both tables hold the same rows.
 	res.FinalChecked, res.FinalMisses, err = compare(ctx, status, db, newT, sims)
 	if err != nil {
 		return res, err
@@ -348,11 +436,108 @@ func run(ctx context.Context, w io.Writer, db *sql.DB, rdb redis.UniversalClient
 		return res, err
 	}
 	s := status.Stats()
-	fmt.Fprintf(w, "after the window: %d of %d Gets equal their row in %s; %d rows differ between the tables; stale_entry_found %d in all\n",
+	fmt.Fprintf(w, "at the end: %d of %d Gets equal their row in %s; %d rows differ between the tables; stale_entry_found %d in all\n",
 		res.FinalChecked-res.FinalMisses, res.FinalChecked, newT, res.TablesDiffer, s.StaleEntriesFound)
 	fmt.Fprintf(w, "  meanwhile %d fills were refused (stale_set_prevented): between a pass and the copier catching up, readers of an evicted SIM got the lagging row of %s, and its lower version kept it out of the cache\n",
 		s.StaleSetsPrevented-window.StaleSetsPrevented, newT)
 	return res, nil
+}
+
+// startRelay starts a cdc.Relay on cfg.RelayDSN with a rule on table,
+// invalidating through a Loader of its own over the same entries (same
+// name and prefix; its calls carry batches, so it gets a larger
+// RedisTimeout and a breaker apart from the readers'). It returns once the
+// relay leads; stop ends it and deletes its checkpoint row (its name is
+// this run's alone).
+func startRelay(ctx context.Context, cfg config, db *sql.DB, rdb redis.UniversalClient, load cache.LoadFunc[SIM], table string) (*cdc.Relay, func() error, error) {
+	target, err := cache.New(rdb, "sim", load, &cache.Options{Prefix: cfg.Prefix, TTL: 10 * time.Minute, RedisTimeout: time.Second})
+	if err != nil {
+		return nil, nil, err
+	}
+	key := func(row cdc.Row) (string, bool, error) {
+		tenant, _ := row.Value("tenant")
+		iccid, _ := row.Value("iccid")
+		t, ok1 := tenant.(string)
+		i, ok2 := iccid.(string)
+		return simKey(t, i), ok1 && ok2, nil
+	}
+	name := "simstatus-" + table
+	relay, err := cdc.New(cfg.RelayDSN, []cdc.Rule{{Table: table, Target: target, Key: key, VersionColumn: "version"}},
+		&cdc.Options{Name: name, Logger: cfg.RelayLogger, StatusRedis: rdb, StatusPrefix: cfg.Prefix})
+	if err != nil {
+		target.Close()
+		return nil, nil, err
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(rctx) }()
+	stop := func() error {
+		cancel()
+		err := <-done
+		if errors.Is(err, context.Canceled) {
+			err = nil
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_, derr := db.ExecContext(cctx, "DELETE FROM cache_cdc_checkpoint WHERE name = ?", name)
+		return errors.Join(err, derr, relay.Close(), target.Close())
+	}
+	for !relay.Stats().Leader {
+		select {
+		case err := <-done:
+			done <- err
+			return nil, nil, errors.Join(fmt.Errorf("relay: %w", err), stop())
+		case <-ctx.Done():
+			return nil, nil, errors.Join(ctx.Err(), stop())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return relay, stop, nil
+}
+
+// relayCaughtUp waits until the relay has applied every transaction the
+// server had committed when it was called (MariaDB GTIDs; elsewhere until
+// it has applied what it knows to be behind).
+func relayCaughtUp(ctx context.Context, db *sql.DB, relay *cdc.Relay) error {
+	var pos string
+	if err := db.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos").Scan(&pos); err != nil {
+		return fmt.Errorf("relay: reading the server's GTID position (MariaDB): %w", err)
+	}
+	want := gtidSeqs(pos)
+	for {
+		got := gtidSeqs(relay.Stats().Applied.GTID)
+		caught := true
+		for domain, seq := range want {
+			if got[domain] < seq {
+				caught = false
+			}
+		}
+		if caught {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("relay: waiting to apply %s: %w", pos, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// gtidSeqs reads a MariaDB GTID set ("domain-server-seq,...") into domain
+// → sequence number.
+func gtidSeqs(set string) map[string]uint64 {
+	out := map[string]uint64{}
+	for g := range strings.SplitSeq(set, ",") {
+		parts := strings.Split(strings.TrimSpace(g), "-")
+		if len(parts) != 3 {
+			continue
+		}
+		n, err := strconv.ParseUint(parts[2], 10, 64)
+		if err == nil {
+			out[parts[0]] = max(out[parts[0]], n)
+		}
+	}
+	return out
 }
 
 func hitRate(before, after cache.Stats) float64 {
@@ -544,6 +729,7 @@ func main() {
 	redisAddr := flag.String("redis", "127.0.0.1:6379", "Redis address")
 	dsn := flag.String("dsn", "root@tcp(127.0.0.1:3306)/test", "MySQL DSN (go-sql-driver/mysql format)")
 	prefix := flag.String("prefix", "simstatus-example:", "Redis key prefix (its keys are deleted before and after the run)")
+	withRelay := flag.Bool("relay", false, "tail the binlog of -dsn with a cdc.Relay (the server needs --log-bin --binlog-format=ROW --binlog-row-metadata=FULL)")
 	flag.Parse()
 
 	db, err := sql.Open("mysql", *dsn)
@@ -559,7 +745,11 @@ func main() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := run(ctx, os.Stdout, db, rdb, config{Prefix: *prefix}); err != nil {
+	cfg := config{Prefix: *prefix}
+	if *withRelay {
+		cfg.RelayDSN = *dsn
+	}
+	if _, err := run(ctx, os.Stdout, db, rdb, cfg); err != nil {
 		log.Fatal(err)
 	}
 }

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"database/sql"
+	"io"
+	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -20,15 +23,70 @@ import (
 
 func TestRun(t *testing.T) {
 	db, rdb, prefix := servers(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	res := runExample(t, db, rdb, config{Prefix: prefix})
+	checkRun(t, db, rdb, prefix, res)
+
+	// The migration window: the first pass finds the entries the copier
+	// left stale and evicts them.
+	first := res.Rounds[0]
+	require.Positive(t, first.Reconcile.Divergent)
+	require.Equal(t, first.Reconcile.Divergent, first.Reconcile.Evicted)
+
+	// Without a relay, the writes around the cache after the window left
+	// stale entries that only the pass after the window found.
+	require.False(t, res.Relay)
+	require.Positive(t, res.Around)
+	require.Positive(t, res.After.Divergent)
+	require.LessOrEqual(t, res.After.Divergent, res.Around, "only the SIMs changed around the cache can be stale")
+	require.Equal(t, res.After.Divergent, res.After.Evicted)
+}
+
+// With a relay tailing the binlog, the pass after the window finds nothing:
+// every write around the cache invalidated its key, with the row's version
+// as floor, before the pass ran.
+func TestRunWithRelay(t *testing.T) {
+	m := testenv.StartMariaDB(t, testenv.MariaDBConfig{})
+	db := m.DB(t)
+	_, rdb, prefix := servers(t)
+	cfg := config{Prefix: prefix, RelayDSN: m.DSN("test")}
+	cfg.RelayLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		cfg.RelayLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	res := runExample(t, db, rdb, cfg)
+	checkRun(t, db, rdb, prefix, res)
+
+	require.True(t, res.Relay)
+	require.Positive(t, res.Around)
+	require.Zero(t, res.After.Divergent, "the relay invalidated every key changed around the cache")
+	require.Zero(t, res.After.Evicted)
+	require.Zero(t, res.After.Errors)
+	require.Equal(t, res.SIMs, res.After.Scanned)
+	// The relay invalidated at least every write around the cache.
+	require.GreaterOrEqual(t, res.RelayStats.Invalidations, uint64(res.Around))
+	require.Zero(t, res.RelayStats.Statements)
+
+	// It stopped with the run, and deleted its checkpoint row.
+	var n int
+	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM cache_cdc_checkpoint").Scan(&n))
+	require.Zero(t, n)
+}
+
+// runExample runs the example and logs its narrative.
+func runExample(t *testing.T, db *sql.DB, rdb *redis.Client, cfg config) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
 	defer cancel()
 	var out strings.Builder
-	start := time.Now()
-	res, err := run(ctx, &out, db, rdb, config{Prefix: prefix})
-	elapsed := time.Since(start)
+	res, err := run(ctx, &out, db, rdb, cfg)
 	t.Log("\n" + out.String())
 	require.NoError(t, err)
-	require.Less(t, elapsed, 10*time.Second)
+	return res
+}
+
+// checkRun checks what holds with and without a relay.
+func checkRun(t *testing.T, db *sql.DB, rdb *redis.Client, prefix string, res result) {
+	t.Helper()
 
 	// The readers never failed, and did read.
 	require.Zero(t, res.ReadErrors)
@@ -40,19 +98,17 @@ func TestRun(t *testing.T) {
 	require.Equal(t, res.SIMs, res.Checked)
 	require.Zero(t, res.Mismatches)
 
-	// The migration window: the first pass finds the entries the copier
-	// left stale and evicts them; a later pass finds none.
+	// The migration window: the passes find (and evict) only entries the
+	// copier lagged on; a later pass finds none.
 	require.GreaterOrEqual(t, len(res.Rounds), 2)
 	first, last := res.Rounds[0], res.Rounds[len(res.Rounds)-1]
 	require.Positive(t, first.Lagging)
-	require.Positive(t, first.Reconcile.Divergent)
-	require.Equal(t, first.Reconcile.Divergent, first.Reconcile.Evicted)
 	require.EqualValues(t, first.Reconcile.Divergent, first.StaleFound, "the counter matches the pass")
 	require.LessOrEqual(t, first.Reconcile.Divergent, first.Lagging, "only SIMs the copier lagged on can be stale")
 	require.Zero(t, first.Reconcile.Errors)
 	require.Zero(t, last.Reconcile.Divergent)
 	require.Zero(t, last.StaleFound)
-	var found uint64
+	found := uint64(res.After.Divergent)
 	for _, r := range res.Rounds {
 		require.Equal(t, res.SIMs, r.Reconcile.Scanned)
 		found += r.StaleFound

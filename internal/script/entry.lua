@@ -19,13 +19,17 @@ local function now()
 end
 
 -- read returns the header of the entry at key as a table, or nil and why:
--- 'none' (absent) or 'other' (another type, or a malformed header; the
--- scripts treat it as absent and replace it).
+-- 'none' (absent) or 'other' (another type, or a malformed entry; the
+-- scripts treat it as absent and replace it). An entry is malformed by the
+-- same rules as internal/entry's Decode, so that a script never answers
+-- from an entry that a read in Go finds corrupt: a magic, lowercase hex
+-- flags and decimal digits only in the numeric fields, a generation, a
+-- negative entry without a payload, no bytes after a header without one.
 local function read(key)
   local h = redis.pcall('GETRANGE', key, 0, HDR - 1)
   if type(h) == 'table' then return nil, 'other' end
   if h == '' then return nil, 'none' end
-  if #h < HDR or string.sub(h, 1, 2) ~= 'c2' then return nil, 'other' end
+  if #h < HDR or not string.match(string.sub(h, 1, 72), '^c2[0-9a-f]%d+$') then return nil, 'other' end
   local e = {
     flags = tonumber(string.sub(h, 3, 3), 16),
     g = tonumber(string.sub(h, 4, 19)),
@@ -35,7 +39,10 @@ local function read(key)
     ld = tonumber(string.sub(h, 60, 72)),
     lo = string.gsub(string.sub(h, 73, HDR), ' +$', ''),
   }
-  if not (e.flags and e.g and e.s and e.d and e.ld) or e.g == 0 or not string.match(e.v, '^%d+$') then
+  if e.g == 0 then return nil, 'other' end
+  if has(e.flags, F_PAYLOAD) then
+    if has(e.flags, F_NEGATIVE) then return nil, 'other' end
+  elseif redis.call('STRLEN', key) > HDR then
     return nil, 'other'
   end
   return e

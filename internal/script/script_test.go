@@ -238,3 +238,55 @@ func TestTokensFitAndNameTheirHolder(t *testing.T) {
 func endsWith(s, suffix string) bool {
 	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
 }
+
+// The scripts find corrupt exactly what entry.Decode finds corrupt: an
+// acquire never answers from an entry that a read in Go rejects (it grants
+// a lease over it, as over an absent key), and one Decode accepts is
+// answered from.
+func TestScriptsTreatWhatDecodeRejectsAsAbsent(t *testing.T) {
+	fresh := time.Now().Add(time.Hour).UnixMilli()
+	good := entry.Header(entry.FlagPayload, 5, 1, fresh, 0, 0, "")
+	garble := func(at int, with string) string { return good[:at] + with + good[at+len(with):] }
+	plants := map[string]string{
+		"negative entry with a payload": entry.Header(entry.FlagNegative|entry.FlagPayload, 5, 1, fresh, 0, 0, "") + `{}`,
+		"payload without its flag":      entry.Header(0, 5, 1, fresh, 0, 0, "") + `{"v":1}`,
+		"zero generation":               entry.Header(entry.FlagPayload, 0, 1, fresh, 0, 0, "") + `{"v":1}`,
+		"flags 9, negative and payload": garble(2, "9") + `{"v":1}`,
+		"uppercase hex flags":           garble(2, "F") + `{"v":1}`,
+		"space in the generation":       garble(3, " ") + `{"v":1}`,
+		"exponent in the soft expiry":   garble(38, "1e12000000000") + `{"v":1}`,
+		"hex in the lease deadline":     garble(59, "0x") + `{"v":1}`,
+		"truncated header":              good[:60],
+		"no magic":                      garble(0, "c3") + `{"v":1}`,
+	}
+	for name, plant := range plants {
+		t.Run(name, func(t *testing.T) {
+			if _, err := entry.Decode(plant, 1<<20); err == nil {
+				t.Fatalf("Decode accepts %q", plant)
+			}
+			servers(t, func(t *testing.T, rdb *redis.Client, key string) {
+				ctx := context.Background()
+				if err := rdb.Set(ctx, key, plant, time.Minute).Err(); err != nil {
+					t.Fatal(err)
+				}
+				a, err := ParseAcquire(Acquire(key, "tok-1", time.Second, ModeMiss, 0).Run(ctx, rdb))
+				if err != nil || a.Status != Granted {
+					t.Fatalf("acquire over a corrupt entry: %+v %v", a, err)
+				}
+			})
+		})
+	}
+	t.Run("a good entry is answered from", func(t *testing.T) {
+		servers(t, func(t *testing.T, rdb *redis.Client, key string) {
+			ctx := context.Background()
+			if _, err := entry.Decode(good+`{"v":1}`, 1<<20); err != nil {
+				t.Fatal(err)
+			}
+			rdb.Set(ctx, key, good+`{"v":1}`, time.Minute)
+			a, err := ParseAcquire(Acquire(key, "tok-1", time.Second, ModeMiss, 0).Run(ctx, rdb))
+			if err != nil || a.Status != Usable || a.Payload != `{"v":1}` {
+				t.Fatalf("%+v %v", a, err)
+			}
+		})
+	})
+}
