@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/f4df6ac3/cache/internal/entry"
+	"github.com/f4df6ac3/cache/internal/local"
 	"github.com/f4df6ac3/cache/internal/script"
 )
 
@@ -60,6 +61,15 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 		return res.val, false, res.err
 	}
 
+	var tk local.Ticket // refused unless taken below, before the read
+	if l.tier != nil && pre == nil {
+		if v, ok := l.localGet(ctx, &budget, rkey); ok {
+			l.countIn(ctx, EventLocalHit)
+			return v, true, nil
+		}
+		tk = l.tier.stream.Begin()
+	}
+
 	mode := script.ModeMiss
 	var stale *T // a value this Get may answer with if the load fails
 	var (
@@ -91,6 +101,9 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 				l.refresh(ctx, key, rkey, e.SoftExpiry)
 			}
 			l.sampleHit(ctx, key, rkey)
+			if l.tier != nil {
+				l.localFill(tk, rkey, v, &e, now)
+			}
 			l.countIn(ctx, EventHit)
 			return v, true, nil
 		}

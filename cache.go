@@ -72,6 +72,9 @@ type Loader[T any] struct {
 	// reloadTopology.
 	reloadState func(ctx context.Context)
 	lastReload  atomic.Int64
+	// tier is the in-process tier (Options.Local); nil when off.
+	tier *localTier[T]
+
 	// elapsed is monotonic time since New, for rate limits. Tests replace
 	// it (and reloadState, retryWait) before the Loader is first used:
 	// retryLoop reads them only once woken.
@@ -131,6 +134,11 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	l.retryWait.first, l.retryWait.max = retryBackoff, retryMaxBackoff
 	if c, ok := rdb.(interface{ ReloadState(context.Context) }); ok { // *redis.ClusterClient
 		l.reloadState = c.ReloadState
+	}
+	if s.local != nil {
+		if l.tier, err = newLocalTier[T](rdb, l.prefix, s.local, s.redisTimeout); err != nil {
+			return nil, err
+		}
 	}
 	l.reads.seed = maphash.MakeSeed()
 	l.bg.init()
@@ -284,6 +292,9 @@ func checkClient(rdb redis.UniversalClient) error {
 // after Close return ErrClosed.
 func (l *Loader[T]) Close() error {
 	l.bg.close(l.wakeups.close)
+	if l.tier != nil {
+		l.tier.close()
+	}
 	return nil
 }
 

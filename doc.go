@@ -79,6 +79,16 @@
 // [NewBatch] its misses are loaded by one call (e.g. WHERE id IN (…)),
 // their leases and fills pipelined. A *redis.ClusterClient works as is.
 //
+// # In-process tier
+//
+// Options.Local ([LocalOptions]) puts a byte-bounded copy of recently read
+// values in process memory, kept in step by Redis (CLIENT TRACKING on a
+// connection of its own) and trusted only as far as a returned barrier
+// PING proves: strict (no answer older than a write completed before the
+// Get began) or bounded by MaxLag. Get and GetMany use it; a Cluster
+// client cannot yet. Values from it are shared between Gets for as long
+// as they stay there: treat what they reference as read-only.
+//
 // # Operating it
 //
 // [Loader.Reconcile] finds and evicts entries that differ from the database

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/f4df6ac3/cache/internal/entry"
+	"github.com/f4df6ac3/cache/internal/local"
 )
 
 // getManyConcurrency bounds the misses of one GetMany loaded at once
@@ -58,8 +59,15 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (_ map[string]T,
 	// reflects every invalidation completed before, too.
 	// On a Redis Cluster, one pipeline per master, each through its
 	// master's breaker. A key whose read was not sent has no command.
-	cmds := make([]*redis.StringCmd, len(uniq))
 	budget := redisBudget{left: l.s.redisTimeout}
+	var tk local.Ticket // refused unless taken below, before the reads
+	if l.tier != nil && !l.readBypass.Load() {
+		if uniq = l.localGetMany(ctx, &budget, uniq, res); len(uniq) == 0 {
+			return res.out, nil
+		}
+		tk = l.tier.stream.Begin()
+	}
+	cmds := make([]*redis.StringCmd, len(uniq))
 	if !l.readBypass.Load() {
 		rkeys := make([]string, len(uniq))
 		for i, k := range uniq {
@@ -147,6 +155,9 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (_ map[string]T,
 			l.refresh(ctx, k, l.Key(k), e.SoftExpiry) // as Get does
 		}
 		l.sampleHit(ctx, k, l.Key(k))
+		if l.tier != nil {
+			l.localFill(tk, l.Key(k), v, &e, now)
+		}
 		l.countIn(ctx, EventHit)
 		res.out[k] = v
 	}

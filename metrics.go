@@ -44,6 +44,7 @@ const (
 	EventInconsistent                     // a sampled entry still differed from the database after SampleDelay
 	EventMigrated                         // a miss was answered from the previous key format (Options.PreviousKeyPrefix)
 	EventBudgetSpent                      // a Redis call was not made: the call's RedisTimeout was spent by the calls before it
+	EventLocalHit                         // answered from the in-process tier (Options.Local), not counted as a hit
 	numEvents
 )
 
@@ -54,7 +55,7 @@ var eventNames = [numEvents]string{
 	"invalidation_dropped", "redis_skipped", "breaker_open",
 	"breaker_half_open", "breaker_closed", "refresh", "read_bypass_on",
 	"read_bypass_off", "stale_entry_found", "sampled", "inconsistent",
-	"migrated", "budget_spent",
+	"migrated", "budget_spent", "local_hit",
 }
 
 // String returns the event's metric label.
@@ -66,7 +67,7 @@ func (e Event) String() string {
 }
 
 // isRequest reports whether e is the result of a Get.
-func (e Event) isRequest() bool { return e <= EventBypass }
+func (e Event) isRequest() bool { return e <= EventBypass || e == EventLocalHit }
 
 // Recorder receives a Loader's metrics. Implementations must be safe for
 // concurrent use and fast: they are called on the hit path.
@@ -182,6 +183,7 @@ type Stats struct {
 	Inconsistent         uint64 // sampled entries that still differed after SampleDelay
 	Migrated             uint64 // misses answered from the previous key format
 	BudgetSpent          uint64 // Redis calls not made: the call's RedisTimeout was spent
+	LocalHits            uint64 // Gets answered from the in-process tier
 	Breaker              BreakerState
 	ReadBypass           bool
 }
@@ -222,6 +224,7 @@ func (c *counters) snapshot() Stats {
 		Inconsistent:         e(EventInconsistent),
 		Migrated:             e(EventMigrated),
 		BudgetSpent:          e(EventBudgetSpent),
+		LocalHits:            e(EventLocalHit),
 	}
 }
 

@@ -185,6 +185,11 @@ type Options struct {
 	// other processes stale until the TTL — is logged at Warn or Error.
 	// default: slog.Default()
 	Logger *slog.Logger
+
+	// Local turns on the in-process tier in front of Redis (see
+	// LocalOptions); it needs a *redis.Client.
+	// default: nil (no tier: Get reads Redis every time)
+	Local *LocalOptions
 }
 
 // settings is the validated, private copy of Options a Loader runs with.
@@ -218,6 +223,7 @@ type settings struct {
 	writeRecorder WriteRecorder // recorder, if it is one; else nil
 	tracer        Tracer
 	logger        *slog.Logger
+	local         *localSettings // nil: no in-process tier
 }
 
 const (
@@ -308,6 +314,11 @@ func (o *Options) settings() (settings, error) {
 	if s.ttl < time.Millisecond || s.negativeTTL < time.Millisecond || s.leaseTimeout < time.Millisecond {
 		return settings{}, errors.New("cache: TTL, NegativeTTL and LeaseTimeout must be at least 1ms (Redis expiry resolution)")
 	}
+	local, err := o.Local.settings(s.ttl)
+	if err != nil {
+		return settings{}, err
+	}
+	s.local = local
 	if s.codec == nil {
 		s.codec = JSON{}
 	}

@@ -209,6 +209,7 @@ func (r *reconciler[T]) visit(ctx context.Context, rkey string) error {
 	})
 	l.count(EventStaleEntryFound)
 	n, err := script.Evict(rkey, e.Generation, e.Payload, e.Negative(), l.s.tombstoneTTL, script.NewToken()).Run(ctx, l.rdb).Int()
+	l.dropLocal(key)
 	switch {
 	case err != nil:
 		r.add(func(res *ReconcileResult) { res.Errors++ })

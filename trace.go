@@ -30,7 +30,7 @@ type Tracer interface {
 type Span interface {
 	// Event records e, counted on the operation's behalf: the result of a
 	// Get (EventHit, EventMiss, EventNegativeHit, EventStale, EventBypass,
-	// once per key of a GetMany), and what happened along the way
+	// EventLocalHit, once per key of a GetMany), and what happened along the way
 	// (EventCoalesced, EventLeaseWait, EventRefresh, EventMigrated,
 	// EventStaleSetPrevented, EventInvalidationQueued; a sampled check's
 	// EventSampled and EventInconsistent).

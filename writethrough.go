@@ -46,6 +46,7 @@ const anyGeneration = script.AnyGeneration
 // set stores v if key's generation is still gen (see set.lua), and says
 // how that ended: stored, invalidated instead, or failed.
 func (l *Loader[T]) set(ctx context.Context, key string, v T, gen string) (WriteResult, error) {
+	defer l.dropLocal(key) // after the Redis write: a Get's read sent before it is refused
 	payload, version, err := l.encode(v)
 	if err != nil {
 		_, ierr := l.invalidate(ctx, []string{key})
@@ -249,6 +250,7 @@ func (l *Loader[T]) invalidateWith(ctx context.Context, keys []string, floors []
 	if len(keys) == 0 {
 		return nil, nil
 	}
+	defer l.dropLocal(keys...) // after the Redis writes: a Get's read sent before them is refused
 	calls := make([]script.Call, len(keys))
 	for i, k := range keys {
 		var floor int64

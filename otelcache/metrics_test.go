@@ -88,7 +88,7 @@ func TestMetricsEqualThePrometheusAdapters(t *testing.T) {
 	for ev := cache.EventHit; ev.String() != "unknown"; ev++ {
 		var otelN int64
 		var promN float64
-		if ev <= cache.EventBypass {
+		if ev <= cache.EventBypass || ev == cache.EventLocalHit {
 			otelN = sumOf(t, requests, loader, attribute.String("result", ev.String()))
 			promN = promValue(t, reg, "cache_requests_total", "result", ev.String())
 		} else {

@@ -196,7 +196,9 @@ func (s *span) End(err error) {
 }
 
 // isRequest reports whether e is a Get's result.
-func isRequest(e cache.Event) bool { return e >= cache.EventHit && e <= cache.EventBypass }
+func isRequest(e cache.Event) bool {
+	return e >= cache.EventHit && e <= cache.EventBypass || e == cache.EventLocalHit
+}
 
 func loadResult(err error) string {
 	switch {

@@ -1,0 +1,529 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// InvalidateChannel is where Redis delivers the invalidations of a
+// CLIENT TRACKING client redirected to a RESP2 connection.
+const InvalidateChannel = "__redis__:invalidate"
+
+const (
+	// DefaultInterval is the period of background barriers (and of the
+	// barrier-timeout check) when StreamOptions.Interval is zero.
+	DefaultInterval = 100 * time.Millisecond
+	// DefaultTimeout is how long a barrier may take before the stream is
+	// declared broken, when StreamOptions.Timeout is zero.
+	DefaultTimeout = time.Second
+
+	minBackoff = 10 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+// ErrDown is returned by Wait while the stream is not subscribed, or when
+// it broke before the barrier returned: the tier cannot be trusted, read
+// Redis.
+var ErrDown = errors.New("local: invalidation stream is down")
+
+// StreamOptions configures a Stream.
+type StreamOptions struct {
+	// Redis are the options of the master whose keys the stream covers.
+	// They are copied: the stream's own client speaks RESP2 (Protocol 2)
+	// and runs CLIENT TRACKING after any OnConnect of these options.
+	// Required.
+	Redis *redis.Options
+	// Prefixes are the key prefixes tracked (BCAST PREFIX). No prefix may
+	// be a prefix of another (Redis refuses overlapping prefixes).
+	// Required.
+	Prefixes []string
+	// Sink receives the invalidations. Required.
+	Sink Sink
+	// Interval is the period of background barriers while Fresh is being
+	// called (bounded staleness needs one at least every MaxLag/2), and of
+	// the check that breaks a stream whose barrier does not return.
+	// default: DefaultInterval
+	Interval time.Duration
+	// Timeout is how long a barrier may stay unanswered before the
+	// connection is closed as broken (flush, reconnect).
+	// default: DefaultTimeout
+	Timeout time.Duration
+	// MaxWait bounds how long Wait waits, from when the caller arrived:
+	// one timer per barrier round, shared by its waiters, instead of a
+	// context deadline per caller.
+	// default: 0 (only the caller's ctx bounds Wait)
+	MaxWait time.Duration
+
+	// onMessage, if set (by tests), runs on the receive loop before a
+	// message's keys are applied.
+	onMessage func(keys []string)
+}
+
+// Stream is one master's ordered invalidation stream and its barriers.
+//
+// A dedicated RESP2 connection enables CLIENT TRACKING ... REDIRECT <its
+// own id> BCAST PREFIX <prefixes>, then SUBSCRIBEs to InvalidateChannel.
+// Redis then writes a message for every change of a key under a prefix
+// (writes, scripts, expiry, eviction) into that connection's output buffer
+// before the writer's reply leaves, and replies on one connection stay in
+// order: a PING sent on it returns after every invalidation of a write
+// that completed before the PING was sent. A returned PING is a barrier.
+//
+// Every receive error (a killed connection, an output-buffer disconnect,
+// a restart, a FLUSHALL's nil payload, a barrier unanswered for Timeout)
+// flushes the Sink, which refuses every fill begun before, and the stream
+// reconnects with a new connection; until it is subscribed again Begin
+// hands out refused Tickets, Wait fails and Fresh is false.
+type Stream struct {
+	sink     Sink
+	client   *redis.Client
+	interval time.Duration
+	timeout  time.Duration
+	maxWait  time.Duration
+	onMsg    func(keys []string)
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	kick   chan struct{}
+
+	mu sync.Mutex // protects the fields below
+	// ps is the current connection's subscription; nil while none.
+	ps     *redis.PubSub
+	closed bool
+	// inflight is the barrier sent and not yet returned; next collects
+	// the waiters that arrived after inflight was sent, and is sent when
+	// inflight returns. Both belong to ps.
+	inflight, next *round
+	rounds         uint64 // numbers barriers, as their PING payload
+
+	// subscribed is set once the current connection's SUBSCRIBE is
+	// confirmed, cleared (before the flush) when it breaks.
+	subscribed atomic.Bool
+	// lastSent is when (monotonic ns, see now) the last barrier returned
+	// on the current connection was sent; 0: none yet.
+	lastSent atomic.Int64
+	// used is set by Fresh, cleared by each background barrier.
+	used atomic.Bool
+	// clientID is the Redis client id of the latest connection.
+	clientID atomic.Int64
+
+	messages, keys, barriers, waits, waitsFailed atomic.Uint64
+	breaks, subscriptions, barrierNanos, rets    atomic.Uint64
+}
+
+// round is one barrier: its waiters wait on done; ok is written before
+// done is closed. expired (nil without MaxWait) is closed MaxWait after
+// the round was created, which is no earlier than any of its waiters
+// arrived.
+type round struct {
+	n       uint64
+	sent    int64
+	done    chan struct{}
+	ok      bool
+	expired chan struct{}
+	timer   *time.Timer
+}
+
+// start is the origin of now: a monotonic clock in nanoseconds, never 0.
+var start = time.Now()
+
+func now() int64 { return int64(time.Since(start)) + 1 }
+
+// NewStream starts a Stream: it connects, subscribes and keeps the
+// subscription up until Close.
+func NewStream(opts StreamOptions) (*Stream, error) {
+	if opts.Redis == nil || opts.Sink == nil || len(opts.Prefixes) == 0 {
+		return nil, errors.New("local: a stream needs Redis options, a Sink and prefixes")
+	}
+	for i, p := range opts.Prefixes {
+		for j, q := range opts.Prefixes {
+			if i != j && len(p) <= len(q) && q[:len(p)] == p {
+				return nil, errors.New("local: overlapping tracking prefixes " + strconv.Quote(p) + " and " + strconv.Quote(q))
+			}
+		}
+	}
+	s := &Stream{
+		sink:     opts.Sink,
+		interval: opts.Interval,
+		timeout:  opts.Timeout,
+		maxWait:  opts.MaxWait,
+		onMsg:    opts.onMessage,
+		kick:     make(chan struct{}, 1),
+	}
+	if s.interval <= 0 {
+		s.interval = DefaultInterval
+	}
+	if s.timeout <= 0 {
+		s.timeout = DefaultTimeout
+	}
+	o := *opts.Redis
+	o.Protocol = 2 // RESP3 would deliver invalidations as pushes
+	userOnConnect := o.OnConnect
+	track := []any{"CLIENT", "TRACKING", "on", "REDIRECT", nil, "BCAST"}
+	for _, p := range opts.Prefixes {
+		track = append(track, "PREFIX", p)
+	}
+	o.OnConnect = func(ctx context.Context, cn *redis.Conn) error {
+		if userOnConnect != nil {
+			if err := userOnConnect(ctx, cn); err != nil {
+				return err
+			}
+		}
+		id, err := cn.ClientID(ctx).Result()
+		if err != nil {
+			return err
+		}
+		args := append([]any(nil), track...)
+		args[4] = id // redirected to this connection itself
+		if err := cn.Do(ctx, args...).Err(); err != nil {
+			return err
+		}
+		s.clientID.Store(id)
+		return nil
+	}
+	s.client = redis.NewClient(&o)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.run() }()
+	go func() { defer s.wg.Done(); s.tick() }()
+	return s, nil
+}
+
+// Begin returns the Ticket for a Redis read about to be sent: refused
+// while the stream is not subscribed. The Sink's state is read before the
+// stream's: a break in between leaves the Ticket with the old epoch, which
+// Fill refuses.
+func (s *Stream) Begin() Ticket {
+	t := s.sink.Ticket()
+	if !s.subscribed.Load() {
+		return Ticket{}
+	}
+	return t
+}
+
+// Wait returns nil once a barrier sent after Wait was called has
+// returned: every invalidation of a write that completed before the call
+// has then been applied to the Sink. One barrier serves every caller
+// waiting for it. It fails with ErrDown when the stream is down or breaks
+// first, or when MaxWait runs out, or with ctx's error.
+func (s *Stream) Wait(ctx context.Context) error {
+	s.waits.Add(1)
+	r := s.barrier(true)
+	if r == nil {
+		s.waitsFailed.Add(1)
+		return ErrDown
+	}
+	select {
+	case <-r.done:
+		if !r.ok {
+			s.waitsFailed.Add(1)
+			return ErrDown
+		}
+		return nil
+	case <-r.expired: // nil without MaxWait: never
+		s.waitsFailed.Add(1)
+		return ErrDown
+	case <-ctx.Done():
+		s.waitsFailed.Add(1)
+		return ctx.Err()
+	}
+}
+
+// Fresh reports whether the last barrier that returned was sent less than
+// maxLag ago: every invalidation of a write that completed more than
+// maxLag before this call has then been applied. While it is called the
+// stream sends a barrier every Interval; when it answers false it asks
+// for one at once.
+func (s *Stream) Fresh(maxLag time.Duration) bool {
+	if !s.used.Load() {
+		s.used.Store(true)
+	}
+	if last := s.lastSent.Load(); last != 0 && now()-last < int64(maxLag) {
+		return true
+	}
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+	return false
+}
+
+// Up reports whether the stream is subscribed and a barrier has returned
+// on its current connection.
+func (s *Stream) Up() bool { return s.subscribed.Load() && s.lastSent.Load() != 0 }
+
+// barrier returns the round a caller can wait for: a new one sent now if
+// none is in flight, else (waiter) the next one, sent when the one in
+// flight returns. It returns nil while the stream is down, and (not
+// waiter) when one is already in flight.
+func (s *Stream) barrier(waiter bool) *round {
+	s.mu.Lock()
+	if s.ps == nil || !s.subscribed.Load() {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.inflight == nil {
+		r := s.newRound()
+		r.sent = now()
+		s.inflight = r
+		ps := s.ps
+		s.mu.Unlock()
+		s.send(ps, r)
+		return r
+	}
+	if !waiter {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.next == nil {
+		s.next = s.newRound()
+	}
+	r := s.next
+	s.mu.Unlock()
+	return r
+}
+
+// newRound numbers a round and starts its MaxWait timer; s.mu is held.
+func (s *Stream) newRound() *round {
+	s.rounds++
+	r := &round{n: s.rounds, done: make(chan struct{})}
+	if s.maxWait > 0 {
+		r.expired = make(chan struct{})
+		r.timer = time.AfterFunc(s.maxWait, func() { close(r.expired) })
+	}
+	return r
+}
+
+// finish completes r (ok: its barrier returned); only its owner calls it,
+// once.
+func (r *round) finish(ok bool) {
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.ok = ok
+	close(r.done)
+}
+
+// send writes r's PING; a failed write breaks the connection.
+func (s *Stream) send(ps *redis.PubSub, r *round) {
+	s.barriers.Add(1)
+	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
+	defer cancel()
+	if err := ps.Ping(ctx, strconv.FormatUint(r.n, 10)); err != nil {
+		ps.Close() // the receive loop sees the error and flushes
+	}
+}
+
+// returned completes the barrier whose PING payload came back, and sends
+// the next one if callers wait for it. The receive loop calls it after
+// applying every message received before the pong.
+func (s *Stream) returned(payload string) {
+	n, err := strconv.ParseUint(payload, 10, 64)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	r := s.inflight
+	if r == nil || r.n != n {
+		s.mu.Unlock()
+		return
+	}
+	s.lastSent.Store(r.sent)
+	s.inflight = nil
+	next := s.next
+	if next != nil {
+		s.next = nil
+		next.sent = now()
+		s.inflight = next
+	}
+	ps := s.ps
+	s.mu.Unlock()
+	s.barrierNanos.Add(uint64(now() - r.sent))
+	s.rets.Add(1)
+	r.finish(true)
+	if next != nil {
+		s.send(ps, next)
+	}
+}
+
+// run keeps a subscription up until Close: subscribe, receive until an
+// error, flush, back off, again.
+func (s *Stream) run() {
+	backoff := minBackoff
+	for {
+		ps := s.client.Subscribe(s.ctx, InvalidateChannel)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			ps.Close()
+			return
+		}
+		s.ps = ps
+		s.mu.Unlock()
+		wasUp := s.receive(ps)
+		s.fail(ps, wasUp)
+		if wasUp {
+			backoff = minBackoff
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// receive applies what ps delivers, in order, until an error; it reports
+// whether the subscription was confirmed.
+func (s *Stream) receive(ps *redis.PubSub) (wasUp bool) {
+	for {
+		// A FLUSHALL arrives with a nil payload, which go-redis reports
+		// as an error: flushing is then the right answer too.
+		msg, err := ps.Receive(s.ctx)
+		if err != nil {
+			return wasUp
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && m.Channel == InvalidateChannel {
+				// SUBSCRIBE was processed after CLIENT TRACKING (OnConnect
+				// waited for its reply): a write Redis processes from now
+				// on is delivered here, one processed before is visible to
+				// any read sent from now on.
+				wasUp = true
+				s.subscriptions.Add(1)
+				s.subscribed.Store(true)
+				s.barrier(false) // Up once it returns
+			}
+		case *redis.Message:
+			if m.Channel != InvalidateChannel {
+				continue
+			}
+			keys := m.PayloadSlice
+			if keys == nil {
+				keys = []string{m.Payload}
+			}
+			if s.onMsg != nil {
+				s.onMsg(keys)
+			}
+			s.messages.Add(1)
+			s.keys.Add(uint64(len(keys)))
+			s.sink.Invalidate(keys...)
+		case *redis.Pong:
+			s.returned(m.Payload)
+		}
+	}
+}
+
+// fail ends a connection: the stream is marked down before the Sink is
+// flushed (see Begin), its barriers fail, and ps is closed.
+func (s *Stream) fail(ps *redis.PubSub, wasUp bool) {
+	s.mu.Lock()
+	s.subscribed.Store(false)
+	s.lastSent.Store(0)
+	rs := []*round{s.inflight, s.next}
+	s.inflight, s.next = nil, nil
+	if s.ps == ps {
+		s.ps = nil
+	}
+	s.mu.Unlock()
+	if wasUp {
+		s.sink.Flush()
+		s.breaks.Add(1)
+	}
+	for _, r := range rs {
+		if r != nil {
+			r.finish(false)
+		}
+	}
+	ps.Close()
+}
+
+// tick sends a barrier every interval while Fresh is called (or at once
+// when Fresh asks), and breaks a connection whose barrier is overdue.
+func (s *Stream) tick() {
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		kicked := false
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		case <-s.kick:
+			kicked = true
+		}
+		s.mu.Lock()
+		r, ps := s.inflight, s.ps
+		s.mu.Unlock()
+		if r != nil && ps != nil && now()-r.sent > int64(s.timeout) {
+			ps.Close() // the receive loop sees the error and flushes
+			continue
+		}
+		if s.used.Swap(false) || kicked {
+			s.barrier(false)
+		}
+	}
+}
+
+// Close stops the stream and closes its connection. The Sink is left as
+// it is.
+func (s *Stream) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	ps := s.ps
+	s.mu.Unlock()
+	s.cancel()
+	if ps != nil {
+		ps.Close()
+	}
+	s.wg.Wait()
+	return s.client.Close()
+}
+
+// StreamStats are a Stream's counters and gauges.
+type StreamStats struct {
+	Up            bool          // subscribed, and a barrier returned on this connection
+	Lag           time.Duration // how long ago the last returned barrier was sent (0 when none)
+	Messages      uint64        // invalidation messages received
+	Keys          uint64        // keys they named
+	Barriers      uint64        // barrier PINGs sent
+	Returned      uint64        // barriers that returned
+	BarrierNanos  uint64        // total time from sending a returned barrier to its return
+	Waits         uint64        // Wait calls
+	WaitsFailed   uint64        // Wait calls answered with an error
+	Breaks        uint64        // connections lost after being subscribed (each flushed the Sink)
+	Subscriptions uint64        // subscriptions confirmed
+}
+
+// Stats returns the Stream's counters.
+func (s *Stream) Stats() StreamStats {
+	st := StreamStats{
+		Up:            s.Up(),
+		Messages:      s.messages.Load(),
+		Keys:          s.keys.Load(),
+		Barriers:      s.barriers.Load(),
+		Returned:      s.rets.Load(),
+		BarrierNanos:  s.barrierNanos.Load(),
+		Waits:         s.waits.Load(),
+		WaitsFailed:   s.waitsFailed.Load(),
+		Breaks:        s.breaks.Load(),
+		Subscriptions: s.subscriptions.Load(),
+	}
+	if last := s.lastSent.Load(); last != 0 {
+		st.Lag = time.Duration(now() - last)
+	}
+	return st
+}
