@@ -2,15 +2,20 @@ package cache
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/f4df6ac3/cache/internal/entry"
+	"github.com/f4df6ac3/cache/internal/script"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -223,4 +228,268 @@ func editEntry(t testing.TB, rdb redis.Cmdable, rkey string, edit func(e *entry.
 func onBothRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
 	t.Run("miniredis", func(t *testing.T) { _, r := fakeRedis(t); f(t, r) })
 	t.Run("redis", func(t *testing.T) { f(t, realRedis(t)) })
+}
+
+// resRelaxed is the RedisTimeout of tests about something other than
+// timing: a budget no Redis call runs out of, even on a loaded machine.
+// (Tests that close Redis keep short ones: go-redis retries a refused
+// connection for almost 2s, until the budget ends.)
+const resRelaxed = 5 * time.Second
+
+// errResUnreachable is what resHook answers for a command it fails: a
+// client-side failure, like a Redis that cannot be reached.
+var errResUnreachable = errors.New("resilience test: redis unreachable")
+
+// resHook is a go-redis hook that lets a test watch, hold or fail the
+// commands of one client. Commands are named by resCmd. Add it before the
+// client is used; its funcs must be safe for concurrent use.
+type resHook struct {
+	// before runs before a command is sent; an error fails the command
+	// without sending it.
+	before func(name, key string) error
+	// after runs once the reply has arrived; it may hold the reply.
+	after func(name, key string, err error)
+}
+
+func (h *resHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *resHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		name, key := resCmd(cmd)
+		if h.before != nil {
+			if err := h.before(name, key); err != nil {
+				return err
+			}
+		}
+		err := next(ctx, cmd)
+		if h.after != nil {
+			h.after(name, key, err)
+		}
+		return err
+	}
+}
+
+func (h *resHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.before != nil {
+			for _, cmd := range cmds {
+				name, key := resCmd(cmd)
+				if err := h.before(name, key); err != nil {
+					for _, c := range cmds {
+						c.SetErr(err)
+					}
+					return err
+				}
+			}
+		}
+		err := next(ctx, cmds)
+		if h.after != nil {
+			for _, cmd := range cmds {
+				name, key := resCmd(cmd)
+				h.after(name, key, cmd.Err())
+			}
+		}
+		return err
+	}
+}
+
+var resScripts = map[string]string{
+	script.SHA.Acquire:    "acquire",
+	script.SHA.Fill:       "fill",
+	script.SHA.Set:        "set",
+	script.SHA.Invalidate: "invalidate",
+	script.SHA.Release:    "release",
+}
+
+// resCmd names a command: the library script it runs ("acquire", "fill",
+// "set", "invalidate", "release"), or else its lower-case name ("getrange");
+// key is its first key.
+func resCmd(cmd redis.Cmder) (name, key string) {
+	args := cmd.Args()
+	name = strings.ToLower(cmd.Name())
+	switch name {
+	case "evalsha", "eval":
+		if len(args) < 4 {
+			return name, ""
+		}
+		id, _ := args[1].(string)
+		if name == "eval" {
+			sum := sha1.Sum([]byte(id))
+			id = hex.EncodeToString(sum[:])
+		}
+		if s, ok := resScripts[id]; ok {
+			name = s
+		}
+		key, _ = args[3].(string)
+	default:
+		if len(args) >= 2 {
+			key, _ = args[1].(string)
+		}
+	}
+	return name, key
+}
+
+// resWatch returns a channel that receives the key of every successful run
+// of the named command or script on rdb. Call it before rdb is used.
+func resWatch(rdb *redis.Client, name string) <-chan string {
+	ch := make(chan string, 64)
+	rdb.AddHook(&resHook{after: func(n, key string, err error) {
+		if n == name && err == nil {
+			select {
+			case ch <- key:
+			default:
+			}
+		}
+	}})
+	return ch
+}
+
+func resWaitKey(t *testing.T, ch <-chan string, what string) string {
+	t.Helper()
+	select {
+	case k := <-ch:
+		return k
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		return ""
+	}
+}
+
+// resTee sends every event to each of its Recorders.
+// resTee passes every event to each of its Recorders, the last one last:
+// a test that waits on an event from an events Recorder puts it last, so
+// that the others have seen the event when the wait ends.
+type resTee []Recorder
+
+func (rt resTee) Count(loader string, e Event) {
+	for _, r := range rt {
+		r.Count(loader, e)
+	}
+}
+
+func (rt resTee) ObserveLoad(loader string, d time.Duration, err error) {
+	for _, r := range rt {
+		r.ObserveLoad(loader, d, err)
+	}
+}
+
+// resInFlight counts the loads in progress and the most ever seen at once.
+type resInFlight struct{ now, max atomic.Int64 }
+
+func (f *resInFlight) enter() {
+	n := f.now.Add(1)
+	for {
+		m := f.max.Load()
+		if n <= m || f.max.CompareAndSwap(m, n) {
+			return
+		}
+	}
+}
+
+func (f *resInFlight) leave() { f.now.Add(-1) }
+
+// resArrivalCtx is a context that closes arrived on the nth call of its
+// Done method: the library calls Done when a Get starts waiting (for a
+// coalesced read, for a flight), so a test learns that the Get is parked
+// without sleeping. Its parent is Background, whose Done is nil, so that
+// context.WithTimeout calls Done once (and its cancel once more) and starts
+// no goroutine.
+type resArrivalCtx struct {
+	context.Context
+	nth     int32
+	calls   atomic.Int32
+	arrived chan struct{}
+}
+
+func newResArrivalCtx(nth int32) *resArrivalCtx {
+	return &resArrivalCtx{Context: context.Background(), nth: nth, arrived: make(chan struct{})}
+}
+
+func (c *resArrivalCtx) Done() <-chan struct{} {
+	if c.calls.Add(1) == c.nth {
+		close(c.arrived)
+	}
+	return c.Context.Done()
+}
+
+// resSeed stores r as key's entry with Set: unlike a Get that fills, it
+// leaves no flight behind that a later Get could join.
+func resSeed(t *testing.T, l *Loader[row], key string, r row) {
+	t.Helper()
+	require.NoError(t, l.Set(context.Background(), key, r))
+}
+
+func resGetRow(t *testing.T, l *Loader[row], key string) row {
+	t.Helper()
+	v, err := l.Get(context.Background(), key)
+	require.NoError(t, err)
+	return v
+}
+
+// resGets runs n Gets of key at once and returns their values; it fails
+// the test on any error.
+func resGets(t *testing.T, l *Loader[row], key string, n int) []row {
+	t.Helper()
+	type res struct {
+		v   row
+		err error
+	}
+	out := make(chan res, n)
+	for range n {
+		go func() {
+			v, err := l.Get(context.Background(), key)
+			out <- res{v, err}
+		}()
+	}
+	vals := make([]row, 0, n)
+	for range n {
+		r := <-out
+		require.NoError(t, r.err)
+		vals = append(vals, r.v)
+	}
+	return vals
+}
+
+// resRecorderFunc is a Recorder that calls f for every event.
+type resRecorderFunc func(Event)
+
+func (f resRecorderFunc) Count(_ string, e Event)                  { f(e) }
+func (f resRecorderFunc) ObserveLoad(string, time.Duration, error) {}
+
+// resBlackhole is a go-redis hook for a blackholed Redis: every command
+// waits until its context ends.
+type resBlackhole struct{}
+
+func (resBlackhole) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (resBlackhole) ProcessHook(redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, _ redis.Cmder) error {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+}
+
+func (resBlackhole) ProcessPipelineHook(redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, _ []redis.Cmder) error {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+}
+
+// resNearExpiry makes key's entry still fresh but so close to its soft
+// expiry, compared with a pretended last load time, that a hit refreshes
+// it with probability 1 - 2e-7.
+func resNearExpiry(t *testing.T, l *Loader[row], key string) (soft int64) {
+	t.Helper()
+	soft = l.clock.serverNow() + 2000
+	editEntry(t, l.rdb, l.Key(key), func(e *entry.Entry) { e.SoftExpiry, e.Delta = soft, 1e7 })
+	return soft
+}
+
+// resMustGet returns key's raw value from mr, which may be closed.
+func resMustGet(t *testing.T, mr *miniredis.Miniredis, key string) string {
+	t.Helper()
+	v, err := mr.DB(0).Get(key)
+	require.NoError(t, err)
+	return v
 }

@@ -171,3 +171,36 @@ func TestLeaseLeftByAFailedFillIsFilledWhenRedisAnswers(t *testing.T) {
 	require.EqualValues(t, 1, other.Stats().Hits)
 	require.EqualValues(t, 1, tb.loads.Load())
 }
+
+// A Get that finds a soft-expired entry and another caller's lease waits in
+// awaitLease for the fill: the expired payload still in the entry (Usable
+// ignores the soft expiry) is not taken as "filled", so no value is served
+// past its TTL without a stale option.
+func TestLeaseWaitDoesNotServeExpiredValue(t *testing.T) {
+	mr, rdbA := fakeRedis(t)
+	tb := newTable()
+	started := make(chan int64, 4)
+	release := make(chan struct{})
+	defer close(release)
+	tb.hook = func(_ context.Context, _ string, n int64) error {
+		started <- n
+		<-release
+		return nil
+	}
+	a := newLoader(t, rdbA, tb, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed})
+	tbB := newTable()
+	tbB.put("a", "a2")
+	b := newLoader(t, newClient(t, mr.Addr()), tbB, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true,
+		RedisTimeout: resRelaxed})
+	resSeed(t, a, "a", tb.put("a", "a1"))
+	// The value's TTL has passed (the key lives on a little: a lease
+	// request extends it, or MaxStale keeps it for StaleIfError); the last
+	// load took 1ms, so B waits on A's lease for at most 20ms.
+	editEntry(t, rdbA, a.Key("a"), func(e *entry.Entry) { e.SoftExpiry, e.Delta = a.clock.serverNow()-10_000, 1 })
+	tb.put("a", "a2")
+
+	go a.Get(context.Background(), "a") // A takes the lease and loads (held)
+	<-started
+	v := resGetRow(t, b, "a")
+	require.Equal(t, "a2", v.Val, "B served the value whose TTL had passed while A was loading")
+}
