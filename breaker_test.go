@@ -246,7 +246,7 @@ func TestRecorderMayReadStatsOnBreakerEvent(t *testing.T) {
 // as the outage lasts (DESIGN P4, P6).
 func TestBlackholeOpensBreakerUnderShortCallerDeadlines(t *testing.T) {
 	_, rdb := fakeRedis(t)
-	rdb.AddHook(resBlackhole{})
+	rdb.AddHook(blackhole())
 	tb := newTable()
 	tb.put("a", "a1")
 	l := newLoader(t, rdb, tb, &Options{Prefix: "t:", BreakerFailures: 3}) // RedisTimeout 50ms

@@ -115,17 +115,19 @@ func TestBypassFlightsApartFromOtherKeys(t *testing.T) {
 	heldOdd := make(chan struct{})
 	releaseOdd := make(chan struct{})
 	var once sync.Once
-	rdb.AddHook(&resHook{
-		before: func(name, _ string) error {
+	rdb.AddHook(&cmdHook{
+		before: func(c hookCmd) error {
+			name := c.name
 			if (name == "invalidate" || name == "set") && failInvalidate.Load() {
 				return errResUnreachable
 			}
 			return nil
 		},
-		after: func(name, k string, _ error) {
-			if name == "getrange" && k == oddKey {
+		after: func(c hookCmd, _ error) error {
+			if c.name == "getrange" && c.key == oddKey {
 				once.Do(func() { close(heldOdd); <-releaseOdd })
 			}
+			return nil
 		},
 	})
 	tb := newTable()

@@ -79,7 +79,7 @@ func TestCluster(t *testing.T) {
 		tb := newTable()
 		crdb := clusterClient(t, rdb)
 		noscript := &pipelineErrors{prefix: "NOSCRIPT"}
-		crdb.AddHook(noscript)
+		crdb.AddHook(noscript.hook())
 		l := newLoader(t, crdb, tb, &Options{RedisTimeout: time.Second})
 		const n = 48
 		keys := make([]string, n)
@@ -421,26 +421,20 @@ func clusterStampedeDefaults(t *testing.T, rdb *redis.ClusterClient) {
 	require.Equal(t, loaded, loads.Load())
 }
 
-// pipelineErrors is a go-redis hook counting the pipelined commands that
+// pipelineErrors counts, through its hook, the pipelined commands that
 // failed with an error starting with prefix.
 type pipelineErrors struct {
 	prefix string
 	n      atomic.Int64
 }
 
-func (h *pipelineErrors) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h *pipelineErrors) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-
-func (h *pipelineErrors) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		err := next(ctx, cmds)
-		for _, c := range cmds {
-			if c.Err() != nil && redis.HasErrorPrefix(c.Err(), h.prefix) {
-				h.n.Add(1)
-			}
+func (h *pipelineErrors) hook() *cmdHook {
+	return &cmdHook{after: func(c hookCmd, err error) error {
+		if c.piped && err != nil && redis.HasErrorPrefix(err, h.prefix) {
+			h.n.Add(1)
 		}
-		return err
-	}
+		return nil
+	}}
 }
 
 // clusterSubscribed waits until some node of the cluster counts a

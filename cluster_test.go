@@ -42,7 +42,7 @@ func TestFailedCallReloadsTopologyRateLimited(t *testing.T) {
 	mr, rdb := fakeRedis(t)
 	var mode atomic.Int32
 	var cancelCall context.CancelFunc
-	rdb.AddHook(&resHook{before: func(string, string) error {
+	rdb.AddHook(&cmdHook{before: func(hookCmd) error {
 		switch mode.Load() {
 		case failConn:
 			return errResUnreachable
@@ -106,7 +106,7 @@ func TestFailedCallReloadsTopologyRateLimited(t *testing.T) {
 func TestOpenBreakerKeepsReloadingTopology(t *testing.T) {
 	_, rdb := fakeRedis(t)
 	var calls atomic.Int64
-	rdb.AddHook(&resHook{before: func(string, string) error {
+	rdb.AddHook(&cmdHook{before: func(hookCmd) error {
 		calls.Add(1)
 		return errResUnreachable
 	}})

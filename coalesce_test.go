@@ -34,8 +34,9 @@ func TestReadCoalescing(t *testing.T) {
 			var holdOnce sync.Once
 			held := make(chan struct{})
 			release := make(chan struct{})
-			rdb.AddHook(&resHook{
-				before: func(name, k string) error {
+			rdb.AddHook(&cmdHook{
+				before: func(c hookCmd) error {
+					name, k := c.name, c.key
 					if name == "getrange" && k == key && armed.Load() {
 						hmgets.Add(1)
 					}
@@ -43,10 +44,11 @@ func TestReadCoalescing(t *testing.T) {
 				},
 				// The first armed HMGET has been answered by Redis; its
 				// reply is held until release.
-				after: func(name, k string, _ error) {
-					if name == "getrange" && k == key && armed.Load() {
+				after: func(c hookCmd, _ error) error {
+					if c.name == "getrange" && c.key == key && armed.Load() {
 						holdOnce.Do(func() { close(held); <-release })
 					}
+					return nil
 				},
 			})
 			tb := newTable()

@@ -236,61 +236,131 @@ func onBothRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) 
 // connection for almost 2s, until the budget ends.)
 const resRelaxed = 5 * time.Second
 
-// errResUnreachable is what resHook answers for a command it fails: a
+// errResUnreachable is what a cmdHook answers for a command it fails: a
 // client-side failure, like a Redis that cannot be reached.
-var errResUnreachable = errors.New("resilience test: redis unreachable")
+var errResUnreachable = errors.New("test: redis unreachable")
 
-// resHook is a go-redis hook that lets a test watch, hold or fail the
-// commands of one client. Commands are named by resCmd. Add it before the
-// client is used; its funcs must be safe for concurrent use.
-type resHook struct {
+// cmdHook is the tests' one go-redis hook: it lets a test watch, hold, fail
+// or lose the replies of the commands of one client, sent on their own or
+// in a pipeline. Add it before the client is used; its funcs must be safe
+// for concurrent use.
+type cmdHook struct {
 	// before runs before a command is sent; an error fails the command
-	// without sending it.
-	before func(name, key string) error
-	// after runs once the reply has arrived; it may hold the reply.
-	after func(name, key string, err error)
+	// without sending it. In a pipeline it runs for each command in turn
+	// until one fails, and then fails them all, sending none (unless
+	// partial).
+	before func(c hookCmd) error
+	// after runs once the reply has arrived, with its error; it may hold
+	// the reply. An error it returns replaces the reply's: a reply lost on
+	// the way.
+	after func(c hookCmd, err error) error
+	// pipeline runs before a pipeline is sent (and before before), with
+	// its commands.
+	pipeline func(cmds []hookCmd)
+	// partial makes a pipeline fail only the commands before fails and
+	// send the others; it then returns the first failure.
+	partial bool
 }
 
-func (h *resHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+// hookCmd is a command as a cmdHook shows it.
+type hookCmd struct {
+	ctx   context.Context // the context it is sent with
+	name  string          // as resCmd names it
+	key   string          // its first key
+	piped bool            // sent in a pipeline
+}
 
-func (h *resHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func newHookCmd(ctx context.Context, cmd redis.Cmder, piped bool) hookCmd {
+	name, key := resCmd(cmd)
+	return hookCmd{ctx: ctx, name: name, key: key, piped: piped}
+}
+
+func (h *cmdHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *cmdHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		name, key := resCmd(cmd)
+		c := newHookCmd(ctx, cmd, false)
 		if h.before != nil {
-			if err := h.before(name, key); err != nil {
+			if err := h.before(c); err != nil {
+				cmd.SetErr(err)
 				return err
 			}
 		}
 		err := next(ctx, cmd)
 		if h.after != nil {
-			h.after(name, key, err)
+			if lost := h.after(c, err); lost != nil {
+				cmd.SetErr(lost)
+				err = lost
+			}
 		}
 		return err
 	}
 }
 
-func (h *resHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h *cmdHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
+		hcs := make([]hookCmd, len(cmds))
+		for i, cmd := range cmds {
+			hcs[i] = newHookCmd(ctx, cmd, true)
+		}
+		if h.pipeline != nil {
+			h.pipeline(hcs)
+		}
+		send := cmds
+		failedBefore := make([]bool, len(cmds))
+		var failed error // the first command before failed
 		if h.before != nil {
-			for _, cmd := range cmds {
-				name, key := resCmd(cmd)
-				if err := h.before(name, key); err != nil {
+			send = cmds[:0:0]
+			for i, cmd := range cmds {
+				err := h.before(hcs[i])
+				if err == nil {
+					send = append(send, cmd)
+					continue
+				}
+				if !h.partial {
 					for _, c := range cmds {
 						c.SetErr(err)
 					}
 					return err
 				}
+				cmd.SetErr(err)
+				failedBefore[i] = true
+				if failed == nil {
+					failed = err
+				}
+			}
+			if len(send) == 0 {
+				return failed
 			}
 		}
-		err := next(ctx, cmds)
+		err := next(ctx, send)
 		if h.after != nil {
-			for _, cmd := range cmds {
-				name, key := resCmd(cmd)
-				h.after(name, key, cmd.Err())
+			for i, cmd := range cmds {
+				if failedBefore[i] {
+					continue
+				}
+				if lost := h.after(hcs[i], cmd.Err()); lost != nil {
+					cmd.SetErr(lost)
+					if err == nil {
+						err = lost
+					}
+				}
 			}
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return failed
 	}
+}
+
+// blackhole is a cmdHook for a blackholed Redis: every command waits until
+// its context ends.
+func blackhole() *cmdHook {
+	return &cmdHook{before: func(c hookCmd) error {
+		<-c.ctx.Done()
+		return c.ctx.Err()
+	}}
 }
 
 var resScripts = map[string]string{
@@ -333,13 +403,14 @@ func resCmd(cmd redis.Cmder) (name, key string) {
 // of the named command or script on rdb. Call it before rdb is used.
 func resWatch(rdb *redis.Client, name string) <-chan string {
 	ch := make(chan string, 64)
-	rdb.AddHook(&resHook{after: func(n, key string, err error) {
-		if n == name && err == nil {
+	rdb.AddHook(&cmdHook{after: func(c hookCmd, err error) error {
+		if c.name == name && err == nil {
 			select {
-			case ch <- key:
+			case ch <- c.key:
 			default:
 			}
 		}
+		return nil
 	}})
 	return ch
 }
@@ -455,26 +526,6 @@ type resRecorderFunc func(Event)
 
 func (f resRecorderFunc) Count(_ string, e Event)                  { f(e) }
 func (f resRecorderFunc) ObserveLoad(string, time.Duration, error) {}
-
-// resBlackhole is a go-redis hook for a blackholed Redis: every command
-// waits until its context ends.
-type resBlackhole struct{}
-
-func (resBlackhole) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (resBlackhole) ProcessHook(redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, _ redis.Cmder) error {
-		<-ctx.Done()
-		return ctx.Err()
-	}
-}
-
-func (resBlackhole) ProcessPipelineHook(redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, _ []redis.Cmder) error {
-		<-ctx.Done()
-		return ctx.Err()
-	}
-}
 
 // resNearExpiry makes key's entry still fresh but so close to its soft
 // expiry, compared with a pretended last load time, that a hit refreshes

@@ -165,7 +165,8 @@ func TestNoRefreshOfEntryRefilledMeanwhile(t *testing.T) {
 	heldB := make(chan struct{})
 	releaseB := make(chan struct{})
 	var onceB sync.Once
-	rdbB.AddHook(&resHook{before: func(name, _ string) error {
+	rdbB.AddHook(&cmdHook{before: func(c hookCmd) error {
+		name := c.name
 		if name == "acquire" {
 			onceB.Do(func() { close(heldB); <-releaseB })
 		}

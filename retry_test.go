@@ -88,7 +88,8 @@ func TestQueuedInvalidationKeepsOrder(t *testing.T) {
 	var mode atomic.Int32
 	var hmgetA, setA atomic.Int64
 	aKey := "t:row#2:a"
-	rdb.AddHook(&resHook{before: func(name, key string) error {
+	rdb.AddHook(&cmdHook{before: func(c hookCmd) error {
+		name, key := c.name, c.key
 		switch mode.Load() {
 		case failAll:
 			return errResUnreachable
@@ -217,8 +218,9 @@ func newRetrierFixture(t *testing.T, opts *Options) *retrierFixture {
 	f := &retrierFixture{tb: newTable(), rdb: rdb}
 	// Tries are counted once each: a script's first run on the server is
 	// an EVALSHA answered NOSCRIPT, then an EVAL.
-	rdb.AddHook(&resHook{
-		before: func(name, key string) error {
+	rdb.AddHook(&cmdHook{
+		before: func(c hookCmd) error {
+			name, key := c.name, c.key
 			if name == "set" && key == "t:row#2:a" {
 				f.setsOfA.Add(1)
 			}
@@ -237,10 +239,11 @@ func newRetrierFixture(t *testing.T, opts *Options) *retrierFixture {
 			}
 			return errResUnreachable
 		},
-		after: func(name, _ string, err error) {
-			if name == "invalidate" && !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		after: func(c hookCmd, err error) error {
+			if c.name == "invalidate" && !redis.HasErrorPrefix(err, "NOSCRIPT") {
 				f.invs.Add(1)
 			}
+			return nil
 		},
 	})
 	o := *opts

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/f4df6ac3/cache/internal/script"
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
 
@@ -223,28 +221,21 @@ func TestNoStaleReadAfterInvalidate(t *testing.T) {
 // slowRelease makes every lease release slow and fail on the client, as on
 // a loaded machine: the release then runs after the flight's result is
 // published, and the flight stays joinable meanwhile.
-type slowRelease struct{}
-
-func (slowRelease) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (slowRelease) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-func (slowRelease) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); cmd.Name() == "evalsha" && len(a) > 1 && a[1] == script.SHA.Release {
+func slowRelease() *cmdHook {
+	return &cmdHook{before: func(c hookCmd) error {
+		if c.name == "release" && !c.piped {
 			time.Sleep(200 * time.Millisecond)
-			cmd.SetErr(context.DeadlineExceeded)
 			return context.DeadlineExceeded
 		}
-		return next(ctx, cmd)
-	}
+		return nil
+	}}
 }
 
 // A Get that starts after the database came back is answered with the error
 // of a load that failed before it started, without loading.
 func TestFinishedFlightErrorNotShared(t *testing.T) {
 	_, rdb := fakeRedis(t)
-	rdb.AddHook(slowRelease{})
+	rdb.AddHook(slowRelease())
 	tb := newTable()
 	tb.put("k", "v1")
 	var down atomic.Bool
