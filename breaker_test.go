@@ -32,7 +32,7 @@ func TestBreakerOpens(t *testing.T) {
 			tb.put("a", "a1")
 			tb.put("s", "s1")
 			// Loads of "s" hold until release, counting how many run at once.
-			var inflight resInFlight
+			var inflight loadsInFlight
 			started := make(chan struct{}, 64)
 			release := make(chan struct{})
 			tb.hook = func(_ context.Context, key string, _ int64) error {
@@ -48,7 +48,7 @@ func TestBreakerOpens(t *testing.T) {
 			// (A fixed prefix: newLoader's cleanup of a unique one would wait
 			// for the closed Redis.)
 			l := newLoader(t, rdb, tb, &Options{Prefix: "t:", BreakerFailures: tc.failures, BreakerCooldown: time.Hour,
-				Recorder: resTee{prom, ev}})
+				Recorder: teeRecorder{prom, ev}})
 			ctx := context.Background()
 			gauge := func() float64 { return testutil.ToFloat64(prom.breaker.WithLabelValues("row")) }
 
@@ -120,7 +120,7 @@ func TestBreakerOpens(t *testing.T) {
 
 func TestBreakerRecovers(t *testing.T) {
 	mr, rdb := fakeRedis(t)
-	fills := resWatch(rdb, "fill")
+	fills := watchCmd(rdb, "fill")
 	prom, err := NewPrometheus(prometheus.NewRegistry())
 	require.NoError(t, err)
 	ev := &events{}
@@ -130,12 +130,12 @@ func TestBreakerRecovers(t *testing.T) {
 	tb := newTable()
 	tb.put("a", "a1")
 	l := newLoader(t, rdb, tb, &Options{BreakerFailures: 2, BreakerCooldown: 50 * time.Millisecond,
-		RedisTimeout: 250 * time.Millisecond, Recorder: resTee{prom, ev}})
+		RedisTimeout: 250 * time.Millisecond, Recorder: teeRecorder{prom, ev}})
 	ctx := context.Background()
 	gauge := func() float64 { return testutil.ToFloat64(prom.breaker.WithLabelValues("row")) }
 
-	require.Equal(t, "a1", resGetRow(t, l, "a").Val)
-	resWaitKey(t, fills, "the fill")
+	require.Equal(t, "a1", getRow(t, l, "a").Val)
+	waitKey(t, fills, "the fill")
 	require.Equal(t, float64(BreakerClosed), gauge())
 
 	mr.Close()
@@ -155,7 +155,7 @@ func TestBreakerRecovers(t *testing.T) {
 		case <-closed:
 			done = true
 		case <-tick.C:
-			require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+			require.Equal(t, "a1", getRow(t, l, "a").Val)
 		case <-timeout:
 			t.Fatalf("the breaker did not close: %v", l.BreakerState())
 		}
@@ -172,7 +172,7 @@ func TestBreakerRecovers(t *testing.T) {
 
 	// Gets hit Redis again.
 	cmds := mr.CommandCount()
-	require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a1", getRow(t, l, "a").Val)
 	s2 := l.Stats()
 	require.Equal(t, s.Hits+1, s2.Hits)
 	require.Equal(t, s.Loads, s2.Loads)
@@ -197,7 +197,7 @@ func TestBreakerDisabled(t *testing.T) {
 		require.NotErrorIs(t, err, ErrRedisUnavailable, "call %d reached for Redis", i)
 	}
 	before := l.Stats().RedisErrors
-	require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a1", getRow(t, l, "a").Val)
 	err := l.Set(ctx, "a", row{"a2", 2})
 	require.Error(t, err)
 	require.NotErrorIs(t, err, ErrRedisUnavailable)
@@ -220,7 +220,7 @@ func TestBreakerDisabled(t *testing.T) {
 func TestRecorderMayReadStatsOnBreakerEvent(t *testing.T) {
 	mr, rdb := fakeRedis(t)
 	var l atomic.Pointer[Loader[row]]
-	rec := resRecorderFunc(func(e Event) {
+	rec := recorderFunc(func(e Event) {
 		if e == EventBreakerOpen {
 			_ = l.Load().Stats() // e.g. log the state on every breaker change
 		}

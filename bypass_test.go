@@ -15,14 +15,14 @@ import (
 
 func TestReadBypass(t *testing.T) {
 	mr, rdb := fakeRedis(t)
-	fills := resWatch(rdb, "fill")
+	fills := watchCmd(rdb, "fill")
 	prom, err := NewPrometheus(prometheus.NewRegistry())
 	require.NoError(t, err)
 	tb := newTable()
 	tb.put("a", "a1")
 	tb.put("b", "b1")
 	tb.put("c", "c1")
-	var inflight resInFlight
+	var inflight loadsInFlight
 	started := make(chan struct{}, 64)
 	release := make(chan struct{})
 	tb.hook = func(_ context.Context, key string, _ int64) error {
@@ -34,12 +34,12 @@ func TestReadBypass(t *testing.T) {
 		}
 		return nil
 	}
-	l := newLoader(t, rdb, tb, &Options{RedisTimeout: resRelaxed, Recorder: prom})
+	l := newLoader(t, rdb, tb, &Options{RedisTimeout: relaxedTimeout, Recorder: prom})
 	ctx := context.Background()
 	gauge := func() float64 { return testutil.ToFloat64(prom.bypass.WithLabelValues("row")) }
 	counted := func(ev string) float64 { return testutil.ToFloat64(prom.events.WithLabelValues("row", ev)) }
-	require.Equal(t, "a1", resGetRow(t, l, "a").Val)
-	resWaitKey(t, fills, "the fill")
+	require.Equal(t, "a1", getRow(t, l, "a").Val)
+	waitKey(t, fills, "the fill")
 
 	l.SetReadBypass(true)
 	l.SetReadBypass(true)
@@ -50,8 +50,8 @@ func TestReadBypass(t *testing.T) {
 	cmds := mr.CommandCount()
 	before := l.Stats()
 	tb.put("a", "a2")
-	require.Equal(t, "a2", resGetRow(t, l, "a").Val, "from the database, not Redis's a1")
-	require.Equal(t, "b1", resGetRow(t, l, "b").Val)
+	require.Equal(t, "a2", getRow(t, l, "a").Val, "from the database, not Redis's a1")
+	require.Equal(t, "b1", getRow(t, l, "b").Val)
 	s := l.Stats()
 	require.Equal(t, before.Bypassed+2, s.Bypassed)
 	require.Equal(t, before.Hits, s.Hits)
@@ -85,9 +85,9 @@ func TestReadBypass(t *testing.T) {
 
 	// Writes still reach Redis.
 	require.NoError(t, l.Set(ctx, "a", row{"a3", 3}))
-	require.Contains(t, fieldsOf(t, resMustGet(t, mr, l.Key("a")))["p"], `"a3"`)
+	require.Contains(t, fieldsOf(t, rawEntry(t, mr, l.Key("a")))["p"], `"a3"`)
 	require.NoError(t, l.Invalidate(ctx, "b"))
-	require.Equal(t, "2", fieldsOf(t, resMustGet(t, mr, l.Key("b")))["f"])
+	require.Equal(t, "2", fieldsOf(t, rawEntry(t, mr, l.Key("b")))["f"])
 
 	l.SetReadBypass(false)
 	l.SetReadBypass(false)
@@ -97,7 +97,7 @@ func TestReadBypass(t *testing.T) {
 	require.Equal(t, 1.0, counted("read_bypass_on"))
 
 	s = l.Stats()
-	require.Equal(t, row{"a3", 3}, resGetRow(t, l, "a"), "the value Set while bypassing")
+	require.Equal(t, row{"a3", 3}, getRow(t, l, "a"), "the value Set while bypassing")
 	s2 := l.Stats()
 	require.Equal(t, s.Hits+1, s2.Hits)
 	require.Equal(t, s.Loads, s2.Loads)
@@ -119,7 +119,7 @@ func TestBypassFlightsApartFromOtherKeys(t *testing.T) {
 		before: func(c hookCmd) error {
 			name := c.name
 			if (name == "invalidate" || name == "set") && failInvalidate.Load() {
-				return errResUnreachable
+				return errUnreachable
 			}
 			return nil
 		},
@@ -153,7 +153,7 @@ func TestBypassFlightsApartFromOtherKeys(t *testing.T) {
 	oddGot := make(chan row, 1)
 	// Done calls 1 and 2: the context.WithTimeout of its read and its
 	// cancel; 3: waiting on a flight.
-	oddCtx := newResArrivalCtx(3)
+	oddCtx := newArrivalCtx(3)
 	go func() {
 		v, _ := l.Get(oddCtx, odd)
 		oddGot <- v

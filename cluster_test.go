@@ -45,14 +45,14 @@ func TestFailedCallReloadsTopologyRateLimited(t *testing.T) {
 	rdb.AddHook(&cmdHook{before: func(hookCmd) error {
 		switch mode.Load() {
 		case failConn:
-			return errResUnreachable
+			return errUnreachable
 		case cancelCaller:
 			cancelCall()
 			return context.Canceled
 		}
 		return nil
 	}})
-	l := newLoader(t, rdb, newTable(), &Options{DisableBreaker: true, RedisTimeout: resRelaxed})
+	l := newLoader(t, rdb, newTable(), &Options{DisableBreaker: true, RedisTimeout: relaxedTimeout})
 	now := fakeElapsed(l)
 	var reloads atomic.Int64
 	l.reloadState = func(context.Context) { reloads.Add(1) }
@@ -108,7 +108,7 @@ func TestOpenBreakerKeepsReloadingTopology(t *testing.T) {
 	var calls atomic.Int64
 	rdb.AddHook(&cmdHook{before: func(hookCmd) error {
 		calls.Add(1)
-		return errResUnreachable
+		return errUnreachable
 	}})
 	l := newLoader(t, rdb, newTable(), &Options{BreakerFailures: 1, BreakerCooldown: time.Hour})
 	now := fakeElapsed(l)

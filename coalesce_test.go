@@ -56,7 +56,7 @@ func TestReadCoalescing(t *testing.T) {
 			// Generous budgets: the held read must not run out of one.
 			l := newLoader(t, rdb, tb, &Options{Prefix: "t:", RedisTimeout: time.Minute})
 			require.Equal(t, key, l.Key("a"))
-			require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+			require.Equal(t, "a1", getRow(t, l, "a").Val)
 			armed.Store(true)
 
 			type res struct {
@@ -74,7 +74,7 @@ func TestReadCoalescing(t *testing.T) {
 			// Gets that arrive now must wait for a read sent after them.
 			later := make(chan res, 2)
 			for range 2 {
-				ctx := newResArrivalCtx(1)
+				ctx := newArrivalCtx(1)
 				go func() {
 					v, err := l.Get(ctx, "a")
 					later <- res{v, err}

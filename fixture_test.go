@@ -230,15 +230,15 @@ func onBothRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) 
 	t.Run("redis", func(t *testing.T) { f(t, realRedis(t)) })
 }
 
-// resRelaxed is the RedisTimeout of tests about something other than
+// relaxedTimeout is the RedisTimeout of tests about something other than
 // timing: a budget no Redis call runs out of, even on a loaded machine.
 // (Tests that close Redis keep short ones: go-redis retries a refused
 // connection for almost 2s, until the budget ends.)
-const resRelaxed = 5 * time.Second
+const relaxedTimeout = 5 * time.Second
 
-// errResUnreachable is what a cmdHook answers for a command it fails: a
+// errUnreachable is what a cmdHook answers for a command it fails: a
 // client-side failure, like a Redis that cannot be reached.
-var errResUnreachable = errors.New("test: redis unreachable")
+var errUnreachable = errors.New("test: redis unreachable")
 
 // cmdHook is the tests' one go-redis hook: it lets a test watch, hold, fail
 // or lose the replies of the commands of one client, sent on their own or
@@ -265,13 +265,13 @@ type cmdHook struct {
 // hookCmd is a command as a cmdHook shows it.
 type hookCmd struct {
 	ctx   context.Context // the context it is sent with
-	name  string          // as resCmd names it
+	name  string          // as cmdName names it
 	key   string          // its first key
 	piped bool            // sent in a pipeline
 }
 
 func newHookCmd(ctx context.Context, cmd redis.Cmder, piped bool) hookCmd {
-	name, key := resCmd(cmd)
+	name, key := cmdName(cmd)
 	return hookCmd{ctx: ctx, name: name, key: key, piped: piped}
 }
 
@@ -363,7 +363,7 @@ func blackhole() *cmdHook {
 	}}
 }
 
-var resScripts = map[string]string{
+var scriptNames = map[string]string{
 	script.SHA.Acquire:    "acquire",
 	script.SHA.Fill:       "fill",
 	script.SHA.Set:        "set",
@@ -371,10 +371,10 @@ var resScripts = map[string]string{
 	script.SHA.Release:    "release",
 }
 
-// resCmd names a command: the library script it runs ("acquire", "fill",
+// cmdName names a command: the library script it runs ("acquire", "fill",
 // "set", "invalidate", "release"), or else its lower-case name ("getrange");
 // key is its first key.
-func resCmd(cmd redis.Cmder) (name, key string) {
+func cmdName(cmd redis.Cmder) (name, key string) {
 	args := cmd.Args()
 	name = strings.ToLower(cmd.Name())
 	switch name {
@@ -387,7 +387,7 @@ func resCmd(cmd redis.Cmder) (name, key string) {
 			sum := sha1.Sum([]byte(id))
 			id = hex.EncodeToString(sum[:])
 		}
-		if s, ok := resScripts[id]; ok {
+		if s, ok := scriptNames[id]; ok {
 			name = s
 		}
 		key, _ = args[3].(string)
@@ -399,9 +399,9 @@ func resCmd(cmd redis.Cmder) (name, key string) {
 	return name, key
 }
 
-// resWatch returns a channel that receives the key of every successful run
+// watchCmd returns a channel that receives the key of every successful run
 // of the named command or script on rdb. Call it before rdb is used.
-func resWatch(rdb *redis.Client, name string) <-chan string {
+func watchCmd(rdb *redis.Client, name string) <-chan string {
 	ch := make(chan string, 64)
 	rdb.AddHook(&cmdHook{after: func(c hookCmd, err error) error {
 		if c.name == name && err == nil {
@@ -415,7 +415,7 @@ func resWatch(rdb *redis.Client, name string) <-chan string {
 	return ch
 }
 
-func resWaitKey(t *testing.T, ch <-chan string, what string) string {
+func waitKey(t *testing.T, ch <-chan string, what string) string {
 	t.Helper()
 	select {
 	case k := <-ch:
@@ -426,28 +426,27 @@ func resWaitKey(t *testing.T, ch <-chan string, what string) string {
 	}
 }
 
-// resTee sends every event to each of its Recorders.
-// resTee passes every event to each of its Recorders, the last one last:
+// teeRecorder passes every event to each of its Recorders, the last one last:
 // a test that waits on an event from an events Recorder puts it last, so
 // that the others have seen the event when the wait ends.
-type resTee []Recorder
+type teeRecorder []Recorder
 
-func (rt resTee) Count(loader string, e Event) {
+func (rt teeRecorder) Count(loader string, e Event) {
 	for _, r := range rt {
 		r.Count(loader, e)
 	}
 }
 
-func (rt resTee) ObserveLoad(loader string, d time.Duration, err error) {
+func (rt teeRecorder) ObserveLoad(loader string, d time.Duration, err error) {
 	for _, r := range rt {
 		r.ObserveLoad(loader, d, err)
 	}
 }
 
-// resInFlight counts the loads in progress and the most ever seen at once.
-type resInFlight struct{ now, max atomic.Int64 }
+// loadsInFlight counts the loads in progress and the most ever seen at once.
+type loadsInFlight struct{ now, max atomic.Int64 }
 
-func (f *resInFlight) enter() {
+func (f *loadsInFlight) enter() {
 	n := f.now.Add(1)
 	for {
 		m := f.max.Load()
@@ -457,49 +456,49 @@ func (f *resInFlight) enter() {
 	}
 }
 
-func (f *resInFlight) leave() { f.now.Add(-1) }
+func (f *loadsInFlight) leave() { f.now.Add(-1) }
 
-// resArrivalCtx is a context that closes arrived on the nth call of its
+// arrivalCtx is a context that closes arrived on the nth call of its
 // Done method: the library calls Done when a Get starts waiting (for a
 // coalesced read, for a flight), so a test learns that the Get is parked
 // without sleeping. Its parent is Background, whose Done is nil, so that
 // context.WithTimeout calls Done once (and its cancel once more) and starts
 // no goroutine.
-type resArrivalCtx struct {
+type arrivalCtx struct {
 	context.Context
 	nth     int32
 	calls   atomic.Int32
 	arrived chan struct{}
 }
 
-func newResArrivalCtx(nth int32) *resArrivalCtx {
-	return &resArrivalCtx{Context: context.Background(), nth: nth, arrived: make(chan struct{})}
+func newArrivalCtx(nth int32) *arrivalCtx {
+	return &arrivalCtx{Context: context.Background(), nth: nth, arrived: make(chan struct{})}
 }
 
-func (c *resArrivalCtx) Done() <-chan struct{} {
+func (c *arrivalCtx) Done() <-chan struct{} {
 	if c.calls.Add(1) == c.nth {
 		close(c.arrived)
 	}
 	return c.Context.Done()
 }
 
-// resSeed stores r as key's entry with Set: unlike a Get that fills, it
+// seedRow stores r as key's entry with Set: unlike a Get that fills, it
 // leaves no flight behind that a later Get could join.
-func resSeed(t *testing.T, l *Loader[row], key string, r row) {
+func seedRow(t *testing.T, l *Loader[row], key string, r row) {
 	t.Helper()
 	require.NoError(t, l.Set(context.Background(), key, r))
 }
 
-func resGetRow(t *testing.T, l *Loader[row], key string) row {
+func getRow(t *testing.T, l *Loader[row], key string) row {
 	t.Helper()
 	v, err := l.Get(context.Background(), key)
 	require.NoError(t, err)
 	return v
 }
 
-// resGets runs n Gets of key at once and returns their values; it fails
+// concurrentGets runs n Gets of key at once and returns their values; it fails
 // the test on any error.
-func resGets(t *testing.T, l *Loader[row], key string, n int) []row {
+func concurrentGets(t *testing.T, l *Loader[row], key string, n int) []row {
 	t.Helper()
 	type res struct {
 		v   row
@@ -521,24 +520,24 @@ func resGets(t *testing.T, l *Loader[row], key string, n int) []row {
 	return vals
 }
 
-// resRecorderFunc is a Recorder that calls f for every event.
-type resRecorderFunc func(Event)
+// recorderFunc is a Recorder that calls f for every event.
+type recorderFunc func(Event)
 
-func (f resRecorderFunc) Count(_ string, e Event)                  { f(e) }
-func (f resRecorderFunc) ObserveLoad(string, time.Duration, error) {}
+func (f recorderFunc) Count(_ string, e Event)                  { f(e) }
+func (f recorderFunc) ObserveLoad(string, time.Duration, error) {}
 
-// resNearExpiry makes key's entry still fresh but so close to its soft
+// nearExpiry makes key's entry still fresh but so close to its soft
 // expiry, compared with a pretended last load time, that a hit refreshes
 // it with probability 1 - 2e-7.
-func resNearExpiry(t *testing.T, l *Loader[row], key string) (soft int64) {
+func nearExpiry(t *testing.T, l *Loader[row], key string) (soft int64) {
 	t.Helper()
 	soft = l.clock.serverNow() + 2000
 	editEntry(t, l.rdb, l.Key(key), func(e *entry.Entry) { e.SoftExpiry, e.Delta = soft, 1e7 })
 	return soft
 }
 
-// resMustGet returns key's raw value from mr, which may be closed.
-func resMustGet(t *testing.T, mr *miniredis.Miniredis, key string) string {
+// rawEntry returns key's raw value from mr, which may be closed.
+func rawEntry(t *testing.T, mr *miniredis.Miniredis, key string) string {
 	t.Helper()
 	v, err := mr.DB(0).Get(key)
 	require.NoError(t, err)

@@ -607,11 +607,11 @@ func TestGetManyHitsRefreshAndSample(t *testing.T) {
 	ev := &events{}
 	refreshed := ev.on(EventRefresh)
 	sampled := ev.on(EventSampled)
-	l := newLoader(t, rdb, tb, &Options{TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed,
+	l := newLoader(t, rdb, tb, &Options{TTL: time.Minute, DisableJitter: true, RedisTimeout: relaxedTimeout,
 		SampleRate: 1, SampleDelay: time.Millisecond, Recorder: ev})
-	resSeed(t, l, "a", tb.put("a", "a1"))
-	resSeed(t, l, "b", tb.put("b", "b1"))
-	resNearExpiry(t, l, "a")
+	seedRow(t, l, "a", tb.put("a", "a1"))
+	seedRow(t, l, "b", tb.put("b", "b1"))
+	nearExpiry(t, l, "a")
 
 	got, err := l.GetMany(context.Background(), []string{"a", "b"})
 	require.NoError(t, err)
@@ -630,7 +630,7 @@ func TestGetManyMissesReadOnce(t *testing.T) {
 	for i := range 5 {
 		tb.put(fmt.Sprint("k", i), fmt.Sprint("v", i))
 	}
-	l := newLoader(t, rdb, tb, &Options{RedisTimeout: resRelaxed})
+	l := newLoader(t, rdb, tb, &Options{RedisTimeout: relaxedTimeout})
 	reads := &entryReads{}
 	rdb.AddHook(reads.hook())
 

@@ -187,12 +187,12 @@ func TestLeaseWaitDoesNotServeExpiredValue(t *testing.T) {
 		<-release
 		return nil
 	}
-	a := newLoader(t, rdbA, tb, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed})
+	a := newLoader(t, rdbA, tb, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: relaxedTimeout})
 	tbB := newTable()
 	tbB.put("a", "a2")
 	b := newLoader(t, newClient(t, mr.Addr()), tbB, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true,
-		RedisTimeout: resRelaxed})
-	resSeed(t, a, "a", tb.put("a", "a1"))
+		RedisTimeout: relaxedTimeout})
+	seedRow(t, a, "a", tb.put("a", "a1"))
 	// The value's TTL has passed (the key lives on a little: a lease
 	// request extends it, or MaxStale keeps it for StaleIfError); the last
 	// load took 1ms, so B waits on A's lease for at most 20ms.
@@ -201,6 +201,6 @@ func TestLeaseWaitDoesNotServeExpiredValue(t *testing.T) {
 
 	go a.Get(context.Background(), "a") // A takes the lease and loads (held)
 	<-started
-	v := resGetRow(t, b, "a")
+	v := getRow(t, b, "a")
 	require.Equal(t, "a2", v.Val, "B served the value whose TTL had passed while A was loading")
 }

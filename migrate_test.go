@@ -42,7 +42,7 @@ func TestKeyFormatMigrationKeepsHitRate(t *testing.T) {
 		ctx := context.Background()
 		v1, err := New(rdb, "user", func(_ context.Context, k string) (userV1, error) {
 			return userV1{Name: "user " + k}, nil
-		}, &Options{Prefix: base + "v1:", TTL: time.Hour, RedisTimeout: resRelaxed})
+		}, &Options{Prefix: base + "v1:", TTL: time.Hour, RedisTimeout: relaxedTimeout})
 		require.NoError(t, err)
 		defer v1.Close()
 		for i := range 100 {
@@ -55,7 +55,7 @@ func TestKeyFormatMigrationKeepsHitRate(t *testing.T) {
 			loads.Add(1)
 			return userV2{FullName: "user " + k}, nil
 		}, &Options{Prefix: base + "v2:", TTL: time.Hour, PreviousKeyPrefix: base + "v1:user#2:", Migrate: migrateUser,
-			RedisTimeout: resRelaxed}) // the exact counts below must not depend on the machine's load
+			RedisTimeout: relaxedTimeout}) // the exact counts below must not depend on the machine's load
 		require.NoError(t, err)
 		defer v2.Close()
 
@@ -159,7 +159,7 @@ func TestUpgradeFromHashEntries(t *testing.T) {
 		for i := range 50 {
 			tb.put(strconv.Itoa(i), "db")
 		}
-		l := newLoader(t, rdb, tb, &Options{Prefix: base, TTL: time.Hour, PreviousKeyPrefix: base + "user:", RedisTimeout: resRelaxed})
+		l := newLoader(t, rdb, tb, &Options{Prefix: base, TTL: time.Hour, PreviousKeyPrefix: base + "user:", RedisTimeout: relaxedTimeout})
 		require.NotEqual(t, old("1"), l.Key("1"), "the formats live at different keys")
 		for i := range 50 {
 			v, err := l.Get(ctx, strconv.Itoa(i))

@@ -101,7 +101,7 @@ func newPipeFixture(t *testing.T, keys int, opts *Options) *pipeFixture {
 		f.tb.put(fmt.Sprint("k", i), fmt.Sprint("v", i))
 	}
 	if opts == nil {
-		opts = &Options{RedisTimeout: resRelaxed}
+		opts = &Options{RedisTimeout: relaxedTimeout}
 	}
 	f.l = newLoader(t, rdb, f.tb, opts)
 	// Fill every key, then hold the reads.
@@ -260,11 +260,11 @@ func TestPipelinePerKeyFailures(t *testing.T) {
 // TestPipelineFailsOpen: when the pipeline fails (Redis unreachable), the
 // queued Gets load from the database and answer; no error reaches them.
 func TestPipelineFailsOpen(t *testing.T) {
-	f := newPipeFixture(t, 4, &Options{RedisTimeout: resRelaxed, DisableBreaker: true})
+	f := newPipeFixture(t, 4, &Options{RedisTimeout: relaxedTimeout, DisableBreaker: true})
 	var fail atomic.Bool
 	f.rdb.AddHook(&cmdHook{before: func(hookCmd) error {
 		if fail.Load() {
-			return errResUnreachable
+			return errUnreachable
 		}
 		return nil
 	}})
@@ -294,7 +294,7 @@ func TestPipelineInFlightTimesOut(t *testing.T) {
 // TestPipelineBreakerOpen: queued reads are not sent while the breaker is
 // open; their Gets load.
 func TestPipelineBreakerOpen(t *testing.T) {
-	f := newPipeFixture(t, 3, &Options{RedisTimeout: resRelaxed, BreakerFailures: 1, BreakerCooldown: time.Hour})
+	f := newPipeFixture(t, 3, &Options{RedisTimeout: relaxedTimeout, BreakerFailures: 1, BreakerCooldown: time.Hour})
 	release := f.holdReads(t)
 	done := f.queueGets(t, 3)
 	// Open the breaker by a failed call of another client's command path.
@@ -346,7 +346,7 @@ func coalescedWaiting[T any](t *testing.T, l *Loader[T], rkey string, n int) {
 // Gets sharing a load do).
 func TestCoalescedGetsShareOneDecoding(t *testing.T) {
 	codec := &countingCodec{}
-	f := newPipeFixture(t, 1, &Options{RedisTimeout: resRelaxed, Codec: codec})
+	f := newPipeFixture(t, 1, &Options{RedisTimeout: relaxedTimeout, Codec: codec})
 	f.reads.hold = make(chan struct{})
 	before := codec.decodes.Load()
 

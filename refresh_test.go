@@ -67,9 +67,9 @@ func TestRefreshDue(t *testing.T) {
 
 func TestEarlyRefresh(t *testing.T) {
 	mr, rdb := fakeRedis(t)
-	fills := resWatch(rdb, "fill")
+	fills := watchCmd(rdb, "fill")
 	rdbB := newClient(t, mr.Addr())
-	acquiresB := resWatch(rdbB, "acquire")
+	acquiresB := watchCmd(rdbB, "acquire")
 
 	tb := newTable()
 	started := make(chan int64, 16)
@@ -81,17 +81,17 @@ func TestEarlyRefresh(t *testing.T) {
 	}
 	ev := &events{}
 	refreshed := ev.on(EventRefresh)
-	opts := Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed, Recorder: ev}
+	opts := Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: relaxedTimeout, Recorder: ev}
 	l := newLoader(t, rdb, tb, &opts)
-	resSeed(t, l, "a", tb.put("a", "a1"))
+	seedRow(t, l, "a", tb.put("a", "a1"))
 	key := l.Key("a")
 
-	soft := resNearExpiry(t, l, "a")
+	soft := nearExpiry(t, l, "a")
 	tb.put("a", "a2") // the table changed; the entry still holds a1
 
 	// The hit answers at once with the current value, while the refresh's
 	// load is held.
-	require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a1", getRow(t, l, "a").Val)
 	wait(t, refreshed, "the refresh to start")
 	require.EqualValues(t, 1, <-started)
 	s := l.Stats()
@@ -99,7 +99,7 @@ func TestEarlyRefresh(t *testing.T) {
 	require.EqualValues(t, 1, s.Refreshes)
 
 	// Concurrent hits start no other refresh in this process.
-	for _, v := range resGets(t, l, "a", 20) {
+	for _, v := range concurrentGets(t, l, "a", 20) {
 		require.Equal(t, "a1", v.Val)
 	}
 	s = l.Stats()
@@ -111,17 +111,17 @@ func TestEarlyRefresh(t *testing.T) {
 	tbB.put("a", "a2")
 	evB := &events{}
 	refreshedB := evB.on(EventRefresh)
-	b := newLoader(t, rdbB, tbB, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed,
+	b := newLoader(t, rdbB, tbB, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: relaxedTimeout,
 		Recorder: evB})
-	require.Equal(t, "a1", resGetRow(t, b, "a").Val)
+	require.Equal(t, "a1", getRow(t, b, "a").Val)
 	wait(t, refreshedB, "B's refresh to start")
-	resWaitKey(t, acquiresB, "B's lease request")
+	waitKey(t, acquiresB, "B's lease request")
 	require.NoError(t, b.Close()) // waits for B's refresh to end
 	require.Zero(t, tbB.loads.Load(), "B's refresh found the lease held")
 
 	// The refresh fills the new value with a new soft expiry.
 	close(release)
-	require.Equal(t, key, resWaitKey(t, fills, "the refresh's fill"))
+	require.Equal(t, key, waitKey(t, fills, "the refresh's fill"))
 	h := fields(t, rdb, key)
 	require.Equal(t, mustJSON(t, row{"a2", 2}), h["p"])
 	newSoft, err := strconv.ParseInt(h["s"], 10, 64)
@@ -131,7 +131,7 @@ func TestEarlyRefresh(t *testing.T) {
 	require.NotEqual(t, "10000000", h["d"], "the real load time is stored")
 	require.NotContains(t, h, entry.LeaseOwner)
 
-	require.Equal(t, "a2", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a2", getRow(t, l, "a").Val)
 	require.EqualValues(t, 1, tb.loads.Load(), "one refresh load")
 	s = l.Stats()
 	require.EqualValues(t, 22, s.Hits)
@@ -142,10 +142,10 @@ func TestEarlyRefresh(t *testing.T) {
 func TestEarlyRefreshDisabled(t *testing.T) {
 	_, rdb := fakeRedis(t)
 	tb := newTable()
-	l := newLoader(t, rdb, tb, &Options{DisableEarlyRefresh: true, RedisTimeout: resRelaxed})
-	resSeed(t, l, "a", tb.put("a", "a1"))
-	resNearExpiry(t, l, "a")
-	for _, v := range resGets(t, l, "a", 10) {
+	l := newLoader(t, rdb, tb, &Options{DisableEarlyRefresh: true, RedisTimeout: relaxedTimeout})
+	seedRow(t, l, "a", tb.put("a", "a1"))
+	nearExpiry(t, l, "a")
+	for _, v := range concurrentGets(t, l, "a", 10) {
 		require.Equal(t, "a1", v.Val)
 	}
 	s := l.Stats()
@@ -160,7 +160,7 @@ func TestEarlyRefreshDisabled(t *testing.T) {
 // redundant load per process per refresh round.
 func TestNoRefreshOfEntryRefilledMeanwhile(t *testing.T) {
 	mr, rdbA := fakeRedis(t)
-	fillsA := resWatch(rdbA, "fill")
+	fillsA := watchCmd(rdbA, "fill")
 	rdbB := newClient(t, mr.Addr())
 	heldB := make(chan struct{})
 	releaseB := make(chan struct{})
@@ -173,19 +173,19 @@ func TestNoRefreshOfEntryRefilledMeanwhile(t *testing.T) {
 		return nil
 	}})
 	tb := newTable()
-	a := newLoader(t, rdbA, tb, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed})
+	a := newLoader(t, rdbA, tb, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: relaxedTimeout})
 	tbB := newTable()
 	tbB.put("a", "a1")
-	b := newLoader(t, rdbB, tbB, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed})
-	resSeed(t, a, "a", tb.put("a", "a1"))
-	resNearExpiry(t, a, "a")
+	b := newLoader(t, rdbB, tbB, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: relaxedTimeout})
+	seedRow(t, a, "a", tb.put("a", "a1"))
+	nearExpiry(t, a, "a")
 
 	// B hits and decides to refresh; its lease request is delayed.
-	require.Equal(t, "a1", resGetRow(t, b, "a").Val)
+	require.Equal(t, "a1", getRow(t, b, "a").Val)
 	<-heldB
 	// Meanwhile A refreshes the entry.
-	require.Equal(t, "a1", resGetRow(t, a, "a").Val)
-	resWaitKey(t, fillsA, "A's refresh")
+	require.Equal(t, "a1", getRow(t, a, "a").Val)
+	waitKey(t, fillsA, "A's refresh")
 	soft, err := strconv.ParseInt(fields(t, rdbA, a.Key("a"))["s"], 10, 64)
 	require.NoError(t, err)
 	require.Greater(t, soft, a.clock.serverNow()+50_000, "the entry is fresh for a minute")

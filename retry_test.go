@@ -12,7 +12,7 @@ import (
 
 func TestQueuedInvalidationLandsWhenBreakerCloses(t *testing.T) {
 	mr, rdb := fakeRedis(t)
-	fills := resWatch(rdb, "fill")
+	fills := watchCmd(rdb, "fill")
 	ev := &events{}
 	opened := ev.on(EventBreakerOpen)
 	closed := ev.on(EventBreakerClosed)
@@ -23,8 +23,8 @@ func TestQueuedInvalidationLandsWhenBreakerCloses(t *testing.T) {
 	l := newLoader(t, rdb, tb, &Options{BreakerFailures: 1, BreakerCooldown: 50 * time.Millisecond,
 		RedisTimeout: 250 * time.Millisecond, Recorder: ev})
 	ctx := context.Background()
-	require.Equal(t, "a1", resGetRow(t, l, "a").Val)
-	resWaitKey(t, fills, "the fill of a")
+	require.Equal(t, "a1", getRow(t, l, "a").Val)
+	waitKey(t, fills, "the fill of a")
 
 	mr.Close()
 	v, err := l.WriteThrough(ctx, "a", func(context.Context) (row, error) { return tb.put("a", "a2"), nil })
@@ -36,14 +36,14 @@ func TestQueuedInvalidationLandsWhenBreakerCloses(t *testing.T) {
 	require.EqualValues(t, 1, s.InvalidationsPending)
 
 	// a bypasses Redis; b skips it through the breaker.
-	require.Equal(t, "a2", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a2", getRow(t, l, "a").Val)
 	require.EqualValues(t, 1, l.Stats().Bypassed)
 	skipped := l.Stats().RedisSkipped
-	require.Equal(t, "b1", resGetRow(t, l, "b").Val)
+	require.Equal(t, "b1", getRow(t, l, "b").Val)
 	require.EqualValues(t, 1, l.Stats().Bypassed, "b is not pending")
 	require.Greater(t, l.Stats().RedisSkipped, skipped)
 
-	require.Contains(t, fieldsOf(t, resMustGet(t, mr, l.Key("a")))["p"], `"a1"`, "Redis will come back with the old entry")
+	require.Contains(t, fieldsOf(t, rawEntry(t, mr, l.Key("a")))["p"], `"a1"`, "Redis will come back with the old entry")
 	require.NoError(t, mr.Restart())
 	// Traffic for the probe; the queued invalidation lands once the
 	// breaker closes.
@@ -55,7 +55,7 @@ func TestQueuedInvalidationLandsWhenBreakerCloses(t *testing.T) {
 		case <-retried:
 			done = true
 		case <-tick.C:
-			require.Equal(t, "b1", resGetRow(t, l, "b").Val)
+			require.Equal(t, "b1", getRow(t, l, "b").Val)
 		case <-timeout:
 			t.Fatal("the queued invalidation did not land")
 		}
@@ -64,15 +64,15 @@ func TestQueuedInvalidationLandsWhenBreakerCloses(t *testing.T) {
 	// EventInvalidationRetried is counted just before the key leaves the
 	// queue (see TestInvalidationRetriedCountedAfterLeavingQueue).
 	require.Eventually(t, func() bool { return l.Stats().InvalidationsPending == 0 }, 5*time.Second, time.Millisecond)
-	require.Equal(t, "2", fieldsOf(t, resMustGet(t, mr, l.Key("a")))["f"], "a tombstone")
-	require.Empty(t, fieldsOf(t, resMustGet(t, mr, l.Key("a")))["p"])
+	require.Equal(t, "2", fieldsOf(t, rawEntry(t, mr, l.Key("a")))["f"], "a tombstone")
+	require.Empty(t, fieldsOf(t, rawEntry(t, mr, l.Key("a")))["p"])
 	s = l.Stats()
 	require.EqualValues(t, 1, s.InvalidationsRetried)
 	require.Zero(t, s.InvalidationsDropped)
 
 	bypassed := s.Bypassed
-	require.Equal(t, "a2", resGetRow(t, l, "a").Val)
-	require.Equal(t, "a2", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a2", getRow(t, l, "a").Val)
+	require.Equal(t, "a2", getRow(t, l, "a").Val)
 	s = l.Stats()
 	require.Equal(t, bypassed, s.Bypassed, "a reads Redis again")
 	require.NotZero(t, s.Hits)
@@ -92,10 +92,10 @@ func TestQueuedInvalidationKeepsOrder(t *testing.T) {
 		name, key := c.name, c.key
 		switch mode.Load() {
 		case failAll:
-			return errResUnreachable
+			return errUnreachable
 		case failInvalidate:
 			if name == "invalidate" {
-				return errResUnreachable
+				return errUnreachable
 			}
 		}
 		if key == aKey {
@@ -113,10 +113,10 @@ func TestQueuedInvalidationKeepsOrder(t *testing.T) {
 	tb := newTable()
 	tb.put("a", "a1")
 	tb.put("b", "b1")
-	l := newLoader(t, rdb, tb, &Options{Prefix: "t:", DisableBreaker: true, RedisTimeout: resRelaxed, Recorder: ev})
+	l := newLoader(t, rdb, tb, &Options{Prefix: "t:", DisableBreaker: true, RedisTimeout: relaxedTimeout, Recorder: ev})
 	require.Equal(t, aKey, l.Key("a"))
 	ctx := context.Background()
-	require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a1", getRow(t, l, "a").Val)
 
 	mode.Store(failAll)
 	v, err := l.WriteThrough(ctx, "a", func(context.Context) (row, error) { return tb.put("a", "a2"), nil })
@@ -128,12 +128,12 @@ func TestQueuedInvalidationKeepsOrder(t *testing.T) {
 
 	mode.Store(failInvalidate)
 	misses := l.Stats().Misses
-	require.Equal(t, "b1", resGetRow(t, l, "b").Val)
+	require.Equal(t, "b1", getRow(t, l, "b").Val)
 	require.Equal(t, misses+1, l.Stats().Misses, "Redis is back: b is read and filled")
 	require.Equal(t, 1, int(rdb.Exists(ctx, l.Key("b")).Val()))
 
 	reads := hmgetA.Load()
-	require.Equal(t, "a2", resGetRow(t, l, "a").Val, "never the old a1 that Redis still holds")
+	require.Equal(t, "a2", getRow(t, l, "a").Val, "never the old a1 that Redis still holds")
 	require.EqualValues(t, 1, l.Stats().Bypassed)
 	require.Equal(t, reads, hmgetA.Load(), "a is not read from Redis while its invalidation is queued")
 
@@ -147,7 +147,7 @@ func TestQueuedInvalidationKeepsOrder(t *testing.T) {
 	require.EqualValues(t, 1, s.InvalidationsPending, "one key")
 	require.Zero(t, setA.Load(), "no Set of a was sent")
 	require.Contains(t, fields(t, rdb, aKey)["p"], `"a1"`)
-	require.Equal(t, "a3", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a3", getRow(t, l, "a").Val)
 	require.EqualValues(t, 2, l.Stats().Bypassed)
 	require.Equal(t, reads, hmgetA.Load())
 
@@ -159,8 +159,8 @@ func TestQueuedInvalidationKeepsOrder(t *testing.T) {
 	require.NotContains(t, h, "p")
 	require.EqualValues(t, 1, l.Stats().InvalidationsRetried, "one invalidation for both writes")
 
-	require.Equal(t, "a3", resGetRow(t, l, "a").Val)
-	require.Equal(t, "a3", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a3", getRow(t, l, "a").Val)
+	require.Equal(t, "a3", getRow(t, l, "a").Val)
 	require.Greater(t, hmgetA.Load(), reads, "a is read from Redis again")
 	require.EqualValues(t, 2, l.Stats().Bypassed)
 	require.Zero(t, setA.Load())
@@ -173,7 +173,7 @@ func TestInvalidationRetriedCountedAfterLeavingQueue(t *testing.T) {
 	mr, rdb := fakeRedis(t)
 	var l atomic.Pointer[Loader[row]]
 	pendingAtEvent := make(chan uint64, 1)
-	rec := resRecorderFunc(func(e Event) {
+	rec := recorderFunc(func(e Event) {
 		if e == EventInvalidationRetried {
 			pendingAtEvent <- l.Load().Stats().InvalidationsPending
 		}
@@ -237,7 +237,7 @@ func newRetrierFixture(t *testing.T, opts *Options) *retrierFixture {
 			if name == "invalidate" {
 				f.invs.Add(1)
 			}
-			return errResUnreachable
+			return errUnreachable
 		},
 		after: func(c hookCmd, err error) error {
 			if c.name == "invalidate" && !redis.HasErrorPrefix(err, "NOSCRIPT") {
@@ -280,11 +280,11 @@ func (f *retrierFixture) queueA(t *testing.T, val string) {
 func TestRedisSuccessWakesRetrier(t *testing.T) {
 	ev := &events{}
 	retried := ev.on(EventInvalidationRetried)
-	f := newRetrierFixture(t, &Options{DisableBreaker: true, RedisTimeout: resRelaxed, Recorder: ev})
+	f := newRetrierFixture(t, &Options{DisableBreaker: true, RedisTimeout: relaxedTimeout, Recorder: ev})
 	l, tb := f.l, f.tb
 	tb.put("a", "a1")
 	tb.put("b", "b1")
-	require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a1", getRow(t, l, "a").Val)
 	f.queueA(t, "a2")
 	tries := f.invs.Load()
 
@@ -294,7 +294,7 @@ func TestRedisSuccessWakesRetrier(t *testing.T) {
 	f.mode.Store(rfFailInvalidate)
 	f.now.Store(int64(retryBackoff - time.Millisecond))
 	for range 5 {
-		require.Equal(t, "b1", resGetRow(t, l, "b").Val)
+		require.Equal(t, "b1", getRow(t, l, "b").Val)
 	}
 	require.Equal(t, tries, f.invs.Load(), "no try within retryBackoff of the last")
 	require.False(t, l.retrying.Load())
@@ -302,7 +302,7 @@ func TestRedisSuccessWakesRetrier(t *testing.T) {
 
 	// Past it, the next success wakes it: one try, which fails.
 	f.now.Store(int64(retryBackoff))
-	require.Equal(t, "b1", resGetRow(t, l, "b").Val)
+	require.Equal(t, "b1", getRow(t, l, "b").Val)
 	f.settled(t, tries+1)
 	require.EqualValues(t, 1, l.Stats().InvalidationsPending)
 
@@ -310,11 +310,11 @@ func TestRedisSuccessWakesRetrier(t *testing.T) {
 	// retrier and the queue lands, long before its backoff (an hour here).
 	f.mode.Store(rfPass)
 	f.now.Store(int64(2 * retryBackoff))
-	require.Equal(t, "b1", resGetRow(t, l, "b").Val)
+	require.Equal(t, "b1", getRow(t, l, "b").Val)
 	wait(t, retried, "the queued invalidation")
 	require.Eventually(t, func() bool { return l.Stats().InvalidationsPending == 0 }, 10*time.Second, time.Millisecond)
 	require.Equal(t, "2", fields(t, f.rdb, "t:row#2:a")["f"], "a tombstone")
-	require.Equal(t, "a2", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a2", getRow(t, l, "a").Val)
 	s := l.Stats()
 	require.EqualValues(t, 1, s.InvalidationsQueued)
 	require.EqualValues(t, 1, s.InvalidationsRetried)
@@ -337,10 +337,10 @@ func TestWriteOfQueuedKeyTriesRedis(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newRetrierFixture(t, &Options{DisableBreaker: true, RedisTimeout: resRelaxed})
+			f := newRetrierFixture(t, &Options{DisableBreaker: true, RedisTimeout: relaxedTimeout})
 			l := f.l
 			f.tb.put("a", "a1")
-			require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+			require.Equal(t, "a1", getRow(t, l, "a").Val)
 			f.queueA(t, "a2")
 			tries := f.invs.Load()
 
@@ -359,7 +359,7 @@ func TestWriteOfQueuedKeyTriesRedis(t *testing.T) {
 			require.NotContains(t, h, "p")
 
 			bypassed := s.Bypassed
-			require.Equal(t, "a3", resGetRow(t, l, "a").Val)
+			require.Equal(t, "a3", getRow(t, l, "a").Val)
 			require.Equal(t, bypassed, l.Stats().Bypassed, "a reads Redis again")
 		})
 	}
@@ -371,7 +371,7 @@ func TestCloseAppliesQueuePastOpenBreaker(t *testing.T) {
 	f := newRetrierFixture(t, &Options{BreakerFailures: 1, BreakerCooldown: time.Hour, Recorder: ev})
 	l := f.l
 	f.tb.put("a", "a1")
-	require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+	require.Equal(t, "a1", getRow(t, l, "a").Val)
 
 	f.mode.Store(rfFailAll)
 	_, err := l.WriteThrough(context.Background(), "a", func(context.Context) (row, error) { return f.tb.put("a", "a2"), nil })

@@ -44,7 +44,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mr, rdb := fakeRedis(t)
-			fills := resWatch(rdb, "fill")
+			fills := watchCmd(rdb, "fill")
 			tb := newTable()
 			started := make(chan int64, 16)
 			release := make(chan struct{})
@@ -58,14 +58,14 @@ func TestStaleWhileRevalidate(t *testing.T) {
 			ev := &events{}
 			refreshed := ev.on(EventRefresh)
 			l := newLoader(t, rdb, tb, &Options{TTL: ttl, DisableJitter: true, StaleWhileRevalidate: true,
-				MaxStale: maxStale, RedisTimeout: resRelaxed, Recorder: ev})
-			resSeed(t, l, "a", tb.put("a", "a1"))
+				MaxStale: maxStale, RedisTimeout: relaxedTimeout, Recorder: ev})
+			seedRow(t, l, "a", tb.put("a", "a1"))
 			require.Equal(t, ttl+maxStale, mr.TTL(l.Key("a")), "kept MaxStale past its TTL")
 			tb.put("a", "a2")
 			tc.age(t, mr, l)
 
 			if !tc.stale {
-				require.Equal(t, "a2", resGetRow(t, l, "a").Val, "not served: loaded")
+				require.Equal(t, "a2", getRow(t, l, "a").Val, "not served: loaded")
 				s := l.Stats()
 				require.Zero(t, s.Stale)
 				require.Zero(t, s.Refreshes)
@@ -73,10 +73,10 @@ func TestStaleWhileRevalidate(t *testing.T) {
 				return
 			}
 			// Served at once while the refresh's load is held.
-			require.Equal(t, "a1", resGetRow(t, l, "a").Val)
+			require.Equal(t, "a1", getRow(t, l, "a").Val)
 			wait(t, refreshed, "the refresh")
 			require.EqualValues(t, 1, <-started)
-			require.Equal(t, "a1", resGetRow(t, l, "a").Val, "stale again while the refresh runs")
+			require.Equal(t, "a1", getRow(t, l, "a").Val, "stale again while the refresh runs")
 			s := l.Stats()
 			require.EqualValues(t, 2, s.Stale)
 			require.EqualValues(t, 1, s.Refreshes, "one refresh")
@@ -84,8 +84,8 @@ func TestStaleWhileRevalidate(t *testing.T) {
 			require.Zero(t, s.Hits)
 
 			close(release)
-			require.Equal(t, l.Key("a"), resWaitKey(t, fills, "the refresh's fill"))
-			require.Equal(t, "a2", resGetRow(t, l, "a").Val)
+			require.Equal(t, l.Key("a"), waitKey(t, fills, "the refresh's fill"))
+			require.Equal(t, "a2", getRow(t, l, "a").Val)
 			s = l.Stats()
 			require.EqualValues(t, 1, s.Hits, "refilled")
 			require.EqualValues(t, 1, tb.loads.Load())
@@ -106,19 +106,19 @@ func TestInvalidatedNotServedWithoutSWR(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, rdb := fakeRedis(t)
-			fills := resWatch(rdb, "fill")
+			fills := watchCmd(rdb, "fill")
 			tb := newTable()
 			tb.put("a", "a1")
 			opts := tc.opts
-			opts.RedisTimeout = resRelaxed
+			opts.RedisTimeout = relaxedTimeout
 			l := newLoader(t, rdb, tb, &opts)
 			ctx := context.Background()
-			require.Equal(t, "a1", resGetRow(t, l, "a").Val)
-			resWaitKey(t, fills, "the fill")
+			require.Equal(t, "a1", getRow(t, l, "a").Val)
+			waitKey(t, fills, "the fill")
 			tb.put("a", "a2")
 			require.NoError(t, l.Invalidate(ctx, "a"))
 			require.Equal(t, tc.keeps, hasField(t, rdb, l.Key("a"), "p"))
-			require.Equal(t, "a2", resGetRow(t, l, "a").Val)
+			require.Equal(t, "a2", getRow(t, l, "a").Val)
 			s := l.Stats()
 			require.Zero(t, s.Stale)
 			require.Zero(t, s.Refreshes)
@@ -129,14 +129,14 @@ func TestInvalidatedNotServedWithoutSWR(t *testing.T) {
 		mr, rdb := fakeRedis(t)
 		tb := newTable()
 		tb.put("a", "a1")
-		swr := newLoader(t, rdb, tb, &Options{StaleWhileRevalidate: true, MaxStale: time.Minute, RedisTimeout: resRelaxed})
-		plain := newLoader(t, newClient(t, mr.Addr()), tb, &Options{Prefix: swr.s.prefix, RedisTimeout: resRelaxed})
+		swr := newLoader(t, rdb, tb, &Options{StaleWhileRevalidate: true, MaxStale: time.Minute, RedisTimeout: relaxedTimeout})
+		plain := newLoader(t, newClient(t, mr.Addr()), tb, &Options{Prefix: swr.s.prefix, RedisTimeout: relaxedTimeout})
 		ctx := context.Background()
-		require.Equal(t, "a1", resGetRow(t, swr, "a").Val)
+		require.Equal(t, "a1", getRow(t, swr, "a").Val)
 		tb.put("a", "a2")
 		require.NoError(t, swr.Invalidate(ctx, "a"))
 		require.True(t, hasField(t, rdb, swr.Key("a"), "p"))
-		require.Equal(t, "a2", resGetRow(t, plain, "a").Val)
+		require.Equal(t, "a2", getRow(t, plain, "a").Val)
 		require.Zero(t, plain.Stats().Stale)
 	})
 }
@@ -177,10 +177,10 @@ func TestStaleIfError(t *testing.T) {
 			tb.hook = func(context.Context, string, int64) error { return tc.loadErr }
 			opts := tc.opts
 			opts.TTL = time.Minute
-			opts.RedisTimeout = resRelaxed
+			opts.RedisTimeout = relaxedTimeout
 			l := newLoader(t, rdb, tb, &opts)
 			ctx := context.Background()
-			resSeed(t, l, "a", tb.put("a", "a1"))
+			seedRow(t, l, "a", tb.put("a", "a1"))
 			tc.age(t, l)
 
 			v, err := l.Get(ctx, "a")

@@ -247,7 +247,7 @@ func TestStampedeOneLoadMiniredis(t *testing.T) {
 // through its hook: with ran, after Redis executed it (its reply came too
 // late); without, before it was sent (the call never reached Redis).
 type lostReply struct {
-	name string // the script, as resCmd names it
+	name string // the script, as cmdName names it
 	ran  bool
 	done atomic.Bool
 }
