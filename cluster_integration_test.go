@@ -381,7 +381,7 @@ func clusterStampedeDefaults(t *testing.T, rdb *redis.ClusterClient) {
 	for range stampedeProcs {
 		c := warmClusterClient(t, rdb)
 		if opts.Prefix == "" {
-			opts.Prefix = uniquePrefix(t, c)
+			opts.Prefix = testenv.Prefix(t, c, "cachetest:")
 		}
 		l, err := New(c, "stampede", func(ctx context.Context, key string) (stampedeVal, error) {
 			loads.Add(1)
@@ -470,7 +470,7 @@ func newClusterRaceLib(t *testing.T, base *redis.ClusterClient, db *raceDB, writ
 	t.Helper()
 	lib := &clusterRaceLib{raceLib: &raceLib{db: db, writes: writes}, crdb: clusterClient(t, base)}
 	lib.rdb = lib.crdb // raceLib.cached reads through it
-	lib.prefix = uniquePrefix(t, lib.crdb)
+	lib.prefix = testenv.Prefix(t, lib.crdb, "cachetest:")
 	for range raceLoaders {
 		l, err := New(clusterClient(t, base), "items", func(ctx context.Context, key string) (raceRow, error) {
 			id, err := strconv.Atoi(key)

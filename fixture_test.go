@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/script"
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -111,7 +113,7 @@ func newLoader(t *testing.T, rdb redis.UniversalClient, tb *table, opts *Options
 	}
 	o := *opts
 	if o.Prefix == "" {
-		o.Prefix = uniquePrefix(t, rdb)
+		o.Prefix = testenv.Prefix(t, rdb, "cachetest:")
 	}
 	if o.RedisTimeout == 0 {
 		// Tests that count events must not depend on the machine's
@@ -227,7 +229,7 @@ func editEntry(t testing.TB, rdb redis.Cmdable, rkey string, edit func(e *entry.
 // Redis.
 func onBothRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
 	t.Run("miniredis", func(t *testing.T) { _, r := fakeRedis(t); f(t, r) })
-	t.Run("redis", func(t *testing.T) { f(t, realRedis(t)) })
+	t.Run("redis", func(t *testing.T) { f(t, testenv.Redis(t, "")) })
 }
 
 // relaxedTimeout is the RedisTimeout of tests about something other than
@@ -542,4 +544,48 @@ func rawEntry(t *testing.T, mr *miniredis.Miniredis, key string) string {
 	v, err := mr.DB(0).Get(key)
 	require.NoError(t, err)
 	return v
+}
+
+// fakeRedis returns an in-process Redis and a client of it.
+func fakeRedis(t testing.TB) (*miniredis.Miniredis, *redis.Client) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { rdb.Close() })
+	return mr, rdb
+}
+
+// newClient returns another client of addr, as another process would have.
+func newClient(t testing.TB, addr string) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// sumStats adds up the counters of several Loaders (processes).
+func sumStats[T any](loaders []*Loader[T]) Stats {
+	var s Stats
+	for _, l := range loaders {
+		s = s.combine(l.Stats(), 1)
+	}
+	return s
+}
+
+// minus returns the counters of s less those of b.
+func (s Stats) minus(b Stats) Stats { return s.combine(b, -1) }
+
+// combine adds sign × every uint64 counter of o to s's.
+func (s Stats) combine(o Stats, sign int) Stats {
+	sv, ov := reflect.ValueOf(&s).Elem(), reflect.ValueOf(o)
+	for i := range sv.NumField() {
+		if f := sv.Field(i); f.Kind() == reflect.Uint64 {
+			if sign > 0 {
+				f.SetUint(f.Uint() + ov.Field(i).Uint())
+			} else {
+				f.SetUint(f.Uint() - ov.Field(i).Uint())
+			}
+		}
+	}
+	return s
 }

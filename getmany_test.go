@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -123,7 +124,7 @@ func newBatchLoader(t *testing.T, rdb redis.UniversalClient, b *batchTable, opts
 		o = *opts
 	}
 	if o.Prefix == "" {
-		o.Prefix = uniquePrefix(t, rdb)
+		o.Prefix = testenv.Prefix(t, rdb, "cachetest:")
 	}
 	if o.RedisTimeout == 0 {
 		o.RedisTimeout = testRedisTimeout // as newLoader
@@ -224,7 +225,7 @@ func TestGetManyBatchWaitsForOtherProcessLease(t *testing.T) {
 	bt := newBatchTable()
 	bt.put("held", "theirs")
 	bt.put("free", "mine")
-	prefix := uniquePrefix(t, rdb)
+	prefix := testenv.Prefix(t, rdb, "cachetest:")
 	ev := &events{}
 	l := newBatchLoader(t, rdb, bt, &Options{Prefix: prefix, Recorder: ev})
 	// Another process, with a client of its own, holds the lease of "held".
@@ -577,7 +578,7 @@ func beforeAcquire(fn func()) *cmdHook {
 func TestGetManyBatchFilledBeforeLease(t *testing.T) {
 	mr, rdb := fakeRedis(t)
 	bt := newBatchTable()
-	prefix := uniquePrefix(t, rdb)
+	prefix := testenv.Prefix(t, rdb, "cachetest:")
 	// The hook runs within the lease request's budget: make it ample.
 	l := newBatchLoader(t, rdb, bt, &Options{Prefix: prefix, RedisTimeout: 5 * time.Second})
 	other := newBatchLoader(t, newClient(t, mr.Addr()), bt, &Options{Prefix: prefix})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/faultproxy"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // Loaders with separate clients stand for separate processes.
@@ -164,7 +165,7 @@ func TestLeaseLeftByAFailedFillIsFilledWhenRedisAnswers(t *testing.T) {
 		e, err := entry.Decode(direct.Get(ctx, l.Key("a")).Val(), 1<<20)
 		return err == nil && e.LeaseOwner == "" && e.Usable()
 	}, 10*time.Second, 5*time.Millisecond, "the fill was sent again once Redis answered")
-	other := newLoader(t, newClient(t, redisAddr()), tb, &Options{Prefix: l.s.prefix})
+	other := newLoader(t, newClient(t, testenv.RedisAddr()), tb, &Options{Prefix: l.s.prefix})
 	v, err = other.Get(ctx, "a")
 	require.NoError(t, err)
 	require.Equal(t, "one", v.Val)

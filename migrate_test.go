@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -38,7 +39,7 @@ func migrateUser(old []byte) ([]byte, error) {
 // warmed v1 namespace is answered from it, not from the database.
 func TestKeyFormatMigrationKeepsHitRate(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
-		base := uniquePrefix(t, rdb)
+		base := testenv.Prefix(t, rdb, "cachetest:")
 		ctx := context.Background()
 		v1, err := New(rdb, "user", func(_ context.Context, k string) (userV1, error) {
 			return userV1{Name: "user " + k}, nil
@@ -142,7 +143,7 @@ func TestKeyFormatMigrationDeclines(t *testing.T) {
 // writes drop them, so the old processes reload what changed.
 func TestUpgradeFromHashEntries(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
-		base := uniquePrefix(t, rdb)
+		base := testenv.Prefix(t, rdb, "cachetest:")
 		ctx := context.Background()
 		// What an old release left: fresh entries, and the hash fields its
 		// scripts wrote (payload, generation, version, soft expiry, load

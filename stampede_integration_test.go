@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -94,7 +95,7 @@ func stampedeOneLoad(t *testing.T, client func() redis.UniversalClient, opts Opt
 	var loads atomic.Int64
 	want := stampedeVal{Key: "hot", Val: "loaded", Ver: 7}
 	first := client()
-	opts.Prefix = uniquePrefix(t, first)
+	opts.Prefix = testenv.Prefix(t, first, "cachetest:")
 	var loaders []*Loader[stampedeVal]
 	for i := range stampedeProcs {
 		rdb := first
@@ -142,7 +143,7 @@ const stampedeRedisTimeout = 5 * time.Second
 
 func TestStampedeRealRedis(t *testing.T) {
 	t.Run("one_load", func(t *testing.T) {
-		stampedeOneLoad(t, func() redis.UniversalClient { return realRedis(t) }, Options{RedisTimeout: stampedeRedisTimeout})
+		stampedeOneLoad(t, func() redis.UniversalClient { return testenv.Redis(t, "") }, Options{RedisTimeout: stampedeRedisTimeout})
 	})
 
 	t.Run("one_load_default_options", func(t *testing.T) {
@@ -152,7 +153,7 @@ func TestStampedeRealRedis(t *testing.T) {
 		// each process whose calls timed out loaded on its own (fail-open),
 		// 3 to 18 loads in all, and could leave behind a lease nobody
 		// filled (see TestStampedeOrphanLease).
-		stampedeOneLoad(t, func() redis.UniversalClient { return realRedis(t) }, Options{})
+		stampedeOneLoad(t, func() redis.UniversalClient { return testenv.Redis(t, "") }, Options{})
 	})
 
 	t.Run("lease_holder_dies", func(t *testing.T) {
@@ -160,8 +161,8 @@ func TestStampedeRealRedis(t *testing.T) {
 		// others wait on its lease, and once it lapses one of them loads
 		// and fills for the rest.
 		const lease = 300 * time.Millisecond
-		first := realRedis(t)
-		opts := Options{Prefix: uniquePrefix(t, first), LeaseTimeout: lease, LoadTimeout: 5 * time.Second,
+		first := testenv.Redis(t, "")
+		opts := Options{Prefix: testenv.Prefix(t, first, "cachetest:"), LeaseTimeout: lease, LoadTimeout: 5 * time.Second,
 			RedisTimeout: stampedeRedisTimeout}
 		var loads atomic.Int64
 		started := make(chan struct{})
@@ -184,7 +185,7 @@ func TestStampedeRealRedis(t *testing.T) {
 		t.Cleanup(func() { dead.Close() })
 		var others []*Loader[stampedeVal]
 		for range stampedeProcs - 1 {
-			l, err := New(realRedis(t), "stampede", func(ctx context.Context, key string) (stampedeVal, error) {
+			l, err := New(testenv.Redis(t, ""), "stampede", func(ctx context.Context, key string) (stampedeVal, error) {
 				loads.Add(1)
 				time.Sleep(20 * time.Millisecond)
 				return stampedeVal{Key: key, Val: "from a survivor", Ver: 1}, nil
@@ -288,11 +289,11 @@ func TestStampedeOrphanLease(t *testing.T) {
 		{"fill_lost", &lostReply{name: "fill", ran: false}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rdbA := realRedis(t)
+			rdbA := testenv.Redis(t, "")
 			rdbA.AddHook(tc.hook.hook())
 			// Long enough that waiting it out is plainly wrong, short
 			// enough that Close (which waits for B's flight) ends soon.
-			opts := Options{Prefix: uniquePrefix(t, rdbA), LeaseTimeout: 2 * time.Second, RedisTimeout: stampedeRedisTimeout}
+			opts := Options{Prefix: testenv.Prefix(t, rdbA, "cachetest:"), LeaseTimeout: 2 * time.Second, RedisTimeout: stampedeRedisTimeout}
 			var loads atomic.Int64
 			load := func(_ context.Context, key string) (stampedeVal, error) {
 				loads.Add(1)
@@ -301,7 +302,7 @@ func TestStampedeOrphanLease(t *testing.T) {
 			a, err := New(rdbA, "orphan", load, &opts)
 			require.NoError(t, err)
 			t.Cleanup(func() { a.Close() })
-			b, err := New(realRedis(t), "orphan", load, &opts)
+			b, err := New(testenv.Redis(t, ""), "orphan", load, &opts)
 			require.NoError(t, err)
 			t.Cleanup(func() { b.Close() })
 
