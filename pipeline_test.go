@@ -83,7 +83,7 @@ func queued[T any](t *testing.T, l *Loader[T], n int) {
 	}
 }
 
-// pipeFixture is a Loader whose first maxReadBatches reads are held, so
+// pipeFixture is a Loader whose first maxReadsInFlight reads are held, so
 // that the Gets after them queue.
 type pipeFixture struct {
 	l     *Loader[row]
@@ -113,19 +113,19 @@ func newPipeFixture(t *testing.T, keys int, opts *Options) *pipeFixture {
 	return f
 }
 
-// holdReads starts maxReadBatches Gets of hold-keys whose reads are held
+// holdReads starts maxReadsInFlight Gets of hold-keys whose reads are held
 // by the hook until release is called.
 func (f *pipeFixture) holdReads(t *testing.T) (release func()) {
 	t.Helper()
 	f.reads.hold = make(chan struct{})
-	for i := range maxReadBatches {
+	for i := range maxReadsInFlight {
 		f.held.Add(1)
 		go func() {
 			defer f.held.Done()
 			f.l.Get(context.Background(), fmt.Sprint("hold", i))
 		}()
 	}
-	want := int64(maxReadBatches)
+	want := int64(maxReadsInFlight)
 	deadline := time.Now().Add(10 * time.Second)
 	for f.reads.singles.Load() < want {
 		if time.Now().After(deadline) {
@@ -174,7 +174,7 @@ func TestPipelineQueuedReadsShareOnePipeline(t *testing.T) {
 	require.Len(t, pipes, 1, "the %d queued reads are one pipeline", n)
 	require.Len(t, pipes[0], n)
 	require.EqualValues(t, n, f.l.Stats().Hits, "every queued read is a hit")
-	require.EqualValues(t, n+maxReadBatches, f.tb.loads.Load(), "no load but the fills' and the held Gets'")
+	require.EqualValues(t, n+maxReadsInFlight, f.tb.loads.Load(), "no load but the fills' and the held Gets'")
 }
 
 // TestPipelineSequentialGetsSendSingleReads: a lone Get never waits for
@@ -251,7 +251,7 @@ func TestPipelinePerKeyFailures(t *testing.T) {
 	release()
 	done()
 	require.EqualValues(t, 1, f.l.Stats().CorruptEntries)
-	require.EqualValues(t, 3+maxReadBatches+1, f.tb.loads.Load(), "only the corrupt key is loaded again (and the held Gets)")
+	require.EqualValues(t, 3+maxReadsInFlight+1, f.tb.loads.Load(), "only the corrupt key is loaded again (and the held Gets)")
 	typ, err := f.rdb.Type(context.Background(), f.l.Key("k1")).Result()
 	require.NoError(t, err)
 	require.Equal(t, "string", typ, "the corrupt entry is replaced")
@@ -274,7 +274,7 @@ func TestPipelineFailsOpen(t *testing.T) {
 	fail.Store(true)
 	release()
 	done()
-	require.EqualValues(t, 4+maxReadBatches+4, f.tb.loads.Load(), "each queued Get loaded")
+	require.EqualValues(t, 4+maxReadsInFlight+4, f.tb.loads.Load(), "each queued Get loaded")
 	require.Positive(t, f.l.Stats().RedisErrors)
 }
 
