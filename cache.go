@@ -54,18 +54,10 @@ type Loader[T any] struct {
 	// samplesInFlight counts consistency checks waiting for their delay.
 	samplesInFlight atomic.Int64
 	readBypass      atomic.Bool
-	pending         pendingSet     // invalidations WriteThrough could not apply
-	leftovers       leftoverStores // stores after answering that Redis did not answer
-	pendingReport   sync.Mutex     // serialises reportPending
-	wake            chan struct{}  // wakes retryLoop: a key was queued, the breaker changed state, or Redis answered
-	// retrying is set while retryLoop applies the queue, and lastRetry is
-	// when it last finished (elapsed): see nudgeRetrier.
-	retrying  atomic.Bool
-	lastRetry atomic.Int64
-	// retryWait bounds retryLoop's backoff: retryBackoff and
-	// retryMaxBackoff, but in tests.
-	retryWait struct{ first, max time.Duration }
-	bg        background
+	// retry queues what Redis did not take (invalidations, stores after
+	// answering) for retryLoop.
+	retry retrier
+	bg    background
 
 	// reloadState reloads the slot map of a Redis Cluster client (nil for
 	// other clients); lastReload is when it was last called (elapsed). See
@@ -73,7 +65,7 @@ type Loader[T any] struct {
 	reloadState func(ctx context.Context)
 	lastReload  atomic.Int64
 	// elapsed is monotonic time since New, for rate limits. Tests replace
-	// it (and reloadState, retryWait) before the Loader is first used:
+	// it (and reloadState, retry.wait) before the Loader is first used:
 	// retryLoop reads them only once woken.
 	elapsed func() time.Duration
 }
@@ -117,7 +109,6 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 		prefix: s.prefix + name + keyFormat,
 		load:   load,
 		s:      s,
-		wake:   make(chan struct{}, 1),
 	}
 	l.readEnd = int64(entry.HeaderSize + l.s.maxValueBytes)
 	l.breaker = newBreaker(name, &l.s, &l.breakerChanges)
@@ -127,8 +118,7 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	born := time.Now()
 	l.elapsed = func() time.Duration { return time.Since(born) }
 	l.lastReload.Store(-int64(topologyReloadEvery))
-	l.lastRetry.Store(-int64(retryBackoff))
-	l.retryWait.first, l.retryWait.max = retryBackoff, retryMaxBackoff
+	l.retry.init()
 	if c, ok := rdb.(interface{ ReloadState(context.Context) }); ok { // *redis.ClusterClient
 		l.reloadState = c.ReloadState
 	}
@@ -218,7 +208,7 @@ func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
 // Stats returns a snapshot of the Loader's counters and state.
 func (l *Loader[T]) Stats() Stats {
 	s := l.stats.snapshot()
-	s.InvalidationsPending = uint64(l.pending.n.Load())
+	s.InvalidationsPending = uint64(l.retry.pending.n.Load())
 	s.Breaker = l.BreakerState()
 	s.ReadBypass = l.readBypass.Load()
 	return s
@@ -245,7 +235,7 @@ func (l *Loader[T]) SetReadBypass(on bool) {
 // bypassing reports whether a Get of key must not read Redis: read bypass
 // is on, or key's invalidation is still queued.
 func (l *Loader[T]) bypassing(key string) bool {
-	return l.readBypass.Load() || l.pending.has(key)
+	return l.readBypass.Load() || l.retry.pending.has(key)
 }
 
 // checkClient refuses the go-redis clients that ignore context deadlines:

@@ -79,7 +79,7 @@ func (l *Loader[T]) call(ctx context.Context, b *redisBudget, br *breaker, fn fu
 	case err == nil:
 		// Redis answers: queued invalidations need not wait out their
 		// backoff.
-		if l.pending.n.Load() > 0 || l.leftovers.n.Load() > 0 {
+		if l.retry.queued() {
 			l.nudgeRetrier()
 		}
 	case !answered(err) && !callerLeft(err):

@@ -249,7 +249,7 @@ func newRetrierFixture(t *testing.T, opts *Options) *retrierFixture {
 	o := *opts
 	o.Prefix = "t:"
 	f.l = newLoader(t, rdb, f.tb, &o)
-	f.l.retryWait.first, f.l.retryWait.max = time.Hour, time.Hour
+	f.l.retry.wait.first, f.l.retry.wait.max = time.Hour, time.Hour
 	f.now = fakeElapsed(f.l)
 	return f
 }
@@ -258,7 +258,7 @@ func newRetrierFixture(t *testing.T, opts *Options) *retrierFixture {
 // invalidations sent by the test's own calls in n) and is idle.
 func (f *retrierFixture) settled(t *testing.T, n int64) {
 	t.Helper()
-	require.Eventually(t, func() bool { return f.invs.Load() == n && !f.l.retrying.Load() },
+	require.Eventually(t, func() bool { return f.invs.Load() == n && !f.l.retry.retrying.Load() },
 		10*time.Second, time.Millisecond, "invalidations sent: %d, want %d", f.invs.Load(), n)
 }
 
@@ -267,13 +267,13 @@ func (f *retrierFixture) settled(t *testing.T, n int64) {
 func (f *retrierFixture) queueA(t *testing.T, val string) {
 	t.Helper()
 	f.mode.Store(rfFailAll)
-	last := f.l.lastRetry.Load()
+	last := f.l.retry.lastRetry.Load()
 	_, err := f.l.WriteThrough(context.Background(), "a", func(context.Context) (row, error) { return f.tb.put("a", val), nil })
 	require.NoError(t, err)
 	require.EqualValues(t, 1, f.l.Stats().InvalidationsPending)
 	// WriteThrough's own tries (within InvalidateTimeout), then the
 	// retrier's on enqueue; its next waits out its backoff (an hour).
-	require.Eventually(t, func() bool { return f.l.lastRetry.Load() != last && !f.l.retrying.Load() },
+	require.Eventually(t, func() bool { return f.l.retry.lastRetry.Load() != last && !f.l.retry.retrying.Load() },
 		10*time.Second, time.Millisecond, "the retrier's try on enqueue")
 }
 
@@ -297,8 +297,8 @@ func TestRedisSuccessWakesRetrier(t *testing.T) {
 		require.Equal(t, "b1", getRow(t, l, "b").Val)
 	}
 	require.Equal(t, tries, f.invs.Load(), "no try within retryBackoff of the last")
-	require.False(t, l.retrying.Load())
-	require.Empty(t, l.wake)
+	require.False(t, l.retry.retrying.Load())
+	require.Empty(t, l.retry.wake)
 
 	// Past it, the next success wakes it: one try, which fails.
 	f.now.Store(int64(retryBackoff))

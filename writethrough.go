@@ -224,7 +224,7 @@ func only(failed, keys []string, floors []int64) ([]string, []int64) {
 // takes off the queue the keys' queued invalidations it covers: those
 // enqueued before it was sent, for the keys it applied.
 func (l *Loader[T]) invalidateQueued(ctx context.Context, keys []string, floors []int64, budget time.Duration) ([]string, error) {
-	snap := l.pending.snapshotOf(keys)
+	snap := l.retry.pending.snapshotOf(keys)
 	failed, err := l.invalidateWith(ctx, keys, floors, budget, l.redisCallKey)
 	if snap != nil {
 		l.dequeue(snap, failed)
@@ -322,7 +322,7 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	// so our Set must not land. Unknown when Redis fails: then we only
 	// invalidate.
 	gen, genErr := "", errNoGeneration
-	if !l.pending.has(key) { // else it only invalidates: see below
+	if !l.retry.pending.has(key) { // else it only invalidates: see below
 		gen, genErr = l.generation(ctx, key)
 	}
 	v, err := l.callWrite(ctx, key, write)
@@ -337,7 +337,7 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	// InvalidateTimeout and then queued.
 	rctx := context.WithoutCancel(ctx)
 	switch {
-	case l.pending.has(key):
+	case l.retry.pending.has(key):
 		// An older invalidation of key is still queued: keep the order,
 		// storing nothing before it lands. One invalidation sent now
 		// covers both commits, so try it rather than wait for the
