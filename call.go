@@ -30,6 +30,9 @@ func (l *Loader[T]) redisCallKey(ctx context.Context, b *redisBudget, rkey strin
 	return l.call(ctx, b, l.breakerFor(ctx, b, rkey), fn)
 }
 
+// redisCaller is redisCallKey or redisCallPastBreaker.
+type redisCaller func(ctx context.Context, b *redisBudget, rkey string, fn func(ctx context.Context) error) error
+
 // redisCallPastBreaker is redisCall without the breaker: fn is called
 // whatever its state, and its outcome is not reported to it. It is for
 // Close's last try at the queued invalidations, which must not be skipped

@@ -61,8 +61,9 @@ func TestQueuedInvalidationLandsWhenBreakerCloses(t *testing.T) {
 		}
 	}
 	wait(t, closed, "the breaker to close")
-	// EventInvalidationRetried is counted just before the key leaves the
-	// queue (see TestInvalidationRetriedCountedAfterLeavingQueue).
+	// The retrier applies the queue in the background: the count of
+	// pending invalidations drops once it has (see
+	// TestInvalidationRetriedCountedAfterLeavingQueue).
 	require.Eventually(t, func() bool { return l.Stats().InvalidationsPending == 0 }, 5*time.Second, time.Millisecond)
 	require.Equal(t, "2", fieldsOf(t, rawEntry(t, mr, l.Key("a")))["f"], "a tombstone")
 	require.Empty(t, fieldsOf(t, rawEntry(t, mr, l.Key("a")))["p"])

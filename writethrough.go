@@ -232,9 +232,6 @@ func (l *Loader[T]) invalidateQueued(ctx context.Context, keys []string, floors 
 	return failed, err
 }
 
-// redisCaller is redisCallKey or redisCallPastBreaker.
-type redisCaller func(ctx context.Context, b *redisBudget, rkey string, fn func(ctx context.Context) error) error
-
 // invalidate returns the keys it could not invalidate with the error. With
 // a previous key format configured, the keys' entries in that format are
 // dropped too: processes still on it must not serve what changed.
