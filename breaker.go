@@ -131,7 +131,7 @@ func (l *Loader[T]) BreakerState() BreakerState {
 // flushBreakerChanges reports queued state changes: counts them, logs them
 // and wakes the invalidation retrier when Redis may be back.
 func (l *Loader[T]) flushBreakerChanges() {
-	if l.nodes != nil {
+	if l.cluster.nodes != nil {
 		l.flushNodeBreakerChanges()
 		return
 	}

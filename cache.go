@@ -45,7 +45,8 @@ type Loader[T any] struct {
 	// readEnd is the last byte an entry read asks for (header and
 	// MaxValueBytes+1 of payload), boxed once (see readEntry).
 	readEnd any
-	nodes   *nodeBreakers // per master on a Redis Cluster; nil otherwise
+	// cluster is the per-master state on a Redis Cluster (cluster.go).
+	cluster clusterState
 	// breakerChanges are the breaker's state changes not yet reported.
 	breakerChanges breakerChanges
 
@@ -59,14 +60,9 @@ type Loader[T any] struct {
 	retry retrier
 	bg    background
 
-	// reloadState reloads the slot map of a Redis Cluster client (nil for
-	// other clients); lastReload is when it was last called (elapsed). See
-	// reloadTopology.
-	reloadState func(ctx context.Context)
-	lastReload  atomic.Int64
 	// elapsed is monotonic time since New, for rate limits. Tests replace
-	// it (and reloadState, retry.wait) before the Loader is first used:
-	// retryLoop reads them only once woken.
+	// it (and cluster.reloadState, retry.wait) before the Loader is first
+	// used: retryLoop reads them only once woken.
 	elapsed func() time.Duration
 }
 
@@ -112,16 +108,10 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	}
 	l.readEnd = int64(entry.HeaderSize + l.s.maxValueBytes)
 	l.breaker = newBreaker(name, &l.s, &l.breakerChanges)
-	if cc, ok := rdb.(*redis.ClusterClient); ok && l.breaker != nil {
-		l.nodes = &nodeBreakers{cc: cc}
-	}
+	l.cluster.init(rdb, l.breaker != nil)
 	born := time.Now()
 	l.elapsed = func() time.Duration { return time.Since(born) }
-	l.lastReload.Store(-int64(topologyReloadEvery))
 	l.retry.init()
-	if c, ok := rdb.(interface{ ReloadState(context.Context) }); ok { // *redis.ClusterClient
-		l.reloadState = c.ReloadState
-	}
 	l.reads.seed = maphash.MakeSeed()
 	l.bg.init()
 	l.bg.Go(l.retryLoop)

@@ -9,6 +9,28 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// clusterState is what a Loader keeps about a Redis Cluster: its masters'
+// breakers and when it last asked the client to reload the slot map. For
+// other clients nodes and reloadState are nil.
+type clusterState struct {
+	nodes *nodeBreakers // per master on a Redis Cluster with the breaker on; nil otherwise
+	// reloadState reloads the slot map of a Redis Cluster client (nil for
+	// other clients); lastReload is when it was last called
+	// (Loader.elapsed). See reloadTopology.
+	reloadState func(ctx context.Context)
+	lastReload  atomic.Int64
+}
+
+func (c *clusterState) init(rdb redis.UniversalClient, breakerOn bool) {
+	if cc, ok := rdb.(*redis.ClusterClient); ok && breakerOn {
+		c.nodes = &nodeBreakers{cc: cc}
+	}
+	c.lastReload.Store(-int64(topologyReloadEvery))
+	if r, ok := rdb.(interface{ ReloadState(context.Context) }); ok { // *redis.ClusterClient
+		c.reloadState = r.ReloadState
+	}
+}
+
 // nodeBreakers are a Loader's breakers on a Redis Cluster: one per master,
 // so that a master that fails (until its replica is promoted) trips only
 // the calls for its slots, and the others keep answering from Redis. Calls
@@ -31,46 +53,46 @@ type nodeBreakers struct {
 // map, finding a master asks the cluster: that is bounded by, and spent
 // from, b.
 func (l *Loader[T]) breakerFor(ctx context.Context, b *redisBudget, rkey string) *breaker {
-	if l.nodes == nil || rkey == "" {
+	if l.cluster.nodes == nil || rkey == "" {
 		return l.breaker
 	}
 	var (
 		node *redis.Client
 		err  error
 	)
-	if l.nodes.mapped.Load() {
-		node, err = l.nodes.cc.MasterForKey(ctx, rkey)
+	if l.cluster.nodes.mapped.Load() {
+		node, err = l.cluster.nodes.cc.MasterForKey(ctx, rkey)
 	} else {
 		if b.left <= 0 {
 			return l.breaker
 		}
 		start := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, b.left)
-		node, err = l.nodes.cc.MasterForKey(cctx, rkey)
+		node, err = l.cluster.nodes.cc.MasterForKey(cctx, rkey)
 		cancel()
 		b.left -= time.Since(start)
 		if err == nil {
-			l.nodes.mapped.Store(true)
+			l.cluster.nodes.mapped.Store(true)
 		}
 	}
 	if err != nil {
 		return l.breaker
 	}
 	addr := node.Options().Addr
-	if br, ok := l.nodes.m.Load(addr); ok {
+	if br, ok := l.cluster.nodes.m.Load(addr); ok {
 		return br.(*breaker)
 	}
-	br, _ := l.nodes.m.LoadOrStore(addr, newBreaker(l.name+"@"+addr, &l.s, &l.breakerChanges))
+	br, _ := l.cluster.nodes.m.LoadOrStore(addr, newBreaker(l.name+"@"+addr, &l.s, &l.breakerChanges))
 	return br.(*breaker)
 }
 
 // masterOf returns the address of rkey's master on a Redis Cluster whose
 // slot map the client has loaded; "" otherwise.
 func (l *Loader[T]) masterOf(ctx context.Context, rkey string) string {
-	if l.nodes == nil || !l.nodes.mapped.Load() {
+	if l.cluster.nodes == nil || !l.cluster.nodes.mapped.Load() {
 		return ""
 	}
-	node, err := l.nodes.cc.MasterForKey(ctx, rkey)
+	node, err := l.cluster.nodes.cc.MasterForKey(ctx, rkey)
 	if err != nil {
 		return ""
 	}
@@ -94,15 +116,15 @@ const (
 // caller nothing; until the replica is promoted it finds the old map, and
 // the next failure asks again.
 func (l *Loader[T]) reloadTopology(ctx context.Context) {
-	if l.reloadState == nil {
+	if l.cluster.reloadState == nil {
 		return
 	}
 	now := int64(l.elapsed())
-	last := l.lastReload.Load()
-	if now-last < int64(topologyReloadEvery) || !l.lastReload.CompareAndSwap(last, now) {
+	last := l.cluster.lastReload.Load()
+	if now-last < int64(topologyReloadEvery) || !l.cluster.lastReload.CompareAndSwap(last, now) {
 		return
 	}
-	l.reloadState(context.WithoutCancel(ctx))
+	l.cluster.reloadState(context.WithoutCancel(ctx))
 }
 
 func (l *Loader[T]) worstBreakerState() BreakerState {
@@ -110,8 +132,8 @@ func (l *Loader[T]) worstBreakerState() BreakerState {
 		return BreakerClosed
 	}
 	worst := l.breaker.state()
-	if l.nodes != nil {
-		l.nodes.m.Range(func(_, br any) bool {
+	if l.cluster.nodes != nil {
+		l.cluster.nodes.m.Range(func(_, br any) bool {
 			worst = max(worst, br.(*breaker).state())
 			return true
 		})
@@ -133,7 +155,7 @@ func (l *Loader[T]) flushNodeBreakerChanges() {
 		}
 		if len(l.breakerChanges.take()) > 0 {
 			worst := l.worstBreakerState() // may queue changes: the loop takes them
-			if BreakerState(l.nodes.reported.Swap(int32(worst))) != worst {
+			if BreakerState(l.cluster.nodes.reported.Swap(int32(worst))) != worst {
 				l.reportBreaker(worst)
 			}
 			l.wakeRetrier() // a master's breaker moved: the queue may land

@@ -25,12 +25,12 @@ func fakeElapsed(l *Loader[row]) *atomic.Int64 {
 func TestClusterClientGetsTopologyReload(t *testing.T) {
 	mr, rdb := fakeRedis(t)
 	l := newLoader(t, rdb, newTable(), nil)
-	require.Nil(t, l.reloadState, "a single-node client has no slot map")
+	require.Nil(t, l.cluster.reloadState, "a single-node client has no slot map")
 
 	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{mr.Addr()}, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { cc.Close() })
 	lc := newLoader(t, cc, newTable(), &Options{Prefix: "t:"})
-	require.NotNil(t, lc.reloadState, "a cluster client's slot map is reloaded on failures")
+	require.NotNil(t, lc.cluster.reloadState, "a cluster client's slot map is reloaded on failures")
 }
 
 func TestFailedCallReloadsTopologyRateLimited(t *testing.T) {
@@ -55,7 +55,7 @@ func TestFailedCallReloadsTopologyRateLimited(t *testing.T) {
 	l := newLoader(t, rdb, newTable(), &Options{DisableBreaker: true, RedisTimeout: relaxedTimeout})
 	now := fakeElapsed(l)
 	var reloads atomic.Int64
-	l.reloadState = func(context.Context) { reloads.Add(1) }
+	l.cluster.reloadState = func(context.Context) { reloads.Add(1) }
 	ctx := context.Background()
 	invalidate := func() error { return l.Set(ctx, "a", row{"a", 1}) } // one Redis call (Invalidate retries and queues)
 	at := func(d time.Duration) { now.Store(int64(d)) }
@@ -113,7 +113,7 @@ func TestOpenBreakerKeepsReloadingTopology(t *testing.T) {
 	l := newLoader(t, rdb, newTable(), &Options{BreakerFailures: 1, BreakerCooldown: time.Hour})
 	now := fakeElapsed(l)
 	var reloads atomic.Int64
-	l.reloadState = func(context.Context) { reloads.Add(1) }
+	l.cluster.reloadState = func(context.Context) { reloads.Add(1) }
 	ctx := context.Background()
 	require.Error(t, l.Invalidate(ctx, "a"))
 	require.Equal(t, BreakerOpen, l.BreakerState())
