@@ -73,14 +73,14 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 	mode := script.ModeMiss
 	var stale *T // a value this Get may answer with if the load fails
 	var (
-		e     entry.Entry
-		batch *readBatch
-		err   error
+		e         entry.Entry
+		coalesced *coalescedRead
+		err       error
 	)
 	if pre != nil {
 		e = pre.e
 	} else {
-		e, batch, err = l.read(ctx, &budget, rkey)
+		e, coalesced, err = l.read(ctx, &budget, rkey)
 	}
 	switch {
 	case err == nil && (e.Usable() || e.Invalidated() && e.HasPayload):
@@ -89,7 +89,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 			return zero, true, ErrNotFound
 		}
 		c.gen = e.Generation
-		v, err := l.decodeShared(batch, e.Payload)
+		v, err := l.decodeShared(coalesced, e.Payload)
 		if err != nil {
 			l.corrupt(rkey, err)
 			mode = script.ModeReplace
@@ -342,7 +342,7 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a script.Acquir
 		backoff = min(backoff*3/2, maxPollInterval)
 
 		seq := l.seq.Add(1)
-		e, batch, err := l.read(ctx, &redisBudget{left: l.s.redisTimeout}, rkey)
+		e, coalesced, err := l.read(ctx, &redisBudget{left: l.s.redisTimeout}, rkey)
 		switch {
 		case errors.Is(err, entry.ErrCorrupt):
 			l.corrupt(rkey, err)
@@ -358,7 +358,7 @@ func (l *Loader[T]) awaitLease(ctx context.Context, rkey string, a script.Acquir
 		case e.Usable() && e.Negative():
 			return result[T]{err: ErrNotFound, seq: seq, gen: e.Generation}, filled
 		case e.Usable():
-			if v, err := l.decodeShared(batch, e.Payload); err == nil {
+			if v, err := l.decodeShared(coalesced, e.Payload); err == nil {
 				return result[T]{val: v, seq: seq, gen: e.Generation}, filled
 			}
 			l.corrupt(rkey, err)

@@ -45,7 +45,8 @@ type Loader[T any] struct {
 	// readEnd is the last byte an entry read asks for (header and
 	// MaxValueBytes+1 of payload), boxed once (see readEntry).
 	readEnd any
-	nodes   *nodeBreakers // per master on a Redis Cluster; nil otherwise
+	// cluster is the per-master state on a Redis Cluster (cluster.go).
+	cluster clusterState
 	// breakerChanges are the breaker's state changes not yet reported.
 	breakerChanges breakerChanges
 
@@ -54,30 +55,17 @@ type Loader[T any] struct {
 	// samplesInFlight counts consistency checks waiting for their delay.
 	samplesInFlight atomic.Int64
 	readBypass      atomic.Bool
-	pending         pendingSet     // invalidations WriteThrough could not apply
-	leftovers       leftoverStores // stores after answering that Redis did not answer
-	pendingReport   sync.Mutex     // serialises reportPending
-	wake            chan struct{}  // wakes retryLoop: a key was queued, the breaker changed state, or Redis answered
-	// retrying is set while retryLoop applies the queue, and lastRetry is
-	// when it last finished (elapsed): see nudgeRetrier.
-	retrying  atomic.Bool
-	lastRetry atomic.Int64
-	// retryWait bounds retryLoop's backoff: retryBackoff and
-	// retryMaxBackoff, but in tests.
-	retryWait struct{ first, max time.Duration }
-	bg        background
+	// retry queues what Redis did not take (invalidations, stores after
+	// answering) for retryLoop.
+	retry retrier
+	bg    background
 
-	// reloadState reloads the slot map of a Redis Cluster client (nil for
-	// other clients); lastReload is when it was last called (elapsed). See
-	// reloadTopology.
-	reloadState func(ctx context.Context)
-	lastReload  atomic.Int64
 	// tier is the in-process tier (Options.Local); nil when off.
 	tier *localTier[T]
 
 	// elapsed is monotonic time since New, for rate limits. Tests replace
-	// it (and reloadState, retryWait) before the Loader is first used:
-	// retryLoop reads them only once woken.
+	// it (and cluster.reloadState, retry.wait) before the Loader is first
+	// used: retryLoop reads them only once woken.
 	elapsed func() time.Duration
 }
 
@@ -120,21 +108,13 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 		prefix: s.prefix + name + keyFormat,
 		load:   load,
 		s:      s,
-		wake:   make(chan struct{}, 1),
 	}
 	l.readEnd = int64(entry.HeaderSize + l.s.maxValueBytes)
 	l.breaker = newBreaker(name, &l.s, &l.breakerChanges)
-	if cc, ok := rdb.(*redis.ClusterClient); ok && l.breaker != nil {
-		l.nodes = &nodeBreakers{cc: cc}
-	}
+	l.cluster.init(rdb, l.breaker != nil)
 	born := time.Now()
 	l.elapsed = func() time.Duration { return time.Since(born) }
-	l.lastReload.Store(-int64(topologyReloadEvery))
-	l.lastRetry.Store(-int64(retryBackoff))
-	l.retryWait.first, l.retryWait.max = retryBackoff, retryMaxBackoff
-	if c, ok := rdb.(interface{ ReloadState(context.Context) }); ok { // *redis.ClusterClient
-		l.reloadState = c.ReloadState
-	}
+	l.retry.init()
 	if s.local != nil {
 		if l.tier, err = newLocalTier[T](rdb, l.prefix, s.local, s.redisTimeout); err != nil {
 			return nil, err
@@ -226,7 +206,7 @@ func (l *Loader[T]) Get(ctx context.Context, key string) (T, error) {
 // Stats returns a snapshot of the Loader's counters and state.
 func (l *Loader[T]) Stats() Stats {
 	s := l.stats.snapshot()
-	s.InvalidationsPending = uint64(l.pending.n.Load())
+	s.InvalidationsPending = uint64(l.retry.pending.n.Load())
 	s.Breaker = l.BreakerState()
 	s.ReadBypass = l.readBypass.Load()
 	return s
@@ -253,7 +233,7 @@ func (l *Loader[T]) SetReadBypass(on bool) {
 // bypassing reports whether a Get of key must not read Redis: read bypass
 // is on, or key's invalidation is still queued.
 func (l *Loader[T]) bypassing(key string) bool {
-	return l.readBypass.Load() || l.pending.has(key)
+	return l.readBypass.Load() || l.retry.pending.has(key)
 }
 
 // checkClient refuses the go-redis clients that ignore context deadlines:

@@ -13,6 +13,7 @@ import (
 
 	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/faultproxy"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // Benchmarks run on the real Redis (CACHE_REDIS_ADDR). The hit path is
@@ -32,9 +33,9 @@ func (v benchValue) CacheVersion() int64 { return v.Ver }
 var benchRow = benchValue{ID: 42, Name: "Ada Lovelace", Email: "ada@example.com", Tags: []string{"a", "b"}, Ver: 7}
 
 func benchLoader(b *testing.B) (*Loader[benchValue], *redis.Client) {
-	rdb := realRedis(b)
+	rdb := testenv.Redis(b, "")
 	l, err := New(rdb, "bench", func(context.Context, string) (benchValue, error) { return benchRow, nil },
-		&Options{Prefix: uniquePrefix(b, rdb), TTL: time.Hour})
+		&Options{Prefix: testenv.Prefix(b, rdb, "cachetest:"), TTL: time.Hour})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -232,8 +233,8 @@ func BenchmarkBlackhole(b *testing.B) {
 		{"no breaker", Options{DisableBreaker: true}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			realRedis(b)
-			p, err := faultproxy.Start(redisAddr())
+			testenv.Redis(b, "")
+			p, err := faultproxy.Start(testenv.RedisAddr())
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -241,7 +242,7 @@ func BenchmarkBlackhole(b *testing.B) {
 			rdb := redis.NewClient(&redis.Options{Addr: p.Addr(), ContextTimeoutEnabled: true})
 			defer rdb.Close()
 			opts := tc.opts
-			opts.Prefix = uniquePrefix(b, realRedis(b))
+			opts.Prefix = testenv.Prefix(b, testenv.Redis(b, ""), "cachetest:")
 			l, err := New(rdb, "bench", func(context.Context, string) (benchValue, error) { return benchRow, nil }, &opts)
 			if err != nil {
 				b.Fatal(err)

@@ -482,7 +482,7 @@ func (c *campaign) killClient() bool {
 func (c *campaign) quiesce() {
 	require.Eventually(c.t, func() bool {
 		for _, p := range c.procs {
-			if p.l.Stats().InvalidationsPending > 0 || p.l.leftovers.n.Load() > 0 {
+			if p.l.Stats().InvalidationsPending > 0 || p.l.retry.leftovers.n.Load() > 0 {
 				return false
 			}
 		}

@@ -32,7 +32,7 @@ func TestClusterBreakerPerMaster(t *testing.T) {
 	ev := &events{}
 	opened := ev.on(EventBreakerOpen)
 	l := newLoader(t, lc.Client, tb, &Options{TTL: time.Hour, RedisTimeout: 500 * time.Millisecond, Recorder: ev})
-	require.NotNil(t, l.nodes, "a cluster client gets a breaker per master")
+	require.NotNil(t, l.cluster.nodes, "a cluster client gets a breaker per master")
 
 	// Fill every key, and find each key's master.
 	master := map[string][]string{}

@@ -101,7 +101,7 @@ func TestClusterFailover(t *testing.T) {
 	// timed, for the bound on a Get.
 	var maxLoad atomic.Int64
 	lib := &raceLib{db: db, rdb: failoverClient(t, addrs)}
-	lib.prefix = uniquePrefix(t, lib.rdb)
+	lib.prefix = testenv.Prefix(t, lib.rdb, "cachetest:")
 	for range raceLoaders {
 		l, err := New(failoverClient(t, addrs), "items", func(ctx context.Context, key string) (raceRow, error) {
 			id, err := strconv.Atoi(key)

@@ -79,7 +79,7 @@ func TestCluster(t *testing.T) {
 		tb := newTable()
 		crdb := clusterClient(t, rdb)
 		noscript := &pipelineErrors{prefix: "NOSCRIPT"}
-		crdb.AddHook(noscript)
+		crdb.AddHook(noscript.hook())
 		l := newLoader(t, crdb, tb, &Options{RedisTimeout: time.Second})
 		const n = 48
 		keys := make([]string, n)
@@ -380,7 +380,7 @@ func clusterStampedeDefaults(t *testing.T, rdb *redis.ClusterClient) {
 	for range stampedeProcs {
 		c := warmClusterClient(t, rdb)
 		if opts.Prefix == "" {
-			opts.Prefix = uniquePrefix(t, c)
+			opts.Prefix = testenv.Prefix(t, c, "cachetest:")
 		}
 		l, err := New(c, "stampede", func(ctx context.Context, key string) (stampedeVal, error) {
 			loads.Add(1)
@@ -413,26 +413,20 @@ func clusterStampedeDefaults(t *testing.T, rdb *redis.ClusterClient) {
 	require.Equal(t, loaded, loads.Load())
 }
 
-// pipelineErrors is a go-redis hook counting the pipelined commands that
+// pipelineErrors counts, through its hook, the pipelined commands that
 // failed with an error starting with prefix.
 type pipelineErrors struct {
 	prefix string
 	n      atomic.Int64
 }
 
-func (h *pipelineErrors) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h *pipelineErrors) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-
-func (h *pipelineErrors) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		err := next(ctx, cmds)
-		for _, c := range cmds {
-			if c.Err() != nil && redis.HasErrorPrefix(c.Err(), h.prefix) {
-				h.n.Add(1)
-			}
+func (h *pipelineErrors) hook() *cmdHook {
+	return &cmdHook{after: func(c hookCmd, err error) error {
+		if c.piped && err != nil && redis.HasErrorPrefix(err, h.prefix) {
+			h.n.Add(1)
 		}
-		return err
-	}
+		return nil
+	}}
 }
 
 // clusterSubscribed waits until some node of the cluster counts a
@@ -468,7 +462,7 @@ func newClusterRaceLib(t *testing.T, base *redis.ClusterClient, db *raceDB, writ
 	t.Helper()
 	lib := &clusterRaceLib{raceLib: &raceLib{db: db, writes: writes}, crdb: clusterClient(t, base)}
 	lib.rdb = lib.crdb // raceLib.cached reads through it
-	lib.prefix = uniquePrefix(t, lib.crdb)
+	lib.prefix = testenv.Prefix(t, lib.crdb, "cachetest:")
 	for range raceLoaders {
 		l, err := New(clusterClient(t, base), "items", func(ctx context.Context, key string) (raceRow, error) {
 			id, err := strconv.Atoi(key)

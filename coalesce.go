@@ -14,7 +14,7 @@ import (
 // sent as soon as the one in flight returns and answers all of them. A Get
 // never shares a read sent before it arrived, so a read that raced with an
 // invalidation completed before the Get began is never handed to it (DESIGN
-// P3b). In a stampede this turns a hundred HMGETs queued in the connection
+// P3b). In a stampede this turns a hundred GETRANGEs queued in the connection
 // pool into two; with no concurrency it costs a map insert and delete.
 type readGroup struct {
 	seed   maphash.Seed
@@ -26,14 +26,14 @@ type readGroup struct {
 
 type readShard struct {
 	mu sync.Mutex // protects m
-	// m holds the keys with a read in flight, each with the batch of Gets
-	// waiting for the next read (nil while none waits).
-	m map[string]*readBatch
+	// m holds the keys with a read in flight, each with the next read,
+	// which the Gets that arrived since wait for (nil while none waits).
+	m map[string]*coalescedRead
 }
 
-// readBatch is a read that Gets are waiting for; it is sent when the read
+// coalescedRead is a read that Gets are waiting for; it is sent when the read
 // in flight before it returns.
-type readBatch struct {
+type coalescedRead struct {
 	done     chan struct{} // closed when e and err are set
 	deadline time.Time     // the earliest budget of the Gets waiting
 	waiting  int           // Gets waiting, under the shard's lock
@@ -53,22 +53,22 @@ func (g *readGroup) shard(key string) *readShard {
 // read returns key's entry: from a read of its own when no read of key is
 // in flight, else from the next read, which it returns too (nil when the
 // read was its own). It spends from b what it waited.
-func (l *Loader[T]) read(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, *readBatch, error) {
+func (l *Loader[T]) read(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, *coalescedRead, error) {
 	sh := l.reads.shard(rkey)
 	sh.mu.Lock()
 	if sh.m == nil {
-		sh.m = make(map[string]*readBatch)
+		sh.m = make(map[string]*coalescedRead)
 	}
 	next, inFlight := sh.m[rkey]
 	if !inFlight {
 		sh.m[rkey] = nil
 		sh.mu.Unlock()
-		e, err := l.readOnce(ctx, b, rkey)
+		e, err := l.readOrQueue(ctx, b, rkey)
 		l.readDone(sh, rkey)
 		return e, nil, err
 	}
 	if next == nil {
-		next = &readBatch{done: make(chan struct{}), deadline: time.Now().Add(b.left)}
+		next = &coalescedRead{done: make(chan struct{}), deadline: time.Now().Add(b.left)}
 		sh.m[rkey] = next
 	}
 	next.waiting++
@@ -104,7 +104,7 @@ func (l *Loader[T]) readDone(sh *readShard, rkey string) {
 		// none of them waits past its own; detached from their contexts,
 		// since each leaves on its own.
 		b := redisBudget{left: time.Until(next.deadline)}
-		next.e, next.err = l.readOnce(context.Background(), &b, rkey)
+		next.e, next.err = l.readOrQueue(context.Background(), &b, rkey)
 		close(next.done)
 		l.readDone(sh, rkey)
 	})
@@ -116,17 +116,17 @@ type decodedValue[T any] struct {
 	err error
 }
 
-// decodeShared decodes payload, which came from batch: once for all the
+// decodeShared decodes payload, which came from shared: once for all the
 // Gets that shared that read, which then hold the same value (as the Gets
-// that share a load do). Without a batch, the read was the Get's own.
-func (l *Loader[T]) decodeShared(batch *readBatch, payload string) (T, error) {
-	if batch == nil {
+// that share a load do). Without shared, the read was the Get's own.
+func (l *Loader[T]) decodeShared(shared *coalescedRead, payload string) (T, error) {
+	if shared == nil {
 		return l.decode(payload)
 	}
-	batch.decodeOnce.Do(func() {
+	shared.decodeOnce.Do(func() {
 		v, err := l.decode(payload)
-		batch.decoded = decodedValue[T]{v, err}
+		shared.decoded = decodedValue[T]{v, err}
 	})
-	d := batch.decoded.(decodedValue[T])
+	d := shared.decoded.(decodedValue[T])
 	return d.v, d.err
 }

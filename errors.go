@@ -20,6 +20,11 @@ func notFound(loader, key string, err error) error {
 	return fmt.Errorf("cache: %s %q: %w", loader, key, err)
 }
 
+// ErrRedisUnavailable is wrapped by the errors of Set and Invalidate while
+// the circuit breaker is open: Redis was not called.
+// (Internally it also marks a Get whose Redis budget is spent.)
+var ErrRedisUnavailable = errors.New("cache: redis unavailable (circuit breaker open)")
+
 // ErrEmptyKey is returned by every method given an empty key.
 var ErrEmptyKey = errors.New("cache: empty key")
 

@@ -65,18 +65,12 @@ func newFaultEnv(t *testing.T, redisAddr string, opts Options) *faultEnv {
 	opts.Recorder = ev
 	opts.RedisTimeout = faultRedisTimeout
 	opts.BreakerCooldown = faultCooldown
-	direct := realRedisAt(t, redisAddr)
-	opts.Prefix = uniquePrefix(t, direct)
+	direct := testenv.Redis(t, redisAddr)
+	opts.Prefix = testenv.Prefix(t, direct, "cachetest:")
 	l, err := New(rdb, "row", tb.load, &opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	return &faultEnv{t: t, proxy: p, rdb: rdb, tb: tb, l: l, ev: ev}
-}
-
-// realRedisAt is realRedis for another address.
-func realRedisAt(t *testing.T, addr string) *redis.Client {
-	t.Helper()
-	return testenv.Redis(t, addr)
 }
 
 // getAll reads every key from conc goroutines, rounds times, and requires
@@ -172,7 +166,7 @@ func TestFaultInjection(t *testing.T) {
 	// Registered first, so it runs after every other cleanup.
 	opts := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, opts) })
-	direct := realRedis(t)
+	direct := testenv.Redis(t, "")
 	for _, tc := range []struct {
 		name  string
 		mode  faultproxy.Mode
@@ -184,7 +178,7 @@ func TestFaultInjection(t *testing.T) {
 		{"refusing connections", faultproxy.Refuse, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFaultEnv(t, redisAddr(), Options{})
+			f := newFaultEnv(t, testenv.RedisAddr(), Options{})
 			opened := f.ev.on(EventBreakerOpen)
 			f.getAll(1, 1) // warm: every key cached
 			require.EqualValues(t, faultKeys, f.l.Stats().Misses)
@@ -234,7 +228,7 @@ func TestFaultRedisRestart(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, opts) })
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		unreachable(t, "redis-server binary", err)
+		testenv.Unreachable(t, "redis-server binary", err)
 	}
 	port := freePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
@@ -254,7 +248,7 @@ func TestFaultRedisRestart(t *testing.T) {
 	}
 	srv := start()
 	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	direct := realRedisAt(t, addr)
+	direct := testenv.Redis(t, addr)
 	f := newFaultEnv(t, addr, Options{})
 	f.getAll(1, 1)
 

@@ -112,7 +112,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (_ map[string]T,
 				misses = append(misses, manyMiss{key: k, pre: &preRead{seq: seq, e: e}})
 			}
 		}
-		if l.pending.has(k) || l.readBypass.Load() {
+		if l.retry.pending.has(k) || l.readBypass.Load() {
 			perKey()
 			continue
 		}

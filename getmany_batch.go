@@ -48,24 +48,6 @@ type batchKey struct {
 	c   caller // what the GetMany observed of key before asking
 }
 
-// claim is the first half of flightGroup.do, without the wait: it returns
-// the flight in progress for key that c may join, or registers a new one
-// (started true). The caller must end a started flight with g.run, or the
-// callers joining it wait forever.
-func (g *flightGroup[T]) claim(key string, c caller) (f *flight[T], started bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.m == nil {
-		g.m = make(map[string]*flight[T])
-	}
-	if f, ok := g.m[key]; ok && mayJoin(c, f) {
-		return f, false
-	}
-	f = &flight[T]{done: make(chan struct{})}
-	g.m[key] = f
-	return f, true
-}
-
 // getBatch answers the misses of a GetMany through the batch load. Each key
 // joins the flight of its key in progress in this process when the P3b rule
 // lets it (see mayJoin); the others get flights of their own, run together

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // GetMany of 100 keys on the real Redis and MariaDB: all hits, and all
@@ -13,11 +15,11 @@ import (
 const benchManyKeys = 100
 
 func BenchmarkGetMany(b *testing.B) {
-	rdb := realRedis(b)
+	rdb := testenv.Redis(b, "")
 	m := newManyDB(b, benchManyKeys)
 	keys := ids(1, benchManyKeys)
 	ctx := context.Background()
-	opts := func() *Options { return &Options{Prefix: uniquePrefix(b, rdb), TTL: time.Hour} }
+	opts := func() *Options { return &Options{Prefix: testenv.Prefix(b, rdb, "cachetest:"), TTL: time.Hour} }
 	batch, err := NewBatch(rdb, "row", m.load, opts())
 	if err != nil {
 		b.Fatal(err)

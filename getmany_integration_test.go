@@ -44,8 +44,8 @@ type manyDB struct {
 // newManyDB creates a table with rows 1..n (val "v<id>", version 1).
 func newManyDB(t testing.TB, n int) *manyDB {
 	t.Helper()
-	db := realMySQL(t)
-	m := &manyDB{db: db, table: uniqueTable(t, db, "getmany")}
+	db := testenv.MySQL(t)
+	m := &manyDB{db: db, table: testenv.Table(t, db, "getmany")}
 	ctx := context.Background()
 	_, err := db.ExecContext(ctx, "CREATE TABLE "+m.table+
 		" (id BIGINT PRIMARY KEY, val VARCHAR(64) NOT NULL, version BIGINT NOT NULL) ENGINE=InnoDB")
@@ -147,12 +147,12 @@ func ids(from, to int) []string {
 }
 
 func TestGetManyIntegration(t *testing.T) {
-	rdb := realRedis(t)
+	rdb := testenv.Redis(t, "")
 	ctx := context.Background()
 
 	t.Run("batch", func(t *testing.T) {
 		m := newManyDB(t, 300)
-		l := newManyLoader(t, rdb, m, uniquePrefix(t, rdb))
+		l := newManyLoader(t, rdb, m, testenv.Prefix(t, rdb, "cachetest:"))
 		for _, k := range ids(1, 50) {
 			_, err := l.Get(ctx, k)
 			require.NoError(t, err)
@@ -185,10 +185,10 @@ func TestGetManyIntegration(t *testing.T) {
 		const procs, n = 4, 400
 		m := newManyDB(t, n)
 		m.delay = 30 * time.Millisecond
-		prefix := uniquePrefix(t, rdb)
+		prefix := testenv.Prefix(t, rdb, "cachetest:")
 		var loaders []*Loader[manyRow]
 		for range procs {
-			loaders = append(loaders, newManyLoader(t, realRedis(t), m, prefix))
+			loaders = append(loaders, newManyLoader(t, testenv.Redis(t, ""), m, prefix))
 		}
 		keys := ids(1, n)
 		var wg sync.WaitGroup
@@ -224,10 +224,10 @@ func TestGetManyIntegration(t *testing.T) {
 		const nkeys, procs, readers, writers = 20, 2, 4, 2
 		m := newManyDB(t, nkeys)
 		m.delay = 2 * time.Millisecond
-		prefix := uniquePrefix(t, rdb)
+		prefix := testenv.Prefix(t, rdb, "cachetest:")
 		var loaders []*Loader[manyRow]
 		for range procs {
-			loaders = append(loaders, newManyLoader(t, realRedis(t), m, prefix))
+			loaders = append(loaders, newManyLoader(t, testenv.Redis(t, ""), m, prefix))
 		}
 		keys := ids(1, nkeys)
 		var committed [nkeys + 1]atomic.Int64 // version invalidated, by id
@@ -343,7 +343,7 @@ func TestGetManyCluster(t *testing.T) {
 		const n = 60
 		var keys, rkeys []string
 		want := map[string]row{}
-		prefix := uniquePrefix(t, cl)
+		prefix := testenv.Prefix(t, cl, "cachetest:")
 		l := newBatchLoader(t, client(), bt, &Options{Prefix: prefix, RedisTimeout: time.Second})
 		for i := range n {
 			k := "g" + strconv.Itoa(i)
@@ -406,7 +406,7 @@ func TestGetManyCluster(t *testing.T) {
 			bt.put(k, "v")
 		}
 		bt.afterRead = func(int) { time.Sleep(20 * time.Millisecond) }
-		prefix := uniquePrefix(t, cl)
+		prefix := testenv.Prefix(t, cl, "cachetest:")
 		var loaders []*Loader[row]
 		for range procs {
 			loaders = append(loaders, newBatchLoader(t, client(), bt, &Options{Prefix: prefix, RedisTimeout: time.Second}))

@@ -11,10 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
-
-	"github.com/f4df6ac3/cache/internal/script"
 )
 
 func TestGetMany(t *testing.T) {
@@ -125,7 +124,7 @@ func newBatchLoader(t *testing.T, rdb redis.UniversalClient, b *batchTable, opts
 		o = *opts
 	}
 	if o.Prefix == "" {
-		o.Prefix = uniquePrefix(t, rdb)
+		o.Prefix = testenv.Prefix(t, rdb, "cachetest:")
 	}
 	if o.RedisTimeout == 0 {
 		o.RedisTimeout = testRedisTimeout // as newLoader
@@ -226,7 +225,7 @@ func TestGetManyBatchWaitsForOtherProcessLease(t *testing.T) {
 	bt := newBatchTable()
 	bt.put("held", "theirs")
 	bt.put("free", "mine")
-	prefix := uniquePrefix(t, rdb)
+	prefix := testenv.Prefix(t, rdb, "cachetest:")
 	ev := &events{}
 	l := newBatchLoader(t, rdb, bt, &Options{Prefix: prefix, Recorder: ev})
 	// Another process, with a client of its own, holds the lease of "held".
@@ -309,38 +308,15 @@ func TestGetManyBatchJoinsFlight(t *testing.T) {
 	require.EqualValues(t, 3, s.Misses)
 }
 
-// failAcquire is a go-redis hook that fails the pipelined lease requests of
-// some keys without sending them, with err.
-type failAcquire struct {
-	keys map[string]bool
-	err  error
-}
-
-func (h *failAcquire) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h *failAcquire) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-
-func (h *failAcquire) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		send := cmds[:0:0]
-		for _, c := range cmds {
-			a := c.Args()
-			if len(a) > 3 && a[0] == "evalsha" && a[1] == script.SHA.Acquire && h.keys[fmt.Sprint(a[3])] {
-				c.SetErr(h.err)
-				continue
-			}
-			send = append(send, c)
-		}
-		if len(send) == 0 {
-			return h.err
-		}
-		if err := next(ctx, send); err != nil {
+// failAcquire fails the pipelined lease requests of some keys without
+// sending them, with err; the rest of the pipeline is sent.
+func failAcquire(keys map[string]bool, err error) *cmdHook {
+	return &cmdHook{partial: true, before: func(c hookCmd) error {
+		if c.piped && c.name == "acquire" && keys[c.key] {
 			return err
 		}
-		if len(send) < len(cmds) {
-			return h.err
-		}
 		return nil
-	}
+	}}
 }
 
 // replyErr is an error reply of Redis.
@@ -364,7 +340,7 @@ func TestGetManyBatchAcquireFailsForSomeKeys(t *testing.T) {
 				bt.put(k, "v"+k)
 			}
 			l := newBatchLoader(t, rdb, bt, &Options{DisableBreaker: true})
-			rdb.AddHook(&failAcquire{keys: map[string]bool{l.Key("b"): true}, err: tc.err})
+			rdb.AddHook(failAcquire(map[string]bool{l.Key("b"): true}, tc.err))
 			ctx := context.Background()
 			got, err := l.GetMany(ctx, []string{"a", "b", "c"})
 			require.NoError(t, err, "fail-open: no Redis error reaches the caller")
@@ -588,42 +564,34 @@ func TestGetManyBatchAfterScriptFlush(t *testing.T) {
 	require.Zero(t, l.Stats().RedisErrors)
 }
 
-// beforeAcquire is a go-redis hook that runs fn once, before the first
-// pipeline of lease requests is sent.
-type beforeAcquire struct {
-	once sync.Once
-	fn   func()
-}
-
-func (h *beforeAcquire) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h *beforeAcquire) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-
-func (h *beforeAcquire) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if a := cmds[0].Args(); len(a) > 1 && a[0] == "evalsha" && a[1] == script.SHA.Acquire {
-			h.once.Do(h.fn)
+// beforeAcquire runs fn once, before the first pipeline of lease requests
+// is sent.
+func beforeAcquire(fn func()) *cmdHook {
+	var once sync.Once
+	return &cmdHook{pipeline: func(cmds []hookCmd) {
+		if cmds[0].name == "acquire" {
+			once.Do(fn)
 		}
-		return next(ctx, cmds)
-	}
+	}}
 }
 
 func TestGetManyBatchFilledBeforeLease(t *testing.T) {
 	mr, rdb := fakeRedis(t)
 	bt := newBatchTable()
-	prefix := uniquePrefix(t, rdb)
+	prefix := testenv.Prefix(t, rdb, "cachetest:")
 	// The hook runs within the lease request's budget: make it ample.
 	l := newBatchLoader(t, rdb, bt, &Options{Prefix: prefix, RedisTimeout: 5 * time.Second})
 	other := newBatchLoader(t, newClient(t, mr.Addr()), bt, &Options{Prefix: prefix})
 	ctx := context.Background()
 	var setErr error
-	rdb.AddHook(&beforeAcquire{fn: func() {
+	rdb.AddHook(beforeAcquire(func() {
 		// Between GetMany's read and its lease request, another process
 		// writes a and stores b's negative entry.
 		setErr = other.Set(ctx, "a", bt.put("a", "written"))
 		if setErr == nil {
 			_, setErr = other.Get(ctx, "b")
 		}
-	}})
+	}))
 	got, err := l.GetMany(ctx, []string{"a", "b"})
 	require.NoError(t, err)
 	require.ErrorIs(t, setErr, ErrNotFound)
@@ -640,11 +608,11 @@ func TestGetManyHitsRefreshAndSample(t *testing.T) {
 	ev := &events{}
 	refreshed := ev.on(EventRefresh)
 	sampled := ev.on(EventSampled)
-	l := newLoader(t, rdb, tb, &Options{TTL: time.Minute, DisableJitter: true, RedisTimeout: resRelaxed,
+	l := newLoader(t, rdb, tb, &Options{TTL: time.Minute, DisableJitter: true, RedisTimeout: relaxedTimeout,
 		SampleRate: 1, SampleDelay: time.Millisecond, Recorder: ev})
-	resSeed(t, l, "a", tb.put("a", "a1"))
-	resSeed(t, l, "b", tb.put("b", "b1"))
-	resNearExpiry(t, l, "a")
+	seedRow(t, l, "a", tb.put("a", "a1"))
+	seedRow(t, l, "b", tb.put("b", "b1"))
+	nearExpiry(t, l, "a")
 
 	got, err := l.GetMany(context.Background(), []string{"a", "b"})
 	require.NoError(t, err)
@@ -663,9 +631,9 @@ func TestGetManyMissesReadOnce(t *testing.T) {
 	for i := range 5 {
 		tb.put(fmt.Sprint("k", i), fmt.Sprint("v", i))
 	}
-	l := newLoader(t, rdb, tb, &Options{RedisTimeout: resRelaxed})
-	hook := &pipeHook{}
-	rdb.AddHook(hook)
+	l := newLoader(t, rdb, tb, &Options{RedisTimeout: relaxedTimeout})
+	reads := &entryReads{}
+	rdb.AddHook(reads.hook())
 
 	keys := []string{"k0", "k1", "k2", "k3", "k4"}
 	got, err := l.GetMany(context.Background(), keys)
@@ -674,8 +642,8 @@ func TestGetManyMissesReadOnce(t *testing.T) {
 	for i, k := range keys {
 		require.Equal(t, fmt.Sprint("v", i), got[k].Val)
 	}
-	require.Zero(t, hook.singles.Load(), "no key read again on its own")
-	require.Equal(t, [][]string{{l.Key("k0"), l.Key("k1"), l.Key("k2"), l.Key("k3"), l.Key("k4")}}, hook.taken())
+	require.Zero(t, reads.singles.Load(), "no key read again on its own")
+	require.Equal(t, [][]string{{l.Key("k0"), l.Key("k1"), l.Key("k2"), l.Key("k3"), l.Key("k4")}}, reads.taken())
 	require.EqualValues(t, 5, tb.loads.Load())
 	require.EqualValues(t, 5, l.Stats().Misses)
 

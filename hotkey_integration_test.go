@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/stretchr/testify/require"
 )
 
@@ -144,8 +145,8 @@ func roundAll(ds []time.Duration) []time.Duration {
 // hotProcs Loaders for hotRun.
 func hotKey(t *testing.T, opts Options) hotResult {
 	t.Helper()
-	first := realRedis(t)
-	opts.Prefix = uniquePrefix(t, first)
+	first := testenv.Redis(t, "")
+	opts.Prefix = testenv.Prefix(t, first, "cachetest:")
 	opts.TTL = hotTTL
 	opts.DisableJitter = true
 	opts.RedisTimeout = hotRedisTimeout
@@ -177,7 +178,7 @@ func hotKey(t *testing.T, opts Options) hotResult {
 	for i := range hotProcs {
 		rdb := first
 		if i > 0 {
-			rdb = realRedis(t)
+			rdb = testenv.Redis(t, "")
 		}
 		l, err := New(rdb, "hot", load, &opts)
 		require.NoError(t, err)

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -69,7 +70,7 @@ func TestRefusedFillIsNotHandedOut(t *testing.T) {
 			return row{"v1", 1}, nil
 		}
 		return row{"v2", 2}, nil
-	}, &Options{Prefix: uniquePrefix(t, rdb), RedisTimeout: testRedisTimeout})
+	}, &Options{Prefix: testenv.Prefix(t, rdb, "cachetest:"), RedisTimeout: testRedisTimeout})
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	require.NoError(t, l.InvalidateVersions(ctx, KeyVersion{"a", 2}))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/faultproxy"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // Loaders with separate clients stand for separate processes.
@@ -165,7 +166,7 @@ func TestLeaseLeftByAFailedFillIsFilledWhenRedisAnswers(t *testing.T) {
 		e, err := entry.Decode(direct.Get(ctx, l.Key("a")).Val(), 1<<20)
 		return err == nil && e.LeaseOwner == "" && e.Usable()
 	}, 10*time.Second, 5*time.Millisecond, "the fill was sent again once Redis answered")
-	other := newLoader(t, newClient(t, redisAddr()), tb, &Options{Prefix: l.s.prefix})
+	other := newLoader(t, newClient(t, testenv.RedisAddr()), tb, &Options{Prefix: l.s.prefix})
 	v, err = other.Get(ctx, "a")
 	require.NoError(t, err)
 	require.Equal(t, "one", v.Val)
@@ -201,9 +202,42 @@ func TestLeaseRequestRunAfterItsCallerGaveUpGrantsNothing(t *testing.T) {
 		require.ErrorIs(t, err, redis.Nil)
 	}
 	// Another process is not held up by it.
-	other := newLoader(t, newClient(t, redisAddr()), tb, &Options{Prefix: l.s.prefix, LeaseTimeout: time.Minute})
+	other := newLoader(t, newClient(t, testenv.RedisAddr()), tb, &Options{Prefix: l.s.prefix, LeaseTimeout: time.Minute})
 	v, err = other.Get(ctx, "a")
 	require.NoError(t, err)
 	require.Equal(t, "one", v.Val)
 	require.Zero(t, other.Stats().LeaseWaits)
+}
+
+// A Get that finds a soft-expired entry and another caller's lease waits in
+// awaitLease for the fill: the expired payload still in the entry (Usable
+// ignores the soft expiry) is not taken as "filled", so no value is served
+// past its TTL without a stale option.
+func TestLeaseWaitDoesNotServeExpiredValue(t *testing.T) {
+	mr, rdbA := fakeRedis(t)
+	tb := newTable()
+	started := make(chan int64, 4)
+	release := make(chan struct{})
+	defer close(release)
+	tb.hook = func(_ context.Context, _ string, n int64) error {
+		started <- n
+		<-release
+		return nil
+	}
+	a := newLoader(t, rdbA, tb, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true, RedisTimeout: relaxedTimeout})
+	tbB := newTable()
+	tbB.put("a", "a2")
+	b := newLoader(t, newClient(t, mr.Addr()), tbB, &Options{Prefix: "t:", TTL: time.Minute, DisableJitter: true,
+		RedisTimeout: relaxedTimeout})
+	seedRow(t, a, "a", tb.put("a", "a1"))
+	// The value's TTL has passed (the key lives on a little: a lease
+	// request extends it, or MaxStale keeps it for StaleIfError); the last
+	// load took 1ms, so B waits on A's lease for at most 20ms.
+	editEntry(t, rdbA, a.Key("a"), func(e *entry.Entry) { e.SoftExpiry, e.Delta = a.clock.serverNow()-10_000, 1 })
+	tb.put("a", "a2")
+
+	go a.Get(context.Background(), "a") // A takes the lease and loads (held)
+	<-started
+	v := getRow(t, b, "a")
+	require.Equal(t, "a2", v.Val, "B served the value whose TTL had passed while A was loading")
 }

@@ -191,7 +191,7 @@ func (l *Loader[T]) localGetMany(ctx context.Context, b *redisBudget, keys []str
 	}
 	rest := keys[:0:0]
 	for _, k := range keys {
-		if !l.pending.has(k) {
+		if !l.retry.pending.has(k) {
 			if v, ok := t.store.Get(l.Key(k)); ok {
 				l.countIn(ctx, EventLocalHit)
 				res.out[k] = v

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // BenchmarkLocal measures Loader.Get with the in-process tier against the
@@ -15,14 +17,14 @@ import (
 // answered (the rest read Redis: a barrier not yet back, a fill refused).
 func BenchmarkLocal(b *testing.B) {
 	ctx := context.Background()
-	rdb := realRedis(b)
+	rdb := testenv.Redis(b, "")
 	for _, c := range []struct {
 		name string
 		lag  time.Duration
 		hot  bool
 	}{{"bounded/hot", 100 * time.Millisecond, true}, {"strict/distinct", 0, false}} {
 		l, err := New(rdb, "bench", func(context.Context, string) (benchValue, error) { return benchRow, nil },
-			&Options{Prefix: uniquePrefix(b, rdb), TTL: time.Hour, Local: &LocalOptions{MaxLag: c.lag}})
+			&Options{Prefix: testenv.Prefix(b, rdb, "cachetest:"), TTL: time.Hour, Local: &LocalOptions{MaxLag: c.lag}})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -12,6 +12,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 func TestLocalOptionsValidation(t *testing.T) {
@@ -32,8 +34,8 @@ func TestLocalOptionsValidation(t *testing.T) {
 func localPair(t *testing.T, lo LocalOptions) (a, b *Loader[row], tb *table) {
 	t.Helper()
 	tb = newTable()
-	ra, rb := realRedis(t), realRedis(t)
-	prefix := uniquePrefix(t, ra)
+	ra, rb := testenv.Redis(t, ""), testenv.Redis(t, "")
+	prefix := testenv.Prefix(t, ra, "cachetest:")
 	a = newLoader(t, ra, tb, &Options{Prefix: prefix, Local: &lo})
 	b = newLoader(t, rb, tb, &Options{Prefix: prefix})
 	deadline := time.Now().Add(20 * time.Second)
@@ -140,8 +142,8 @@ func TestLocalTierCloseStopsEverything(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // runs after the clients close
 	tb := newTable()
-	rdb := realRedis(t)
-	l, err := New(rdb, "row", tb.load, &Options{Prefix: uniquePrefix(t, rdb), Local: &LocalOptions{}})
+	rdb := testenv.Redis(t, "")
+	l, err := New(rdb, "row", tb.load, &Options{Prefix: testenv.Prefix(t, rdb, "cachetest:"), Local: &LocalOptions{}})
 	require.NoError(t, err)
 	tb.put("k", "v")
 	l.Get(context.Background(), "k")

@@ -130,9 +130,9 @@ func (p *pendingRec) InvalidationsPending(_ string, n int) { p.reports <- n }
 // cache_invalidations_pending.
 func TestInvalidationsPendingReported(t *testing.T) {
 	rec := &pendingRec{reports: make(chan int, 16)}
-	f := newRetrierFixture(t, &Options{DisableBreaker: true, RedisTimeout: resRelaxed, Recorder: rec})
+	f := newRetrierFixture(t, &Options{DisableBreaker: true, RedisTimeout: relaxedTimeout, Recorder: rec})
 	f.tb.put("a", "a1")
-	require.Equal(t, "a1", resGetRow(t, f.l, "a").Val)
+	require.Equal(t, "a1", getRow(t, f.l, "a").Val)
 
 	f.queueA(t, "a2")
 	require.Equal(t, 1, <-rec.reports)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -38,11 +39,11 @@ func migrateUser(old []byte) ([]byte, error) {
 // warmed v1 namespace is answered from it, not from the database.
 func TestKeyFormatMigrationKeepsHitRate(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
-		base := uniquePrefix(t, rdb)
+		base := testenv.Prefix(t, rdb, "cachetest:")
 		ctx := context.Background()
 		v1, err := New(rdb, "user", func(_ context.Context, k string) (userV1, error) {
 			return userV1{Name: "user " + k}, nil
-		}, &Options{Prefix: base + "v1:", TTL: time.Hour, RedisTimeout: resRelaxed})
+		}, &Options{Prefix: base + "v1:", TTL: time.Hour, RedisTimeout: relaxedTimeout})
 		require.NoError(t, err)
 		defer v1.Close()
 		for i := range 100 {
@@ -55,7 +56,7 @@ func TestKeyFormatMigrationKeepsHitRate(t *testing.T) {
 			loads.Add(1)
 			return userV2{FullName: "user " + k}, nil
 		}, &Options{Prefix: base + "v2:", TTL: time.Hour, PreviousKeyPrefix: base + "v1:user#2:", Migrate: migrateUser,
-			RedisTimeout: resRelaxed}) // the exact counts below must not depend on the machine's load
+			RedisTimeout: relaxedTimeout}) // the exact counts below must not depend on the machine's load
 		require.NoError(t, err)
 		defer v2.Close()
 
@@ -142,7 +143,7 @@ func TestKeyFormatMigrationDeclines(t *testing.T) {
 // writes drop them, so the old processes reload what changed.
 func TestUpgradeFromHashEntries(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
-		base := uniquePrefix(t, rdb)
+		base := testenv.Prefix(t, rdb, "cachetest:")
 		ctx := context.Background()
 		// What an old release left: fresh entries, and the hash fields its
 		// scripts wrote (payload, generation, version, soft expiry, load
@@ -159,7 +160,7 @@ func TestUpgradeFromHashEntries(t *testing.T) {
 		for i := range 50 {
 			tb.put(strconv.Itoa(i), "db")
 		}
-		l := newLoader(t, rdb, tb, &Options{Prefix: base, TTL: time.Hour, PreviousKeyPrefix: base + "user:", RedisTimeout: resRelaxed})
+		l := newLoader(t, rdb, tb, &Options{Prefix: base, TTL: time.Hour, PreviousKeyPrefix: base + "user:", RedisTimeout: relaxedTimeout})
 		require.NotEqual(t, old("1"), l.Key("1"), "the formats live at different keys")
 		for i := range 50 {
 			v, err := l.Get(ctx, strconv.Itoa(i))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/faultproxy"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // DESIGN §5 "MySQL down" on the real MariaDB and Redis: the Loaders reach
@@ -56,10 +57,10 @@ type mdEnv struct {
 
 func newMDEnv(t *testing.T) *mdEnv {
 	t.Helper()
-	direct := realMySQL(t)
-	rdb := realRedis(t)
-	e := &mdEnv{t: t, direct: direct, rdb: rdb, prefix: uniquePrefix(t, rdb)}
-	e.table = uniqueTable(t, direct, "mysqldown")
+	direct := testenv.MySQL(t)
+	rdb := testenv.Redis(t, "")
+	e := &mdEnv{t: t, direct: direct, rdb: rdb, prefix: testenv.Prefix(t, rdb, "cachetest:")}
+	e.table = testenv.Table(t, direct, "mysqldown")
 	ctx := context.Background()
 	_, err := direct.ExecContext(ctx, "CREATE TABLE "+e.table+
 		" (id VARCHAR(32) PRIMARY KEY, val VARCHAR(64) NOT NULL, version BIGINT NOT NULL) ENGINE=InnoDB")
@@ -69,7 +70,7 @@ func newMDEnv(t *testing.T) *mdEnv {
 		require.NoError(t, err)
 	}
 
-	cfg, err := mysql.ParseDSN(mysqlDSN())
+	cfg, err := mysql.ParseDSN(testenv.MySQLDSN())
 	require.NoError(t, err)
 	if cfg.Net != "tcp" {
 		t.Skipf("the database is reached over %q; the proxy needs tcp", cfg.Net)

@@ -12,19 +12,19 @@ import (
 	"github.com/f4df6ac3/cache/internal/entry"
 )
 
-// maxReadBatches bounds the reads (single HMGETs or pipelines of them) a
+// maxReadsInFlight bounds the reads (single GETRANGEs or pipelines of them) a
 // Loader has in flight at once; reads asked for beyond it queue and are
 // sent together as one pipeline when a read in flight returns.
-const maxReadBatches = 2
+const maxReadsInFlight = 2
 
-// maxReadBatch bounds the HMGETs of one pipeline; the rest of the queue
+// maxPipelinedReads bounds the reads of one pipeline; the rest of the queue
 // waits for the next.
-const maxReadBatch = 256
+const maxPipelinedReads = 256
 
 // readPipe writes the entry reads of concurrent Gets of different keys to
-// Redis as pipelines. While fewer than maxReadBatches reads are in flight a
-// Get sends its own HMGET at once, on its own goroutine, so that a lone
-// Get's latency is a plain HMGET's: no timer, no hand-off. Beyond that,
+// Redis as pipelines. While fewer than maxReadsInFlight reads are in flight a
+// Get sends its own GETRANGE at once, on its own goroutine, so that a lone
+// Get's latency is a plain GETRANGE's: no timer, no hand-off. Beyond that,
 // reads queue, and each read in flight that returns sends the queue as one
 // pipeline: one write and one read of the socket for many Gets, where
 // the connection pool would otherwise serve them one round trip at a time.
@@ -45,13 +45,13 @@ type pipedRead struct {
 	err      error
 }
 
-// readOnce fetches and decodes key's entry: directly when the Loader has
+// readOrQueue fetches and decodes key's entry: directly when the Loader has
 // room for another read in flight, else as part of the next pipeline. It
 // spends from b what it waited.
-func (l *Loader[T]) readOnce(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
+func (l *Loader[T]) readOrQueue(ctx context.Context, b *redisBudget, rkey string) (entry.Entry, error) {
 	p := &l.reads.pipe
 	p.mu.Lock()
-	if p.inFlight < maxReadBatches {
+	if p.inFlight < maxReadsInFlight {
 		p.inFlight++
 		p.mu.Unlock()
 		e, err := l.readDirect(ctx, b, rkey)
@@ -88,44 +88,44 @@ func (l *Loader[T]) readReturned() {
 		p.mu.Unlock()
 		return
 	}
-	batch := p.queue
-	if len(batch) > maxReadBatch {
-		batch = batch[:maxReadBatch:maxReadBatch]
-		p.queue = p.queue[maxReadBatch:]
+	reads := p.queue
+	if len(reads) > maxPipelinedReads {
+		reads = reads[:maxPipelinedReads:maxPipelinedReads]
+		p.queue = p.queue[maxPipelinedReads:]
 	} else {
 		p.queue = nil
 	}
 	p.mu.Unlock()
 	l.bg.Go(func() {
-		l.sendReads(batch)
+		l.sendReads(reads)
 		l.readReturned()
 	})
 }
 
-// sendReads sends a batch of queued reads as one pipeline, bounded by the
+// sendReads sends queued reads as one pipeline, bounded by the
 // earliest budget among them (so that none waits past its own), and
 // answers each.
-func (l *Loader[T]) sendReads(batch []*pipedRead) {
-	deadline := batch[0].deadline
-	for _, r := range batch[1:] {
+func (l *Loader[T]) sendReads(reads []*pipedRead) {
+	deadline := reads[0].deadline
+	for _, r := range reads[1:] {
 		if r.deadline.Before(deadline) {
 			deadline = r.deadline
 		}
 	}
 	b := redisBudget{left: time.Until(deadline)}
-	if len(batch) == 1 {
-		r := batch[0]
+	if len(reads) == 1 {
+		r := reads[0]
 		r.e, r.err = l.readDirect(context.Background(), &b, r.rkey)
 		close(r.done)
 		return
 	}
-	rkeys := make([]string, len(batch))
-	for i, r := range batch {
+	rkeys := make([]string, len(reads))
+	for i, r := range reads {
 		rkeys[i] = r.rkey
 	}
 	// On a Redis Cluster, one pipeline per master, each through its
 	// master's breaker. A read not sent has no command.
-	cmds := make([]*redis.StringCmd, len(batch))
+	cmds := make([]*redis.StringCmd, len(reads))
 	err := l.perMaster(context.Background(), &b, rkeys, l.redisCallKey, func(ctx context.Context, idx []int) error {
 		pipe := l.rdb.Pipeline()
 		for _, i := range idx {
@@ -134,7 +134,7 @@ func (l *Loader[T]) sendReads(batch []*pipedRead) {
 		_, err := pipe.Exec(ctx)
 		return err
 	})
-	for i, r := range batch {
+	for i, r := range reads {
 		switch {
 		case cmds[i] == nil: // the breaker or the budget refused the call
 			r.err = cmp.Or(err, ErrRedisUnavailable)

@@ -15,52 +15,51 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// pipeHook records the entry reads of a client: single HMGETs, which it
-// can hold until released, and pipelines of HMGETs with their keys.
-type pipeHook struct {
-	hold    chan struct{} // while open, single HMGETs wait for it to close
+// entryReads records the entry reads of a client, through its hook: single
+// GETRANGEs, which it can hold until released, and pipelines of GETRANGEs
+// with their keys.
+type entryReads struct {
+	hold    chan struct{} // while open, single GETRANGEs wait for it to close
 	singles atomic.Int64
 
 	mu        sync.Mutex // protects pipelines
 	pipelines [][]string
 }
 
-func (h *pipeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *pipeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "getrange" {
+// hook returns the hook that records the reads of the client it is added to.
+func (h *entryReads) hook() *cmdHook {
+	return &cmdHook{
+		before: func(c hookCmd) error {
+			if c.piped || c.name != "getrange" {
+				return nil
+			}
 			h.singles.Add(1)
 			if h.hold != nil {
 				select {
 				case <-h.hold:
-				case <-ctx.Done():
-					return ctx.Err()
+				case <-c.ctx.Done():
+					return c.ctx.Err()
 				}
 			}
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (h *pipeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		var keys []string
-		for _, c := range cmds {
-			if c.Name() == "getrange" {
-				keys = append(keys, fmt.Sprint(c.Args()[1]))
+			return nil
+		},
+		pipeline: func(cmds []hookCmd) {
+			var keys []string
+			for _, c := range cmds {
+				if c.name == "getrange" {
+					keys = append(keys, c.key)
+				}
 			}
-		}
-		if len(keys) > 0 {
-			h.mu.Lock()
-			h.pipelines = append(h.pipelines, keys)
-			h.mu.Unlock()
-		}
-		return next(ctx, cmds)
+			if len(keys) > 0 {
+				h.mu.Lock()
+				h.pipelines = append(h.pipelines, keys)
+				h.mu.Unlock()
+			}
+		},
 	}
 }
 
-func (h *pipeHook) taken() [][]string {
+func (h *entryReads) taken() [][]string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Clone(h.pipelines)
@@ -84,25 +83,25 @@ func queued[T any](t *testing.T, l *Loader[T], n int) {
 	}
 }
 
-// pipeFixture is a Loader whose first maxReadBatches reads are held, so
+// pipeFixture is a Loader whose first maxReadsInFlight reads are held, so
 // that the Gets after them queue.
 type pipeFixture struct {
-	l    *Loader[row]
-	tb   *table
-	hook *pipeHook
-	rdb  *redis.Client
-	held sync.WaitGroup // the Gets whose reads are held
+	l     *Loader[row]
+	tb    *table
+	reads *entryReads
+	rdb   *redis.Client
+	held  sync.WaitGroup // the Gets whose reads are held
 }
 
 func newPipeFixture(t *testing.T, keys int, opts *Options) *pipeFixture {
 	t.Helper()
 	_, rdb := fakeRedis(t)
-	f := &pipeFixture{tb: newTable(), hook: &pipeHook{}, rdb: rdb}
+	f := &pipeFixture{tb: newTable(), reads: &entryReads{}, rdb: rdb}
 	for i := range keys {
 		f.tb.put(fmt.Sprint("k", i), fmt.Sprint("v", i))
 	}
 	if opts == nil {
-		opts = &Options{RedisTimeout: resRelaxed}
+		opts = &Options{RedisTimeout: relaxedTimeout}
 	}
 	f.l = newLoader(t, rdb, f.tb, opts)
 	// Fill every key, then hold the reads.
@@ -110,31 +109,31 @@ func newPipeFixture(t *testing.T, keys int, opts *Options) *pipeFixture {
 		_, err := f.l.Get(context.Background(), fmt.Sprint("k", i))
 		require.NoError(t, err)
 	}
-	rdb.AddHook(f.hook)
+	rdb.AddHook(f.reads.hook())
 	return f
 }
 
-// holdReads starts maxReadBatches Gets of hold-keys whose reads are held
+// holdReads starts maxReadsInFlight Gets of hold-keys whose reads are held
 // by the hook until release is called.
 func (f *pipeFixture) holdReads(t *testing.T) (release func()) {
 	t.Helper()
-	f.hook.hold = make(chan struct{})
-	for i := range maxReadBatches {
+	f.reads.hold = make(chan struct{})
+	for i := range maxReadsInFlight {
 		f.held.Add(1)
 		go func() {
 			defer f.held.Done()
 			f.l.Get(context.Background(), fmt.Sprint("hold", i))
 		}()
 	}
-	want := int64(maxReadBatches)
+	want := int64(maxReadsInFlight)
 	deadline := time.Now().Add(10 * time.Second)
-	for f.hook.singles.Load() < want {
+	for f.reads.singles.Load() < want {
 		if time.Now().After(deadline) {
 			t.Fatal("held reads never sent")
 		}
 		runtime.Gosched()
 	}
-	return func() { close(f.hook.hold); f.held.Wait() }
+	return func() { close(f.reads.hold); f.held.Wait() }
 }
 
 // queueGets starts a Get of each of k0…k(n-1) and waits until their reads
@@ -171,11 +170,11 @@ func TestPipelineQueuedReadsShareOnePipeline(t *testing.T) {
 	release()
 	done()
 
-	pipes := f.hook.taken()
+	pipes := f.reads.taken()
 	require.Len(t, pipes, 1, "the %d queued reads are one pipeline", n)
 	require.Len(t, pipes[0], n)
 	require.EqualValues(t, n, f.l.Stats().Hits, "every queued read is a hit")
-	require.EqualValues(t, n+maxReadBatches, f.tb.loads.Load(), "no load but the fills' and the held Gets'")
+	require.EqualValues(t, n+maxReadsInFlight, f.tb.loads.Load(), "no load but the fills' and the held Gets'")
 }
 
 // TestPipelineSequentialGetsSendSingleReads: a lone Get never waits for
@@ -187,8 +186,8 @@ func TestPipelineSequentialGetsSendSingleReads(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, fmt.Sprint("v", i), v.Val)
 	}
-	require.EqualValues(t, 10, f.hook.singles.Load())
-	require.Empty(t, f.hook.taken())
+	require.EqualValues(t, 10, f.reads.singles.Load())
+	require.Empty(t, f.reads.taken())
 }
 
 // TestPipelineReadSentAfterInvalidation: a Get queued after an
@@ -252,7 +251,7 @@ func TestPipelinePerKeyFailures(t *testing.T) {
 	release()
 	done()
 	require.EqualValues(t, 1, f.l.Stats().CorruptEntries)
-	require.EqualValues(t, 3+maxReadBatches+1, f.tb.loads.Load(), "only the corrupt key is loaded again (and the held Gets)")
+	require.EqualValues(t, 3+maxReadsInFlight+1, f.tb.loads.Load(), "only the corrupt key is loaded again (and the held Gets)")
 	typ, err := f.rdb.Type(context.Background(), f.l.Key("k1")).Result()
 	require.NoError(t, err)
 	require.Equal(t, "string", typ, "the corrupt entry is replaced")
@@ -261,11 +260,11 @@ func TestPipelinePerKeyFailures(t *testing.T) {
 // TestPipelineFailsOpen: when the pipeline fails (Redis unreachable), the
 // queued Gets load from the database and answer; no error reaches them.
 func TestPipelineFailsOpen(t *testing.T) {
-	f := newPipeFixture(t, 4, &Options{RedisTimeout: resRelaxed, DisableBreaker: true})
+	f := newPipeFixture(t, 4, &Options{RedisTimeout: relaxedTimeout, DisableBreaker: true})
 	var fail atomic.Bool
-	f.rdb.AddHook(&resHook{before: func(name, _ string) error {
+	f.rdb.AddHook(&cmdHook{before: func(hookCmd) error {
 		if fail.Load() {
-			return errResUnreachable
+			return errUnreachable
 		}
 		return nil
 	}})
@@ -275,7 +274,7 @@ func TestPipelineFailsOpen(t *testing.T) {
 	fail.Store(true)
 	release()
 	done()
-	require.EqualValues(t, 4+maxReadBatches+4, f.tb.loads.Load(), "each queued Get loaded")
+	require.EqualValues(t, 4+maxReadsInFlight+4, f.tb.loads.Load(), "each queued Get loaded")
 	require.Positive(t, f.l.Stats().RedisErrors)
 }
 
@@ -295,7 +294,7 @@ func TestPipelineInFlightTimesOut(t *testing.T) {
 // TestPipelineBreakerOpen: queued reads are not sent while the breaker is
 // open; their Gets load.
 func TestPipelineBreakerOpen(t *testing.T) {
-	f := newPipeFixture(t, 3, &Options{RedisTimeout: resRelaxed, BreakerFailures: 1, BreakerCooldown: time.Hour})
+	f := newPipeFixture(t, 3, &Options{RedisTimeout: relaxedTimeout, BreakerFailures: 1, BreakerCooldown: time.Hour})
 	release := f.holdReads(t)
 	done := f.queueGets(t, 3)
 	// Open the breaker by a failed call of another client's command path.
@@ -306,7 +305,7 @@ func TestPipelineBreakerOpen(t *testing.T) {
 	require.Equal(t, BreakerOpen, f.l.BreakerState())
 	release()
 	done()
-	require.Empty(t, f.hook.taken(), "no pipeline sent while open")
+	require.Empty(t, f.reads.taken(), "no pipeline sent while open")
 }
 
 // countingCodec is JSON counting its decodings.
@@ -347,8 +346,8 @@ func coalescedWaiting[T any](t *testing.T, l *Loader[T], rkey string, n int) {
 // Gets sharing a load do).
 func TestCoalescedGetsShareOneDecoding(t *testing.T) {
 	codec := &countingCodec{}
-	f := newPipeFixture(t, 1, &Options{RedisTimeout: resRelaxed, Codec: codec})
-	f.hook.hold = make(chan struct{})
+	f := newPipeFixture(t, 1, &Options{RedisTimeout: relaxedTimeout, Codec: codec})
+	f.reads.hold = make(chan struct{})
 	before := codec.decodes.Load()
 
 	const waiters = 6
@@ -362,7 +361,7 @@ func TestCoalescedGetsShareOneDecoding(t *testing.T) {
 	wg.Add(1)
 	go get() // its read is held
 	deadline := time.Now().Add(10 * time.Second)
-	for f.hook.singles.Load() < 1 {
+	for f.reads.singles.Load() < 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("first read never sent")
 		}
@@ -373,10 +372,10 @@ func TestCoalescedGetsShareOneDecoding(t *testing.T) {
 		go get()
 	}
 	coalescedWaiting(t, f.l, f.l.Key("k0"), waiters)
-	close(f.hook.hold)
+	close(f.reads.hold)
 	wg.Wait()
 
-	require.EqualValues(t, 2, f.hook.singles.Load(), "the held read and one shared by the waiters")
+	require.EqualValues(t, 2, f.reads.singles.Load(), "the held read and one shared by the waiters")
 	require.EqualValues(t, 2, codec.decodes.Load()-before, "one decoding per read")
 	require.EqualValues(t, 1+waiters, f.l.Stats().Hits)
 }

@@ -55,10 +55,10 @@ func (l *Loader[T]) probeAll() (found bool) {
 		found = true
 		l.probe(l.breaker, func(ctx context.Context) error { return l.rdb.Ping(ctx).Err() })
 	}
-	if l.nodes == nil {
+	if l.cluster.nodes == nil {
 		return found
 	}
-	l.nodes.m.Range(func(addr, br any) bool {
+	l.cluster.nodes.m.Range(func(addr, br any) bool {
 		if b := br.(*breaker); b.state() != BreakerClosed {
 			found = true
 			l.probe(b, l.pingMaster(addr.(string)))
@@ -92,7 +92,7 @@ func (l *Loader[T]) probe(br *breaker, ping func(ctx context.Context) error) {
 func (l *Loader[T]) pingMaster(addr string) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
 		var found atomic.Bool // ForEachMaster calls at once
-		err := l.nodes.cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		err := l.cluster.nodes.cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
 			if m.Options().Addr != addr {
 				return nil
 			}

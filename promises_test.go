@@ -13,6 +13,7 @@ import (
 
 	"github.com/f4df6ac3/cache/internal/entry"
 	"github.com/f4df6ac3/cache/internal/faultproxy"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // Regression tests for promises that single faults once broke: each names
@@ -80,7 +81,7 @@ func TestErrorsNameLoaderAndKey(t *testing.T) {
 // A planted huge value costs a Get no more than MaxValueBytes to find out
 // about: it is corrupt, replaced after one load, and no Redis call fails.
 func TestHugeValueInRedisIsCorruptAndReplaced(t *testing.T) {
-	rdb := realRedis(t)
+	rdb := testenv.Redis(t, "")
 	tb := newTable()
 	tb.put("a", "good")
 	// The default budget: reading the entry must fit in it (the Redis
@@ -111,7 +112,7 @@ func TestBreakerClosesWhenRedisIsBackWithoutGets(t *testing.T) {
 	direct, p, rdb := proxiedRedis(t)
 	tb := newTable()
 	tb.put("a", "a1")
-	l := newLoader(t, rdb, tb, &Options{Prefix: uniquePrefix(t, direct), RedisTimeout: faultRedisTimeout,
+	l := newLoader(t, rdb, tb, &Options{Prefix: testenv.Prefix(t, direct, "cachetest:"), RedisTimeout: faultRedisTimeout,
 		BreakerFailures: 2})
 	ctx := context.Background()
 	_, err := l.Get(ctx, "a")
@@ -141,7 +142,7 @@ func TestInvalidatePersistsThroughFaults(t *testing.T) {
 	direct, p, rdb := proxiedRedis(t)
 	tb := newTable()
 	tb.put("a", "a1")
-	prefix := uniquePrefix(t, direct)
+	prefix := testenv.Prefix(t, direct, "cachetest:")
 	l := newLoader(t, rdb, tb, &Options{Prefix: prefix, RedisTimeout: faultRedisTimeout,
 		InvalidateTimeout: 2 * time.Second, DisableBreaker: true})
 	other := newLoader(t, direct, tb, &Options{Prefix: prefix}) // another process, unaffected by the faults
@@ -180,8 +181,8 @@ var errNoRows = sql.ErrNoRows
 // through a fault proxy (closed when the test ends).
 func proxiedRedis(t *testing.T) (direct *redis.Client, p *faultproxy.Proxy, rdb *redis.Client) {
 	t.Helper()
-	direct = realRedis(t)
-	p, err := faultproxy.Start(redisAddr())
+	direct = testenv.Redis(t, "")
+	p, err := faultproxy.Start(testenv.RedisAddr())
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	rdb = redis.NewClient(&redis.Options{Addr: p.Addr(), ContextTimeoutEnabled: true})

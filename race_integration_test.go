@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/f4df6ac3/cache/internal/entry"
+	"github.com/f4df6ac3/cache/internal/testenv"
 )
 
 // The race test of DESIGN P3 and P3b on real MariaDB and Redis: readers and
@@ -80,8 +81,8 @@ type raceDB struct {
 
 func newRaceDB(t *testing.T, seed uint64) *raceDB {
 	t.Helper()
-	db := realMySQL(t)
-	table := uniqueTable(t, db, "items")
+	db := testenv.MySQL(t)
+	table := testenv.Table(t, db, "items")
 	ctx := context.Background()
 	_, err := db.ExecContext(ctx, "CREATE TABLE "+table+
 		" (id INT PRIMARY KEY, val VARCHAR(64) NOT NULL, version BIGINT NOT NULL) ENGINE=InnoDB")
@@ -300,10 +301,10 @@ func newRaceLib(t *testing.T, db *raceDB, writes raceWriteMode, ttl time.Duratio
 	lib := &raceLib{db: db, writes: writes}
 	var prefix string
 	for i := range raceLoaders {
-		rdb := realRedis(t)
+		rdb := testenv.Redis(t, "")
 		if i == 0 {
 			lib.rdb = rdb
-			prefix = uniquePrefix(t, rdb)
+			prefix = testenv.Prefix(t, rdb, "cachetest:")
 			lib.prefix = prefix
 		}
 		l, err := New(rdb, "items", func(ctx context.Context, key string) (raceRow, error) {
@@ -410,7 +411,7 @@ func TestRaceNoStaleSetNoStaleRead(t *testing.T) {
 			seed := raceSeed(t)
 			db := newRaceDB(t, seed)
 			lib := newRaceLib(t, db, tc.writes, tc.ttl)
-			checkLibRace(t, db, lib, seed, realRedis(t))
+			checkLibRace(t, db, lib, seed, testenv.Redis(t, ""))
 		})
 	}
 }
@@ -473,9 +474,9 @@ func newRaceTextbook(t *testing.T, db *raceDB) *raceTextbook {
 	t.Helper()
 	tb := &raceTextbook{db: db}
 	for i := range raceLoaders {
-		rdb := realRedis(t)
+		rdb := testenv.Redis(t, "")
 		if i == 0 {
-			tb.prefix = uniquePrefix(t, rdb) + "textbook:"
+			tb.prefix = testenv.Prefix(t, rdb, "cachetest:") + "textbook:"
 		}
 		tb.clients = append(tb.clients, rdb)
 	}
@@ -558,8 +559,8 @@ func TestRaceTextbookCacheAsideIsStale(t *testing.T) {
 // 2; between A's commit and A's Set, process B commits version 3 and
 // invalidates. Once both have returned, a Get must not answer version 2.
 func TestRaceInvalidateThenOlderWriteThrough(t *testing.T) {
-	rdbA, rdbB := realRedis(t), realRedis(t)
-	prefix := uniquePrefix(t, rdbA)
+	rdbA, rdbB := testenv.Redis(t, ""), testenv.Redis(t, "")
+	prefix := testenv.Prefix(t, rdbA, "cachetest:")
 	var committed atomic.Pointer[raceRow] // the database row
 	committed.Store(&raceRow{ID: 1, Val: "v1", Ver: 1})
 	load := func(context.Context, string) (raceRow, error) { return *committed.Load(), nil }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/stretchr/testify/require"
 )
 
@@ -14,9 +15,9 @@ import (
 // cache's back on the real MariaDB (updates, an insert over a negative
 // entry, a delete) and requires Reconcile to evict exactly those entries.
 func TestReconcileEvictsOnlyDivergentEntries(t *testing.T) {
-	db := realMySQL(t)
-	rdb := realRedis(t)
-	tbl := uniqueTable(t, db, "recon")
+	db := testenv.MySQL(t)
+	rdb := testenv.Redis(t, "")
+	tbl := testenv.Table(t, db, "recon")
 	ctx := context.Background()
 	_, err := db.ExecContext(ctx, "CREATE TABLE "+tbl+" (id INT PRIMARY KEY, val VARCHAR(64) NOT NULL, version BIGINT NOT NULL)")
 	require.NoError(t, err)
@@ -29,7 +30,7 @@ func TestReconcileEvictsOnlyDivergentEntries(t *testing.T) {
 		err := db.QueryRowContext(ctx, "SELECT val, version FROM "+tbl+" WHERE id = ?", key).Scan(&r.Val, &r.Ver)
 		return r, err // sql.ErrNoRows: not found
 	}
-	prefix := uniquePrefix(t, rdb)
+	prefix := testenv.Prefix(t, rdb, "cachetest:")
 	l, err := New(rdb, "recon", load, &Options{Prefix: prefix})
 	require.NoError(t, err)
 	defer l.Close()

@@ -21,6 +21,34 @@ const (
 	retryMaxBackoff = 5 * time.Second
 )
 
+// retrier holds what Redis did not take — invalidations WriteThrough could
+// not apply, stores that could not be sent after their callers were
+// answered — for retryLoop, and retryLoop's own state.
+type retrier struct {
+	pending   pendingSet     // invalidations WriteThrough could not apply
+	leftovers leftoverStores // stores after answering that Redis did not answer
+	report    sync.Mutex     // serialises reportPending
+	wake      chan struct{}  // wakes retryLoop: a key was queued, the breaker changed state, or Redis answered
+	// retrying is set while retryLoop applies the queue, and lastRetry is
+	// when it last finished (Loader.elapsed): see nudgeRetrier.
+	retrying  atomic.Bool
+	lastRetry atomic.Int64
+	// wait bounds retryLoop's backoff: retryBackoff and retryMaxBackoff,
+	// but in tests.
+	wait struct{ first, max time.Duration }
+}
+
+func (r *retrier) init() {
+	r.wake = make(chan struct{}, 1)
+	r.lastRetry.Store(-int64(retryBackoff))
+	r.wait.first, r.wait.max = retryBackoff, retryMaxBackoff
+}
+
+// queued reports whether anything waits for Redis.
+func (r *retrier) queued() bool {
+	return r.pending.n.Load() > 0 || r.leftovers.n.Load() > 0
+}
+
 // pendingSet holds the keys whose invalidation is queued. Gets of those keys
 // bypass Redis until it lands, so a stale entry is never served meanwhile.
 type pendingSet struct {
@@ -149,7 +177,7 @@ func (s *leftoverStores) take(now time.Time) []store {
 // its own; when Redis does not answer, retryLoop sends it again.
 func (l *Loader[T]) storeAfter(ctx context.Context, st store) {
 	if ok, _ := l.runStore(ctx, &redisBudget{left: l.s.redisTimeout}, st); !ok {
-		l.leftovers.add(st, time.Now().Add(l.s.leaseTimeout))
+		l.retry.leftovers.add(st, time.Now().Add(l.s.leaseTimeout))
 		l.wakeRetrier()
 	}
 }
@@ -158,7 +186,7 @@ func (l *Loader[T]) storeAfter(ctx context.Context, st store) {
 func (l *Loader[T]) storeManyAfter(ctx context.Context, stores []store) {
 	for i, ok := range l.storeMany(ctx, &redisBudget{left: l.s.redisTimeout}, stores) {
 		if !ok {
-			l.leftovers.add(stores[i], time.Now().Add(l.s.leaseTimeout))
+			l.retry.leftovers.add(stores[i], time.Now().Add(l.s.leaseTimeout))
 			l.wakeRetrier()
 		}
 	}
@@ -167,7 +195,7 @@ func (l *Loader[T]) storeManyAfter(ctx context.Context, stores []store) {
 // applyLeftovers sends the leftover stores through call and reports
 // whether none is left.
 func (l *Loader[T]) applyLeftovers(call redisCaller) bool {
-	stores := l.leftovers.take(time.Now())
+	stores := l.retry.leftovers.take(time.Now())
 	if len(stores) == 0 {
 		return true
 	}
@@ -180,7 +208,7 @@ func (l *Loader[T]) applyLeftovers(call redisCaller) bool {
 	until := time.Now().Add(l.s.leaseTimeout)
 	for i, c := range cmds {
 		if c == nil || c.Err() != nil {
-			l.leftovers.add(stores[i], until)
+			l.retry.leftovers.add(stores[i], until)
 			left = false
 			continue
 		}
@@ -192,7 +220,7 @@ func (l *Loader[T]) applyLeftovers(call redisCaller) bool {
 
 // enqueueInvalidation queues key for retryLoop; a full queue drops it.
 func (l *Loader[T]) enqueueInvalidation(key string) {
-	if !l.pending.add(key) {
+	if !l.retry.pending.add(key) {
 		l.count(EventInvalidationDropped)
 		l.s.logger.Error("cache: invalidation dropped: retry queue full; entry may stay stale until its TTL",
 			"loader", l.name, "keys", 1)
@@ -211,14 +239,14 @@ func (l *Loader[T]) reportPending() {
 	if !ok {
 		return
 	}
-	l.pendingReport.Lock()
-	defer l.pendingReport.Unlock()
-	pr.InvalidationsPending(l.name, int(l.pending.n.Load()))
+	l.retry.report.Lock()
+	defer l.retry.report.Unlock()
+	pr.InvalidationsPending(l.name, int(l.retry.pending.n.Load()))
 }
 
 func (l *Loader[T]) wakeRetrier() {
 	select {
-	case l.wake <- struct{}{}:
+	case l.retry.wake <- struct{}{}:
 	default:
 	}
 }
@@ -232,7 +260,7 @@ func (l *Loader[T]) wakeRetrier() {
 // Loader then retries its queue at most every retryBackoff, one pipeline
 // of the keys still queued, each bounded by RedisTimeout.
 func (l *Loader[T]) nudgeRetrier() {
-	if l.retrying.Load() || l.elapsed()-time.Duration(l.lastRetry.Load()) < retryBackoff {
+	if l.retry.retrying.Load() || l.elapsed()-time.Duration(l.retry.lastRetry.Load()) < retryBackoff {
 		return
 	}
 	l.wakeRetrier()
@@ -249,7 +277,7 @@ func (l *Loader[T]) retryLoop() {
 	var backoff time.Duration // the next wait after a failed try, 0 until one
 	for {
 		select {
-		case <-l.wake:
+		case <-l.retry.wake:
 		case <-timer.C:
 		case <-l.bg.done:
 			// The breaker may still be open (or about to let one probe
@@ -258,13 +286,13 @@ func (l *Loader[T]) retryLoop() {
 			// every try is.
 			l.applyPending(l.redisCallPastBreaker)
 			l.applyLeftovers(l.redisCallPastBreaker) // what fails lapses by itself
-			if snap := l.pending.snapshot(); len(snap) > 0 {
+			if snap := l.retry.pending.snapshot(); len(snap) > 0 {
 				for range snap {
 					l.count(EventInvalidationDropped)
 				}
 				l.s.logger.Error("cache: invalidations dropped on Close; entries may stay stale until their TTL",
 					"loader", l.name, "keys", len(snap))
-				l.pending.remove(snap)
+				l.retry.pending.remove(snap)
 				l.reportPending()
 			}
 			return
@@ -274,7 +302,7 @@ func (l *Loader[T]) retryLoop() {
 			backoff = 0
 			continue
 		}
-		backoff = min(max(2*backoff, l.retryWait.first), l.retryWait.max)
+		backoff = min(max(2*backoff, l.retry.wait.first), l.retry.wait.max)
 		timer.Reset(backoff)
 	}
 }
@@ -282,14 +310,14 @@ func (l *Loader[T]) retryLoop() {
 // applyPending invalidates the queued keys through call and reports
 // whether none is left.
 func (l *Loader[T]) applyPending(call redisCaller) bool {
-	snap := l.pending.snapshot()
+	snap := l.retry.pending.snapshot()
 	if len(snap) == 0 {
 		return true
 	}
-	l.retrying.Store(true)
+	l.retry.retrying.Store(true)
 	defer func() {
-		l.lastRetry.Store(int64(l.elapsed()))
-		l.retrying.Store(false)
+		l.retry.lastRetry.Store(int64(l.elapsed()))
+		l.retry.retrying.Store(false)
 	}()
 	keys := slices.Collect(maps.Keys(snap))
 	failed, _ := l.invalidateWith(context.Background(), keys, nil, l.s.redisTimeout, call)
@@ -308,7 +336,7 @@ func (l *Loader[T]) dequeue(snap map[string]uint64, failed []string) {
 	if len(snap) == 0 {
 		return
 	}
-	l.pending.remove(snap)
+	l.retry.pending.remove(snap)
 	l.reportPending()
 	for range snap {
 		l.count(EventInvalidationRetried)

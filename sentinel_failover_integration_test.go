@@ -213,7 +213,7 @@ func runSentinelFault(t *testing.T, mode sentinelFault) {
 	// loads are timed, for the bound on a Get.
 	var maxLoad atomic.Int64
 	lib := &raceLib{db: db, rdb: s.Client(t)}
-	lib.prefix = uniquePrefix(t, lib.rdb)
+	lib.prefix = testenv.Prefix(t, lib.rdb, "cachetest:")
 	for range raceLoaders {
 		l, err := New(s.Client(t), "items", func(ctx context.Context, key string) (raceRow, error) {
 			id, err := strconv.Atoi(key)

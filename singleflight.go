@@ -123,6 +123,24 @@ func mayJoin[T any](c caller, f *flight[T]) bool {
 	return c.gen == 0 || gg == 0 || gg >= c.gen
 }
 
+// claim is the first half of flightGroup.do, without the wait: it returns
+// the flight in progress for key that c may join, or registers a new one
+// (started true). The caller must end a started flight with g.run, or the
+// callers joining it wait forever.
+func (g *flightGroup[T]) claim(key string, c caller) (f *flight[T], started bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.m == nil {
+		g.m = make(map[string]*flight[T])
+	}
+	if f, ok := g.m[key]; ok && mayJoin(c, f) {
+		return f, false
+	}
+	f = &flight[T]{done: make(chan struct{})}
+	g.m[key] = f
+	return f, true
+}
+
 func (g *flightGroup[T]) run(key string, f *flight[T], run func(f *flight[T]) (result[T], func())) {
 	defer func() {
 		g.mu.Lock()

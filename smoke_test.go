@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
@@ -23,7 +24,7 @@ func TestSmoke(t *testing.T) {
 		rdb  func(t *testing.T) redis.UniversalClient
 	}{
 		{"miniredis", func(t *testing.T) redis.UniversalClient { _, r := fakeRedis(t); return r }},
-		{"redis", func(t *testing.T) redis.UniversalClient { return realRedis(t) }},
+		{"redis", func(t *testing.T) redis.UniversalClient { return testenv.Redis(t, "") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rdb := tc.rdb(t)
@@ -34,7 +35,7 @@ func TestSmoke(t *testing.T) {
 					return item{}, ErrNotFound
 				}
 				return item{ID: k, Val: "v", Ver: 3}, nil
-			}, &Options{Prefix: uniquePrefix(t, rdb)})
+			}, &Options{Prefix: testenv.Prefix(t, rdb, "cachetest:")})
 			require.NoError(t, err)
 			defer l.Close()
 			ctx := context.Background()

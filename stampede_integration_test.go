@@ -2,8 +2,6 @@ package cache
 
 import (
 	"context"
-	"crypto/sha1"
-	"encoding/hex"
 	"errors"
 	"slices"
 	"sync"
@@ -11,10 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
-
-	"github.com/f4df6ac3/cache/internal/script"
 )
 
 // The stampede test of DESIGN P2: many processes (Loaders with separate
@@ -98,7 +95,7 @@ func stampedeOneLoad(t *testing.T, client func() redis.UniversalClient, opts Opt
 	var loads atomic.Int64
 	want := stampedeVal{Key: "hot", Val: "loaded", Ver: 7}
 	first := client()
-	opts.Prefix = uniquePrefix(t, first)
+	opts.Prefix = testenv.Prefix(t, first, "cachetest:")
 	var loaders []*Loader[stampedeVal]
 	for i := range stampedeProcs {
 		rdb := first
@@ -146,7 +143,7 @@ const stampedeRedisTimeout = 5 * time.Second
 
 func TestStampedeRealRedis(t *testing.T) {
 	t.Run("one_load", func(t *testing.T) {
-		stampedeOneLoad(t, func() redis.UniversalClient { return realRedis(t) }, Options{RedisTimeout: stampedeRedisTimeout})
+		stampedeOneLoad(t, func() redis.UniversalClient { return testenv.Redis(t, "") }, Options{RedisTimeout: stampedeRedisTimeout})
 	})
 
 	t.Run("one_load_default_options", func(t *testing.T) {
@@ -156,7 +153,7 @@ func TestStampedeRealRedis(t *testing.T) {
 		// each process whose calls timed out loaded on its own (fail-open),
 		// 3 to 18 loads in all, and could leave behind a lease nobody
 		// filled (see TestStampedeOrphanLease).
-		stampedeOneLoad(t, func() redis.UniversalClient { return realRedis(t) }, Options{})
+		stampedeOneLoad(t, func() redis.UniversalClient { return testenv.Redis(t, "") }, Options{})
 	})
 
 	t.Run("lease_holder_dies", func(t *testing.T) {
@@ -164,8 +161,8 @@ func TestStampedeRealRedis(t *testing.T) {
 		// others wait on its lease, and once it lapses one of them loads
 		// and fills for the rest.
 		const lease = 300 * time.Millisecond
-		first := realRedis(t)
-		opts := Options{Prefix: uniquePrefix(t, first), LeaseTimeout: lease, LoadTimeout: 5 * time.Second,
+		first := testenv.Redis(t, "")
+		opts := Options{Prefix: testenv.Prefix(t, first, "cachetest:"), LeaseTimeout: lease, LoadTimeout: 5 * time.Second,
 			RedisTimeout: stampedeRedisTimeout}
 		var loads atomic.Int64
 		started := make(chan struct{})
@@ -188,7 +185,7 @@ func TestStampedeRealRedis(t *testing.T) {
 		t.Cleanup(func() { dead.Close() })
 		var others []*Loader[stampedeVal]
 		for range stampedeProcs - 1 {
-			l, err := New(realRedis(t), "stampede", func(ctx context.Context, key string) (stampedeVal, error) {
+			l, err := New(testenv.Redis(t, ""), "stampede", func(ctx context.Context, key string) (stampedeVal, error) {
 				loads.Add(1)
 				time.Sleep(20 * time.Millisecond)
 				return stampedeVal{Key: key, Val: "from a survivor", Ver: 1}, nil
@@ -247,50 +244,33 @@ func TestStampedeOneLoadMiniredis(t *testing.T) {
 	stampedeOneLoad(t, func() redis.UniversalClient { return newClient(t, mr.Addr()) }, Options{RedisTimeout: stampedeRedisTimeout})
 }
 
-// lostReply is a go-redis hook that makes the first run of one script fail
-// on the client: with ran, after Redis executed it (its reply came too
+// lostReply makes the first single run of one script fail on the client,
+// through its hook: with ran, after Redis executed it (its reply came too
 // late); without, before it was sent (the call never reached Redis).
 type lostReply struct {
-	sha  string
+	name string // the script, as cmdName names it
 	ran  bool
 	done atomic.Bool
 }
 
-func (h *lostReply) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *lostReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
-func (h *lostReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if !h.matches(cmd) || !h.done.CompareAndSwap(false, true) {
-			return next(ctx, cmd)
-		}
-		if h.ran {
-			if err := next(ctx, cmd); err != nil {
-				return err
+func (h *lostReply) hook() *cmdHook {
+	first := func(c hookCmd) bool {
+		return !c.piped && c.name == h.name && h.done.CompareAndSwap(false, true)
+	}
+	if h.ran {
+		return &cmdHook{after: func(c hookCmd, err error) error {
+			if first(c) && err == nil {
+				return context.DeadlineExceeded
 			}
+			return nil
+		}}
+	}
+	return &cmdHook{before: func(c hookCmd) error {
+		if first(c) {
+			return context.DeadlineExceeded
 		}
-		cmd.SetErr(context.DeadlineExceeded)
-		return context.DeadlineExceeded
-	}
-}
-
-func (h *lostReply) matches(cmd redis.Cmder) bool {
-	args := cmd.Args()
-	if len(args) < 2 {
-		return false
-	}
-	s, _ := args[1].(string)
-	switch cmd.Name() {
-	case "evalsha":
-		return s == h.sha
-	case "eval":
-		sum := sha1.Sum([]byte(s))
-		return hex.EncodeToString(sum[:]) == h.sha
-	}
-	return false
+		return nil
+	}}
 }
 
 // TestStampedeOrphanLease: a process whose acquire or fill fails on the
@@ -303,17 +283,17 @@ func TestStampedeOrphanLease(t *testing.T) {
 	}{
 		// The acquire ran (the lease was granted), but its reply was lost:
 		// the process loads without filling.
-		{"acquire_reply_lost", &lostReply{sha: script.SHA.Acquire, ran: true}},
+		{"acquire_reply_lost", &lostReply{name: "acquire", ran: true}},
 		// The process loaded under its lease, but its fill never reached
 		// Redis.
-		{"fill_lost", &lostReply{sha: script.SHA.Fill, ran: false}},
+		{"fill_lost", &lostReply{name: "fill", ran: false}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rdbA := realRedis(t)
-			rdbA.AddHook(tc.hook)
+			rdbA := testenv.Redis(t, "")
+			rdbA.AddHook(tc.hook.hook())
 			// Long enough that waiting it out is plainly wrong, short
 			// enough that Close (which waits for B's flight) ends soon.
-			opts := Options{Prefix: uniquePrefix(t, rdbA), LeaseTimeout: 2 * time.Second, RedisTimeout: stampedeRedisTimeout}
+			opts := Options{Prefix: testenv.Prefix(t, rdbA, "cachetest:"), LeaseTimeout: 2 * time.Second, RedisTimeout: stampedeRedisTimeout}
 			var loads atomic.Int64
 			load := func(_ context.Context, key string) (stampedeVal, error) {
 				loads.Add(1)
@@ -322,7 +302,7 @@ func TestStampedeOrphanLease(t *testing.T) {
 			a, err := New(rdbA, "orphan", load, &opts)
 			require.NoError(t, err)
 			t.Cleanup(func() { a.Close() })
-			b, err := New(realRedis(t), "orphan", load, &opts)
+			b, err := New(testenv.Redis(t, ""), "orphan", load, &opts)
 			require.NoError(t, err)
 			t.Cleanup(func() { b.Close() })
 

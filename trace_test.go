@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/f4df6ac3/cache/internal/testenv"
 	"github.com/stretchr/testify/require"
 )
 
@@ -228,7 +229,7 @@ func TestTracerFollowsGetManyAndWrites(t *testing.T) {
 			}
 		}
 		return out, nil
-	}, &Options{Tracer: tr, Prefix: uniquePrefix(t, rdb), RedisTimeout: testRedisTimeout})
+	}, &Options{Tracer: tr, Prefix: testenv.Prefix(t, rdb, "cachetest:"), RedisTimeout: testRedisTimeout})
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	ctx := context.Background()

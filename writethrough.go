@@ -225,16 +225,13 @@ func only(failed, keys []string, floors []int64) ([]string, []int64) {
 // takes off the queue the keys' queued invalidations it covers: those
 // enqueued before it was sent, for the keys it applied.
 func (l *Loader[T]) invalidateQueued(ctx context.Context, keys []string, floors []int64, budget time.Duration) ([]string, error) {
-	snap := l.pending.snapshotOf(keys)
+	snap := l.retry.pending.snapshotOf(keys)
 	failed, err := l.invalidateWith(ctx, keys, floors, budget, l.redisCallKey)
 	if snap != nil {
 		l.dequeue(snap, failed)
 	}
 	return failed, err
 }
-
-// redisCaller is redisCallKey or redisCallPastBreaker.
-type redisCaller func(ctx context.Context, b *redisBudget, rkey string, fn func(ctx context.Context) error) error
 
 // invalidate returns the keys it could not invalidate with the error. With
 // a previous key format configured, the keys' entries in that format are
@@ -324,7 +321,7 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	// so our Set must not land. Unknown when Redis fails: then we only
 	// invalidate.
 	gen, genErr := "", errNoGeneration
-	if !l.pending.has(key) { // else it only invalidates: see below
+	if !l.retry.pending.has(key) { // else it only invalidates: see below
 		gen, genErr = l.generation(ctx, key)
 	}
 	v, err := l.callWrite(ctx, key, write)
@@ -339,7 +336,7 @@ func (l *Loader[T]) WriteThrough(ctx context.Context, key string, write func(ctx
 	// InvalidateTimeout and then queued.
 	rctx := context.WithoutCancel(ctx)
 	switch {
-	case l.pending.has(key):
+	case l.retry.pending.has(key):
 		// An older invalidation of key is still queued: keep the order,
 		// storing nothing before it lands. One invalidation sent now
 		// covers both commits, so try it rather than wait for the
