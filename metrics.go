@@ -231,7 +231,7 @@ func (c *counters) snapshot() Stats {
 // Prometheus is a Recorder that exports a Loader's metrics, labelled with
 // the loader's name, to a prometheus.Registerer:
 //
-//	cache_requests_total{loader,result}     Gets by result: hit, miss, negative_hit, stale, bypass
+//	cache_requests_total{loader,result}     Gets by result: hit, local_hit, miss, negative_hit, stale, bypass
 //	cache_events_total{loader,event}        everything else Event names
 //	cache_loads_total{loader,result}        LoadFunc calls: ok, not_found, error
 //	cache_load_duration_seconds{loader,result}  LoadFunc latency by result: ok, not_found, error
@@ -269,7 +269,7 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 	p := &Prometheus{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cache_requests_total",
-			Help: "Gets by result: hit, miss, negative_hit, stale, bypass.",
+			Help: "Gets by result: hit, local_hit, miss, negative_hit, stale, bypass.",
 		}, []string{"loader", "result"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cache_events_total",

@@ -17,7 +17,7 @@ import (
 // instruments: the same metrics, with the same attributes, as
 // cache.Prometheus exports —
 //
-//	cache.requests{loader,result}            counter: Gets by result: hit, miss, negative_hit, stale, bypass
+//	cache.requests{loader,result}            counter: Gets by result: hit, local_hit, miss, negative_hit, stale, bypass
 //	cache.events{loader,event}               counter: every other cache.Event
 //	cache.loads{loader,result}               counter: LoadFunc calls: ok, not_found, error
 //	cache.load.duration{loader,result} (s)   histogram: LoadFunc latency by result, cache.Prometheus's buckets
@@ -73,7 +73,7 @@ func NewMetrics(opts ...Option) (*Metrics, error) {
 	m := &Metrics{}
 	var err, e error
 	m.requests, e = meter.Int64Counter("cache.requests",
-		metric.WithDescription("Gets by result: hit, miss, negative_hit, stale, bypass."))
+		metric.WithDescription("Gets by result: hit, local_hit, miss, negative_hit, stale, bypass."))
 	err = errors.Join(err, e)
 	m.events, e = meter.Int64Counter("cache.events",
 		metric.WithDescription("Things the cache did or prevented: coalesced, lease_wait, stale_set_prevented, corrupt_entry, redis_error, oversize, ..."))

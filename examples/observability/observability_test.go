@@ -139,7 +139,7 @@ func gatherExported(t *testing.T) exported {
 	for i := 0; cache.Event(i).String() != "unknown"; i++ {
 		ex.events = append(ex.events, cache.Event(i).String())
 	}
-	for _, e := range []cache.Event{cache.EventHit, cache.EventMiss, cache.EventNegativeHit, cache.EventStale, cache.EventBypass} {
+	for _, e := range []cache.Event{cache.EventHit, cache.EventMiss, cache.EventNegativeHit, cache.EventStale, cache.EventBypass, cache.EventLocalHit} {
 		ex.requestResult = append(ex.requestResult, e.String())
 	}
 	// cache_events_total never carries the request results.
