@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -183,6 +184,29 @@ func (m *LocalMariaDB) ErrorLog() string {
 func (m *LocalMariaDB) Kill(t testing.TB) {
 	t.Helper()
 	m.kill()
+}
+
+// Shutdown stops the server as an operator's restart does (SIGTERM: it
+// closes its connections and flushes InnoDB), waiting up to a minute
+// before killing it. MariaDB 10.11's crash recovery after a SIGKILL under
+// writes sometimes aborts on an InnoDB assertion (trx0purge.cc), a server
+// bug no client can help; tests of a restart, as opposed to a crash, use
+// this.
+func (m *LocalMariaDB) Shutdown(t testing.TB) {
+	t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd == nil {
+		return
+	}
+	_ = m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.waited:
+	case <-time.After(time.Minute):
+		_ = m.cmd.Process.Kill()
+		<-m.waited
+	}
+	m.cmd, m.waited = nil, nil
 }
 
 // Restart starts a killed server again on the same port and datadir and
