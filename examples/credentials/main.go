@@ -523,14 +523,17 @@ func (s *scenario) pick(i int) string {
 
 // BurstResult is what a burst of concurrent scans of one cold credential did.
 type BurstResult struct {
-	Scans     int
-	OK        int   // 200 answers
-	Valid     int   // ... showing "valid"
-	Failed    int   // transport errors and other statuses
-	Reads     int64 // database reads they caused
-	Coalesced uint64
-	Hits      uint64
-	Elapsed   time.Duration
+	Scans  int
+	OK     int   // 200 answers
+	Valid  int   // ... showing "valid"
+	Failed int   // transport errors and other statuses
+	Reads  int64 // database reads they caused
+	// FailedOpen counts the Redis calls that failed or were not made (the
+	// scan's Redis budget spent): each may explain one more read.
+	FailedOpen uint64
+	Coalesced  uint64
+	Hits       uint64
+	Elapsed    time.Duration
 }
 
 // burst sends n scans of id to instance A at once.
@@ -568,14 +571,18 @@ func (s *scenario) burst(ctx context.Context, id string, n int) (BurstResult, er
 	st := s.a.Stats()
 	r := BurstResult{
 		Scans: n, OK: int(ok.Load()), Valid: int(valid.Load()), Failed: int(failed.Load()),
-		Reads:     s.store.Reads() - reads0,
-		Coalesced: st.Coalesced - st0.Coalesced,
-		Hits:      st.Hits - st0.Hits,
-		Elapsed:   time.Since(t0),
+		Reads:      s.store.Reads() - reads0,
+		FailedOpen: st.RedisErrors + st.BudgetSpent - st0.RedisErrors - st0.BudgetSpent,
+		Coalesced:  st.Coalesced - st0.Coalesced,
+		Hits:       st.Hits - st0.Hits,
+		Elapsed:    time.Since(t0),
 	}
 	fmt.Fprintf(s.w, "burst of %d concurrent scans of cold %q: %d × 200 (%d valid), %d failed, %d database read(s) "+
 		"(%d waited on the load, %d Redis hits) in %v\n",
 		r.Scans, id, r.OK, r.Valid, r.Failed, r.Reads, r.Coalesced, r.Hits, r.Elapsed.Round(time.Millisecond))
+	if r.FailedOpen > 0 {
+		fmt.Fprintf(s.w, "    %d Redis call(s) failed or ran out of their budget on the loaded machine; those scans read the database themselves\n", r.FailedOpen)
+	}
 	if firstErr != nil {
 		return r, fmt.Errorf("burst: %w", firstErr)
 	}
