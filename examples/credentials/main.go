@@ -491,12 +491,14 @@ type UnknownResult struct {
 	NotFound     int   // 404 answers
 	Reads        int64 // database reads they caused
 	NegativeHits uint64
+	FailedOpen   uint64 // Redis calls that failed or ran out of budget (see BurstResult)
 }
 
 // unknownID scans an id that does not exist n times, one after the other,
 // alternating between the instances.
 func (s *scenario) unknownID(ctx context.Context, id string, n int) (UnknownResult, error) {
 	reads0, neg0 := s.store.Reads(), s.a.Stats().NegativeHits+s.b.Stats().NegativeHits
+	failed0 := failedOpen(s.a.Stats()) + failedOpen(s.b.Stats())
 	r := UnknownResult{Scans: n}
 	for i := range n {
 		code, _, err := s.scan(ctx, s.pick(i), id)
@@ -509,10 +511,15 @@ func (s *scenario) unknownID(ctx context.Context, id string, n int) (UnknownResu
 	}
 	r.Reads = s.store.Reads() - reads0
 	r.NegativeHits = s.a.Stats().NegativeHits + s.b.Stats().NegativeHits - neg0
+	r.FailedOpen = failedOpen(s.a.Stats()) + failedOpen(s.b.Stats()) - failed0
 	fmt.Fprintf(s.w, "unknown id %q: %d scans -> %d × 404, %d database read(s), %d negative hits\n",
 		id, r.Scans, r.NotFound, r.Reads, r.NegativeHits)
 	return r, nil
 }
+
+// failedOpen counts the Redis calls of st that failed or were not made
+// because their budget was spent.
+func failedOpen(st cache.Stats) uint64 { return st.RedisErrors + st.BudgetSpent }
 
 func (s *scenario) pick(i int) string {
 	if i%2 == 0 {
@@ -572,7 +579,7 @@ func (s *scenario) burst(ctx context.Context, id string, n int) (BurstResult, er
 	r := BurstResult{
 		Scans: n, OK: int(ok.Load()), Valid: int(valid.Load()), Failed: int(failed.Load()),
 		Reads:      s.store.Reads() - reads0,
-		FailedOpen: st.RedisErrors + st.BudgetSpent - st0.RedisErrors - st0.BudgetSpent,
+		FailedOpen: failedOpen(st) - failedOpen(st0),
 		Coalesced:  st.Coalesced - st0.Coalesced,
 		Hits:       st.Hits - st0.Hits,
 		Elapsed:    time.Since(t0),
