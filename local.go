@@ -41,6 +41,12 @@ type LocalOptions struct {
 	TTL time.Duration
 }
 
+// LocalStreamClientName begins the CLIENT SETNAME of every connection an
+// in-process tier's invalidation stream opens; the Loader's key prefix
+// follows (bytes Redis refuses in a name replaced by '_'). cachectl health
+// lists such connections.
+const LocalStreamClientName = "cache-local:"
+
 // localSettings are the validated LocalOptions.
 type localSettings struct {
 	maxBytes uint64
@@ -81,7 +87,7 @@ func newLocalTier[T any](rdb redis.UniversalClient, prefix string, s *localSetti
 	store := local.NewStore[T](local.StoreOptions{MaxBytes: s.maxBytes})
 	// A strict Get waits for a barrier at most its whole Redis budget (the
 	// wait comes first, so that is what it has left).
-	opts := local.StreamOptions{Redis: c.Options(), Prefixes: []string{prefix}, Sink: store, MaxWait: redisTimeout}
+	opts := local.StreamOptions{Redis: c.Options(), Prefixes: []string{prefix}, Sink: store, MaxWait: redisTimeout, Name: LocalStreamClientName + prefix}
 	if s.maxLag > 0 {
 		opts.Interval = s.maxLag / 2
 	}

@@ -64,6 +64,9 @@ func TestLocalTier(t *testing.T) {
 	for _, lag := range []time.Duration{0, 5 * time.Millisecond} {
 		t.Run("MaxLag="+lag.String(), func(t *testing.T) {
 			a, b, tb := localPair(t, LocalOptions{MaxLag: lag})
+			list, err := b.rdb.ClientList(ctx).Result()
+			require.NoError(t, err)
+			require.Contains(t, list, "name="+LocalStreamClientName+a.prefix+" ", "the stream's connection is named for cachectl")
 			tb.put("k", "v1")
 			for i := range 3 { // load, Redis hit (fills the tier), tier hit
 				v, err := a.Get(ctx, "k")

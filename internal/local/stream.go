@@ -45,6 +45,11 @@ type StreamOptions struct {
 	Prefixes []string
 	// Sink receives the invalidations. Required.
 	Sink Sink
+	// Name is the connection's CLIENT SETNAME, so that CLIENT LIST (and
+	// cachectl health) can tell the stream's connections apart. Redis
+	// refuses spaces and newlines in a name: they are replaced by '_'.
+	// default: none
+	Name string
 	// Interval is the period of background barriers while Fresh is being
 	// called (bounded staleness needs one at least every MaxLag/2), and of
 	// the check that breaks a stream whose barrier does not return.
@@ -165,6 +170,9 @@ func NewStream(opts StreamOptions) (*Stream, error) {
 	}
 	o := *opts.Redis
 	o.Protocol = 2 // RESP3 would deliver invalidations as pushes
+	if opts.Name != "" {
+		o.ClientName = ClientName(opts.Name)
+	}
 	userOnConnect := o.OnConnect
 	track := []any{"CLIENT", "TRACKING", "on", "REDIRECT", nil, "BCAST"}
 	for _, p := range opts.Prefixes {
@@ -194,6 +202,18 @@ func NewStream(opts StreamOptions) (*Stream, error) {
 	go func() { defer s.wg.Done(); s.run() }()
 	go func() { defer s.wg.Done(); s.tick() }()
 	return s, nil
+}
+
+// ClientName is name as Redis accepts it in CLIENT SETNAME: every byte
+// outside '!'..'~' replaced by '_'.
+func ClientName(name string) string {
+	b := []byte(name)
+	for i, c := range b {
+		if c < '!' || c > '~' {
+			b[i] = '_'
+		}
+	}
+	return string(b)
 }
 
 // Begin returns the Ticket for a Redis read about to be sent: refused
