@@ -133,3 +133,57 @@ func TestRedisRestart(t *testing.T) {
 		t.Fatal("invalidation lost after the restart")
 	}
 }
+
+// TestDemotedMaster: a failover turns the stream's master into a replica
+// of another server while the stream's connection stays open. A replica
+// applies the new master's writes late, so its barriers prove nothing: the
+// role check breaks the stream (flush), and it does not come up again on
+// the replica. Pointed back at a master, it does. The replica's master is
+// unreachable, so no full sync (whose FLUSHALL the stream would see too)
+// hides what the role check does.
+func TestDemotedMaster(t *testing.T) {
+	a := testenv.StartRedis(t, testenv.RedisConfig{})
+	ra := a.Client(t)
+	ctx := context.Background()
+	prefix := "local:demoted:"
+	tr := newTier(t, ra.Options(), prefix, StreamOptions{})
+	key := prefix + "k"
+	ra.Set(ctx, key, "v1", 0)
+	mustWait(t, tr.stream)
+	if _, ok := tr.fill(t, ra, key); !ok {
+		t.Fatal("fill refused")
+	}
+	before := tr.store.Epoch()
+
+	if err := ra.ReplicaOf(ctx, "127.0.0.1", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return tr.store.Epoch() > before })
+	if _, ok := tr.store.Get(key); ok {
+		t.Fatal("the entry survived the demotion")
+	}
+	if tr.stream.Stats().RoleFailures == 0 {
+		t.Fatal("the flush was not the role check's")
+	}
+	// However long it retries, it stays down on a replica.
+	for range 2 * int(RoleInterval/minBackoff) {
+		if tr.stream.Up() || tr.store.Fill(tr.stream.Begin(), key, "x", 1, time.Minute) {
+			t.Fatal("the stream trusted a replica")
+		}
+		if err := tr.stream.Wait(ctx); !errors.Is(err, ErrDown) {
+			t.Fatalf("Wait on a replica: %v", err)
+		}
+		time.Sleep(minBackoff)
+	}
+
+	// Promoted back: the stream returns.
+	if err := ra.ReplicaOf(ctx, "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitUp(t, tr.stream)
+	ra.Set(ctx, key, "v2", 0)
+	mustWait(t, tr.stream)
+	if v, ok := tr.fill(t, ra, key); !ok || v != "v2" {
+		t.Fatalf("after promotion: fill %q %v", v, ok)
+	}
+}

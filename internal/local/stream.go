@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,10 @@ const (
 	// DefaultTimeout is how long a barrier may take before the stream is
 	// declared broken, when StreamOptions.Timeout is zero.
 	DefaultTimeout = time.Second
+
+	// RoleInterval is the period of the check that the stream's server is
+	// still a master (see Stream.checkRole).
+	RoleInterval = 100 * time.Millisecond
 
 	minBackoff = 10 * time.Millisecond
 	maxBackoff = time.Second
@@ -85,9 +90,18 @@ type StreamOptions struct {
 // flushes the Sink, which refuses every fill begun before, and the stream
 // reconnects with a new connection; until it is subscribed again Begin
 // hands out refused Tickets, Wait fails and Fresh is false.
+//
+// Only a master's barriers prove anything: a replica applies its master's
+// writes late. The stream subscribes only on a server whose HELLO says
+// master, and checks every RoleInterval that the server it is subscribed
+// to still is one (a failover demotes the old master without closing its
+// connections); when it is not, the connection is broken as above.
 type Stream struct {
-	sink     Sink
-	client   *redis.Client
+	sink   Sink
+	client *redis.Client
+	// check is a plain client of the same server, for the role check
+	// (see checkRole).
+	check    *redis.Client
 	interval time.Duration
 	timeout  time.Duration
 	maxWait  time.Duration
@@ -118,9 +132,13 @@ type Stream struct {
 	used atomic.Bool
 	// clientID is the Redis client id of the latest connection.
 	clientID atomic.Int64
+	// serverAddr is the server's address (CLIENT INFO laddr) as the
+	// latest connection saw it.
+	serverAddr atomic.Pointer[string]
 
 	messages, keys, barriers, waits, waitsFailed atomic.Uint64
 	breaks, subscriptions, barrierNanos, rets    atomic.Uint64
+	roleFailures                                 atomic.Uint64
 }
 
 // round is one barrier: its waiters wait on done; ok is written before
@@ -184,10 +202,21 @@ func NewStream(opts StreamOptions) (*Stream, error) {
 				return err
 			}
 		}
+		// A stream on a replica would prove nothing: writes land on the
+		// master and reach a replica late (or, while it has not yet been
+		// told of a failover, never). Refuse to subscribe but on a master.
+		if err := checkMaster(ctx, cn); err != nil {
+			return err
+		}
 		id, err := cn.ClientID(ctx).Result()
 		if err != nil {
 			return err
 		}
+		addr, err := serverAddr(ctx, cn)
+		if err != nil {
+			return err
+		}
+		s.serverAddr.Store(&addr)
 		args := append([]any(nil), track...)
 		args[4] = id // redirected to this connection itself
 		if err := cn.Do(ctx, args...).Err(); err != nil {
@@ -197,10 +226,17 @@ func NewStream(opts StreamOptions) (*Stream, error) {
 		return nil
 	}
 	s.client = redis.NewClient(&o)
+	// The role check's client: the same server options without the
+	// tracking, one connection.
+	c := *opts.Redis
+	c.Protocol = 2
+	c.PoolSize, c.MinIdleConns, c.MaxIdleConns = 1, 0, 1
+	s.check = redis.NewClient(&c)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.run() }()
 	go func() { defer s.wg.Done(); s.tick() }()
+	go func() { defer s.wg.Done(); s.roleLoop() }()
 	return s, nil
 }
 
@@ -494,6 +530,94 @@ func (s *Stream) tick() {
 	}
 }
 
+// roleLoop runs checkRole every RoleInterval while the stream is
+// subscribed, and breaks the connection when it fails.
+func (s *Stream) roleLoop() {
+	t := time.NewTicker(RoleInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		ps := s.ps
+		s.mu.Unlock()
+		if ps == nil || !s.subscribed.Load() {
+			continue
+		}
+		if err := s.checkRole(); err != nil {
+			s.roleFailures.Add(1)
+			ps.Close() // flush, and reconnect (to the new master, if the options find it)
+		}
+	}
+}
+
+// ErrNotMaster is why a stream refuses (or leaves) a server that is not a
+// master: its barriers would not cover the writes of the master.
+var ErrNotMaster = errors.New("local: the stream's server is not a master")
+
+// checkRole reports whether the server of the current connection is still
+// a master: ROLE and CLIENT INFO on the check client, which must reach the
+// same server (a failover's Dialer may find another). A failover demotes
+// the old master, which keeps its connections and from then on applies
+// the new master's writes late (replication), so its barriers prove
+// nothing; this check, every Interval, is what notices. Between the
+// promotion of a replica and the demotion of the old master, Redis itself
+// has two masters; no check can do better than learn of it from Redis.
+func (s *Stream) checkRole() error {
+	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
+	defer cancel()
+	cn := s.check.Conn()
+	defer cn.Close()
+	if err := checkMaster(ctx, cn); err != nil {
+		return err
+	}
+	addr, err := serverAddr(ctx, cn)
+	if err != nil {
+		return err
+	}
+	if want := s.serverAddr.Load(); want == nil || *want != addr {
+		return ErrNotMaster // another server: the failover moved on
+	}
+	return nil
+}
+
+// checkMaster fails unless cn's server says, in its HELLO reply, that it
+// is a master. HELLO (unlike ROLE and INFO) needs no @admin or @dangerous
+// ACL permission.
+func checkMaster(ctx context.Context, cn *redis.Conn) error {
+	hello, err := cn.Do(ctx, "HELLO", "2").Slice()
+	if err != nil {
+		return err
+	}
+	for i := 0; i+1 < len(hello); i += 2 {
+		if hello[i] == "role" {
+			if hello[i+1] != "master" {
+				return ErrNotMaster
+			}
+			return nil
+		}
+	}
+	return errors.New("local: HELLO without a role")
+}
+
+// serverAddr is the server's own address as cn sees it (CLIENT INFO
+// laddr).
+func serverAddr(ctx context.Context, cn *redis.Conn) (string, error) {
+	info, err := cn.Do(ctx, "CLIENT", "INFO").Text()
+	if err != nil {
+		return "", err
+	}
+	for _, f := range strings.Fields(info) {
+		if a, ok := strings.CutPrefix(f, "laddr="); ok {
+			return a, nil
+		}
+	}
+	return "", errors.New("local: CLIENT INFO without laddr")
+}
+
 // Close stops the stream and closes its connection. The Sink is left as
 // it is.
 func (s *Stream) Close() error {
@@ -510,6 +634,7 @@ func (s *Stream) Close() error {
 		ps.Close()
 	}
 	s.wg.Wait()
+	s.check.Close()
 	return s.client.Close()
 }
 
@@ -526,6 +651,7 @@ type StreamStats struct {
 	WaitsFailed   uint64        // Wait calls answered with an error
 	Breaks        uint64        // connections lost after being subscribed (each flushed the Sink)
 	Subscriptions uint64        // subscriptions confirmed
+	RoleFailures  uint64        // role checks that found the server no longer the master (or failed), each of which broke the connection
 }
 
 // Stats returns the Stream's counters.
@@ -541,6 +667,7 @@ func (s *Stream) Stats() StreamStats {
 		WaitsFailed:   s.waitsFailed.Load(),
 		Breaks:        s.breaks.Load(),
 		Subscriptions: s.subscriptions.Load(),
+		RoleFailures:  s.roleFailures.Load(),
 	}
 	if last := s.lastSent.Load(); last != 0 {
 		st.Lag = time.Duration(now() - last)
