@@ -367,7 +367,14 @@ func run(ctx context.Context, w io.Writer, db *sql.DB, rdb redis.UniversalClient
 		}
 		rd.Writes, rd.Lagging = len(sims), int(lagging.Load())
 
-		// Reconcile against sims_v2 while the copier still lags.
+		// Reconcile against sims_v2 while the copier still lags, once the
+		// webhooks' queued invalidations (a WriteThrough whose Redis write
+		// failed queues one) are applied: until then an entry the queue
+		// is about to invalidate counts as stale, and the queue's
+		// tombstone then keeps the pass from evicting it.
+		if err := drainQueued(ctx, status); err != nil {
+			return res, err
+		}
 		pt := time.Now()
 		s0 := status.Stats().StaleEntriesFound
 		rd.Reconcile, err = status.Reconcile(ctx, &cache.ReconcileOptions{Rate: 20000})
@@ -411,6 +418,9 @@ func run(ctx context.Context, w io.Writer, db *sql.DB, rdb redis.UniversalClient
 		}
 		res.RelayWait = time.Since(t)
 		fmt.Fprintf(w, "  the relay applied their invalidations %v after the last COMMIT returned\n", res.RelayWait.Round(time.Microsecond))
+	}
+	if err := drainQueued(ctx, status); err != nil {
+		return res, err
 	}
 	s0 := status.Stats().StaleEntriesFound
 	res.After, err = status.Reconcile(ctx, &cache.ReconcileOptions{Rate: 20000})
@@ -752,4 +762,21 @@ func main() {
 	if _, err := run(ctx, os.Stdout, db, rdb, cfg); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// drainQueued waits until l has no invalidation queued for retry: what an
+// operator checks (cache_invalidations_pending) before a reconcile pass.
+func drainQueued(ctx context.Context, l *cache.Loader[SIM]) error {
+	deadline := time.Now().Add(time.Minute)
+	for l.Stats().InvalidationsPending > 0 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d invalidations still queued after a minute", l.Stats().InvalidationsPending)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
 }
