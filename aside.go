@@ -102,7 +102,7 @@ func (l *Loader[T]) getFrom(ctx context.Context, key string, pre *preRead) (_ T,
 			}
 			l.sampleHit(ctx, key, rkey)
 			if l.tier != nil {
-				l.localFill(tk, rkey, v, &e, now)
+				l.localFill(ctx, tk, rkey, v, &e, now)
 			}
 			l.countIn(ctx, EventHit)
 			return v, true, nil

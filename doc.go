@@ -85,8 +85,8 @@
 // values in process memory, kept in step by Redis (CLIENT TRACKING on a
 // connection of its own) and trusted only as far as a returned barrier
 // PING proves: strict (no answer older than a write completed before the
-// Get began) or bounded by MaxLag. Get and GetMany use it; a Cluster
-// client cannot yet. Values from it are shared between Gets for as long
+// Get began) or bounded by MaxLag. Get and GetMany use it, on a single
+// Redis or a Cluster (a connection per master). Values from it are shared between Gets for as long
 // as they stay there: treat what they reference as read-only.
 //
 // # Operating it

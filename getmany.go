@@ -156,7 +156,7 @@ func (l *Loader[T]) GetMany(ctx context.Context, keys []string) (_ map[string]T,
 		}
 		l.sampleHit(ctx, k, l.Key(k))
 		if l.tier != nil {
-			l.localFill(tk, l.Key(k), v, &e, now)
+			l.localFill(ctx, tk, l.Key(k), v, &e, now)
 		}
 		l.countIn(ctx, EventHit)
 		res.out[k] = v

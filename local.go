@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/f4df6ac3/cache/internal/entry"
@@ -14,8 +15,9 @@ import (
 // LocalOptions turn on the in-process tier: Get answers a key from this
 // process's memory when the tier holds it and the staleness bound allows,
 // without a Redis round trip. The tier is fed by Redis itself (CLIENT
-// TRACKING on a connection of its own) and trusts its copy only as far as
-// a returned barrier PING proves (DESIGN.md, section 9).
+// TRACKING on a connection of its own, one per master on a Cluster) and
+// trusts its copy only as far as a returned barrier PING proves
+// (DESIGN.md, section 9).
 //
 // WARNING: a value answered from the tier is shared by every Get that hits
 // it, for as long as it stays there: treat what T's slices, maps and
@@ -69,37 +71,108 @@ func (o *LocalOptions) settings(valueTTL time.Duration) (*localSettings, error) 
 }
 
 // localTier is a Loader's in-process tier: its Store and the invalidation
-// stream of its Redis server.
+// streams of its Redis masters.
 type localTier[T any] struct {
 	store  *local.Store[T]
-	stream *local.Stream
+	stream *local.Group
 	s      localSettings
+	// cluster is the Redis Cluster whose masters the Group follows; nil
+	// for a single server.
+	cluster *redis.ClusterClient
+	stop    context.CancelFunc
+	done    chan struct{}
 }
 
-// newLocalTier starts the tier of the Loader whose keys begin with prefix.
-// Only a single Redis server (or a Sentinel-managed one) is supported: a
-// Cluster needs a stream per master.
+// localTopologyEvery is how often a tier on a Redis Cluster asks its
+// client for the masters, and reloads the client's slot map.
+const localTopologyEvery = time.Second
+
+// newLocalTier starts the tier of the Loader whose keys begin with prefix:
+// one stream for a single server (or a Sentinel-managed one), one per
+// master on a Redis Cluster (kept in step with the cluster's masters). A
+// Ring is refused: its shards are not told of the client's choices.
 func newLocalTier[T any](rdb redis.UniversalClient, prefix string, s *localSettings, redisTimeout time.Duration) (*localTier[T], error) {
-	c, ok := rdb.(*redis.Client)
-	if !ok {
-		return nil, errors.New("cache: Options.Local needs a *redis.Client (Cluster and Ring are not supported yet)")
-	}
 	store := local.NewStore[T](local.StoreOptions{MaxBytes: s.maxBytes})
 	// A strict Get waits for a barrier at most its whole Redis budget (the
 	// wait comes first, so that is what it has left).
-	opts := local.StreamOptions{Redis: c.Options(), Prefixes: []string{prefix}, Sink: store, MaxWait: redisTimeout, Name: LocalStreamClientName + prefix}
+	opts := local.StreamOptions{Prefixes: []string{prefix}, Sink: store, MaxWait: redisTimeout, Name: LocalStreamClientName + prefix}
 	if s.maxLag > 0 {
 		opts.Interval = s.maxLag / 2
 	}
-	stream, err := local.NewStream(opts)
-	if err != nil {
+	t := &localTier[T]{store: store, stream: local.NewGroup(opts), s: *s}
+	switch c := rdb.(type) {
+	case *redis.Client:
+		o := c.Options()
+		if _, err := t.stream.Sync(map[string]*redis.Options{o.Addr: o}); err != nil {
+			t.close()
+			return nil, fmt.Errorf("cache: Options.Local: %w", err)
+		}
+	case *redis.ClusterClient:
+		t.cluster = c
+		ctx, cancel := context.WithCancel(context.Background())
+		t.stop, t.done = cancel, make(chan struct{})
+		go t.followMasters(ctx)
+	default:
 		store.Close()
-		return nil, fmt.Errorf("cache: Options.Local: %w", err)
+		return nil, errors.New("cache: Options.Local needs a *redis.Client or a *redis.ClusterClient (a Ring is not supported)")
 	}
-	return &localTier[T]{store: store, stream: stream, s: *s}, nil
+	return t, nil
+}
+
+// followMasters keeps the Group's streams those of the cluster's masters,
+// as the client knows them, until ctx ends. A failover or a master added
+// changes the Group (which flushes the tier); until the Group is whole
+// again every Get reads Redis.
+func (t *localTier[T]) followMasters(ctx context.Context) {
+	defer close(t.done)
+	tick := time.NewTicker(localTopologyEvery)
+	defer tick.Stop()
+	for {
+		t.syncMasters(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (t *localTier[T]) syncMasters(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, localTopologyEvery)
+	defer cancel()
+	var mu sync.Mutex
+	masters := map[string]*redis.Options{}
+	err := t.cluster.ForEachMaster(cctx, func(_ context.Context, c *redis.Client) error {
+		o := c.Options()
+		mu.Lock()
+		masters[o.Addr] = o
+		mu.Unlock()
+		return nil
+	})
+	if err == nil && len(masters) > 0 {
+		t.stream.Sync(masters)
+	}
+	// Asks for a fresh slot map (in the background) for the next round: a
+	// master promoted or added shows up in it.
+	t.cluster.ReloadState(ctx)
+}
+
+// covers reports whether rkey's master, as the client knows it now, is
+// streamed: a value read from a master outside the Group (a slot moved
+// to a master the tier does not follow yet) must not enter the tier.
+func (t *localTier[T]) covers(ctx context.Context, rkey string) bool {
+	if t.cluster == nil {
+		return true
+	}
+	c, err := t.cluster.MasterForKey(ctx, rkey)
+	return err == nil && t.stream.Has(c.Options().Addr)
 }
 
 func (t *localTier[T]) close() {
+	if t.stop != nil {
+		t.stop()
+		<-t.done
+	}
 	t.stream.Close()
 	t.store.Close()
 }
@@ -113,9 +186,10 @@ type LocalStats struct {
 	FillsRefused   uint64        // values refused: an invalidation or a stream break came after their read was sent
 	Invalidations  uint64        // keys invalidated (by the stream and by this process's writes)
 	Messages       uint64        // invalidation messages received from Redis
-	Flushes        uint64        // stream breaks, each of which emptied the tier
-	Up             bool          // the stream is subscribed and a barrier returned on its connection
-	Lag            time.Duration // how long ago the last returned barrier was sent
+	Flushes        uint64        // times the tier was emptied: a stream broke, or (on a Cluster) the set of masters changed
+	Streams        int           // invalidation streams: 1, or a Cluster's masters as the client knows them
+	Up             bool          // every stream is subscribed and a barrier returned on its connection
+	Lag            time.Duration // how long ago the last returned barrier was sent (the oldest, over the streams)
 	Barriers       uint64        // barrier PINGs sent
 	BarrierLatency time.Duration // mean time from a barrier's PING to its return
 	BarrierWaits   uint64        // strict checks that waited for a barrier
@@ -131,8 +205,8 @@ func (l *Loader[T]) LocalStats() LocalStats {
 	st, ss := l.tier.store.Stats(), l.tier.stream.Stats()
 	ls := LocalStats{
 		Entries: st.Entries, Bytes: st.Bytes, Fills: st.Fills, FillsRefused: st.Refused,
-		Invalidations: st.Invalidations, Messages: ss.Messages, Flushes: ss.Breaks,
-		Up: ss.Up, Lag: ss.Lag, Barriers: ss.Barriers,
+		Invalidations: st.Invalidations, Messages: ss.Messages, Flushes: st.Flushes,
+		Streams: ss.Masters, Up: ss.Up, Lag: ss.Lag, Barriers: ss.Barriers,
 		BarrierWaits: ss.Waits, WaitsFailed: ss.WaitsFailed,
 	}
 	if ss.Returned > 0 {
@@ -210,7 +284,10 @@ func (l *Loader[T]) localGetMany(ctx context.Context, b *redisBudget, keys []str
 }
 
 // localFill offers v, read from Redis as e under tk, to the tier.
-func (l *Loader[T]) localFill(tk local.Ticket, rkey string, v T, e *entry.Entry, now int64) {
+func (l *Loader[T]) localFill(ctx context.Context, tk local.Ticket, rkey string, v T, e *entry.Entry, now int64) {
+	if !l.tier.covers(ctx, rkey) {
+		tk = local.Ticket{} // refused, and counted so
+	}
 	ttl := l.tier.s.ttl
 	if e.SoftExpiry > 0 {
 		ttl = min(ttl, time.Duration(e.SoftExpiry-now)*time.Millisecond)

@@ -23,9 +23,9 @@ func TestLocalOptionsValidation(t *testing.T) {
 		_, err := New(rdb, "row", tb.load, &Options{Local: &o})
 		require.Error(t, err, "%+v", o)
 	}
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}, ContextTimeoutEnabled: true})
-	defer cc.Close()
-	_, err := New(cc, "row", tb.load, &Options{Local: &LocalOptions{}})
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}, ContextTimeoutEnabled: true})
+	defer ring.Close()
+	_, err := New(ring, "row", tb.load, &Options{Local: &LocalOptions{}})
 	require.ErrorContains(t, err, "Options.Local")
 }
 

@@ -187,7 +187,7 @@ type Options struct {
 	Logger *slog.Logger
 
 	// Local turns on the in-process tier in front of Redis (see
-	// LocalOptions); it needs a *redis.Client.
+	// LocalOptions); it needs a *redis.Client or a *redis.ClusterClient.
 	// default: nil (no tier: Get reads Redis every time)
 	Local *LocalOptions
 }

@@ -3,13 +3,14 @@
 // Redis master, with barriers that prove how much of that stream has been
 // applied.
 //
-// The read rule, for a key whose master's stream is s:
+// The read rule, for the Group g of the deployment's masters (one Stream
+// each; a single server is a Group of one):
 //
-//   - strict: answer from the Store only after s.Wait returned nil (a
-//     barrier sent after the read began has returned);
-//   - bounded by Δ: answer from the Store while s.Fresh(Δ) (the last
-//     barrier that returned was sent less than Δ ago);
-//   - otherwise read Redis, taking s.Begin() before the read is sent and
+//   - strict: answer from the Store only after g.Wait returned nil (on
+//     every master, a barrier sent after the read began has returned);
+//   - bounded by Δ: answer from the Store while g.Fresh(Δ) (on every
+//     master, the last barrier that returned was sent less than Δ ago);
+//   - otherwise read Redis, taking g.Begin() before the read is sent and
 //     handing that Ticket to Store.Fill with the value read.
 //
 // DESIGN.md, "The in-process tier", gives the argument and the costs.

@@ -98,6 +98,7 @@ type StreamOptions struct {
 // connections); when it is not, the connection is broken as above.
 type Stream struct {
 	sink   Sink
+	addr   string // StreamOptions.Redis.Addr
 	client *redis.Client
 	// check is a plain client of the same server, for the role check
 	// (see checkRole).
@@ -173,6 +174,7 @@ func NewStream(opts StreamOptions) (*Stream, error) {
 		}
 	}
 	s := &Stream{
+		addr:     opts.Redis.Addr,
 		sink:     opts.Sink,
 		interval: opts.Interval,
 		timeout:  opts.Timeout,
@@ -276,6 +278,11 @@ func (s *Stream) Wait(ctx context.Context) error {
 		s.waitsFailed.Add(1)
 		return ErrDown
 	}
+	return s.await(ctx, r)
+}
+
+// await waits for r, a round of s, as Wait does.
+func (s *Stream) await(ctx context.Context, r *round) error {
 	select {
 	case <-r.done:
 		if !r.ok {
