@@ -147,3 +147,83 @@ func TestLocalTierCluster(t *testing.T) {
 	}
 	t.Logf("tier after the failover: %+v", a.LocalStats())
 }
+
+// TestLocalTierSentinel: the tier on a Sentinel-managed Redis (a failover
+// client): the master SIGKILLed under reads and writes flushes the tier,
+// no Get errs or answers older than an invalidation that returned before
+// it began, and once the sentinels promoted the replica the stream
+// reconnects to it (the failover client's dialer finds it) and the tier
+// answers again.
+func TestLocalTierSentinel(t *testing.T) {
+	ls := testenv.Sentinel(t)
+	ctx := context.Background()
+	tb := newTable()
+	ra, rb := ls.Client(t), ls.Client(t)
+	prefix := testenv.Prefix(t, ra, "cachetest:")
+	a := newLoader(t, ra, tb, &Options{Prefix: prefix, Local: &LocalOptions{}, RedisTimeout: sentinelRedisTimeout})
+	b := newLoader(t, rb, tb, &Options{Prefix: prefix, RedisTimeout: sentinelRedisTimeout})
+	const n = 20
+	keys := make([]string, n)
+	floor := make([]int64, n)
+	for i := range keys {
+		keys[i] = "k" + strconv.Itoa(i)
+		tb.put(keys[i], "v")
+	}
+	check := func(i int) {
+		t.Helper()
+		v, err := a.Get(ctx, keys[i])
+		require.NoError(t, err, "a Get errs (fail-open)")
+		require.GreaterOrEqual(t, v.Ver, floor[i], "%s: older than an invalidation that returned before the Get began", keys[i])
+	}
+	write := func(i int) {
+		t.Helper()
+		r := tb.put(keys[i], "v")
+		if b.Invalidate(ctx, keys[i]) == nil {
+			floor[i] = r.Ver
+		}
+	}
+	answersLocally := func() {
+		t.Helper()
+		hits := a.Stats().LocalHits
+		deadline := time.Now().Add(30 * time.Second)
+		for a.Stats().LocalHits == hits {
+			require.True(t, time.Now().Before(deadline), "the tier never answered: %+v", a.LocalStats())
+			for i := range keys {
+				check(i)
+			}
+			a.tier.stream.Wait(ctx) // the fills' own messages applied
+		}
+	}
+	answersLocally()
+	for i := range keys {
+		write(i)
+		check(i)
+	}
+
+	flushes := a.LocalStats().Flushes
+	old := ls.KillMaster(t)
+	promoted := make(chan struct{})
+	go func() {
+		defer close(promoted)
+		ls.WaitPromoted(t, old, 30*time.Second)
+	}()
+	for done := false; !done; {
+		for i := range keys {
+			write(i)
+			check(i)
+			check((i + 7) % n)
+		}
+		select {
+		case <-promoted:
+			done = true
+		default:
+		}
+	}
+	answersLocally()
+	require.Greater(t, a.LocalStats().Flushes, flushes, "the dead master's stream did not flush the tier")
+	for i := range keys {
+		write(i)
+		check(i)
+	}
+	t.Logf("tier after the failover: %+v", a.LocalStats())
+}
