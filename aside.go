@@ -22,7 +22,7 @@ const maxAcquireRounds = 8
 // was refused as older than the stored version.
 const maxOlderRereads = 1
 
-// get is the read path: one HMGET, then on a miss one shared flight. hit
+// get is the read path: one GETRANGE, then on a miss one shared flight. hit
 // reports an answer from Redis (a value or a negative entry).
 func (l *Loader[T]) get(ctx context.Context, key string) (_ T, hit bool, _ error) {
 	return l.getFrom(ctx, key, nil)

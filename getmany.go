@@ -17,7 +17,7 @@ import (
 const getManyConcurrency = 16
 
 // GetMany returns the values of keys that exist: the hits from one
-// pipelined round of HMGETs (one round trip per Redis node), and the
+// pipelined round of GETRANGEs (one round trip per Redis node), and the
 // misses loaded with the same guarantees as Get (singleflight, leases,
 // versioned fills, no stale read after a completed invalidation). Keys
 // whose row does not exist are absent from the map; duplicate keys are read

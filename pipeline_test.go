@@ -178,7 +178,7 @@ func TestPipelineQueuedReadsShareOnePipeline(t *testing.T) {
 }
 
 // TestPipelineSequentialGetsSendSingleReads: a lone Get never waits for
-// a pipeline; it sends its own HMGET.
+// a pipeline; it sends its own GETRANGE.
 func TestPipelineSequentialGetsSendSingleReads(t *testing.T) {
 	f := newPipeFixture(t, 10, nil)
 	for i := range 10 {

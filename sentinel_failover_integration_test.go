@@ -665,7 +665,7 @@ func runSentinelFault(t *testing.T, mode sentinelFault) {
 
 // sentinelServerCalls counts what a server ran.
 type sentinelServerCalls struct {
-	scripts, reads int64 // EVAL and EVALSHA; HMGET and HGETALL
+	scripts, reads int64 // EVAL and EVALSHA; GETRANGE and GET (entry reads)
 	noReplicas     int64 // NOREPLICAS error replies
 }
 
@@ -696,7 +696,7 @@ func sentinelCalls(t *testing.T, c *redis.Conn) sentinelServerCalls {
 		switch name {
 		case "cmdstat_eval", "cmdstat_evalsha":
 			n.scripts += v
-		case "cmdstat_hmget", "cmdstat_hgetall":
+		case "cmdstat_getrange", "cmdstat_get":
 			n.reads += v
 		case "errorstat_NOREPLICAS":
 			n.noReplicas += v
