@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -10,6 +11,97 @@ import (
 
 	"github.com/f4df6ac3/cache/internal/testenv"
 )
+
+// tierProbe drives the failover tests of the in-process tier: a, with the
+// tier on, reads; b, another process without it, writes (a row version,
+// then Invalidate) on one table.
+type tierProbe struct {
+	t     *testing.T
+	a, b  *Loader[row]
+	tb    *table
+	keys  []string
+	floor []int64 // floor[i]: the version of keys[i] whose invalidation returned
+}
+
+func newTierProbe(t *testing.T, a, b *Loader[row], tb *table, n int) *tierProbe {
+	p := &tierProbe{t: t, a: a, b: b, tb: tb, keys: make([]string, n), floor: make([]int64, n)}
+	for i := range p.keys {
+		p.keys[i] = "k" + strconv.Itoa(i)
+		tb.put(p.keys[i], "v")
+	}
+	return p
+}
+
+// get Gets keys[i] from a: no error (fail-open), and never older than an
+// invalidation that returned before the Get began.
+func (p *tierProbe) get(i int) error {
+	v, err := p.a.Get(context.Background(), p.keys[i])
+	if err != nil {
+		return fmt.Errorf("a Get errs (fail-open): %w", err)
+	}
+	if v.Ver < p.floor[i] {
+		return fmt.Errorf("%s: version %d, older than the invalidation of %d that returned before the Get began", p.keys[i], v.Ver, p.floor[i])
+	}
+	return nil
+}
+
+func (p *tierProbe) check(i int) {
+	p.t.Helper()
+	require.NoError(p.t, p.get(i))
+}
+
+// write changes keys[i]'s row and invalidates it through b; the floor
+// rises only if the invalidation returned (not queued).
+func (p *tierProbe) write(i int) {
+	r := p.tb.put(p.keys[i], "v")
+	if p.b.Invalidate(context.Background(), p.keys[i]) == nil {
+		p.floor[i] = r.Ver
+	}
+}
+
+// churn writes and reads every key, round after round, on a goroutine of
+// its own until the returned func is called, which returns the first
+// failure (see get).
+func (p *tierProbe) churn() (stop func() error) {
+	done, failed := make(chan struct{}), make(chan error, 1)
+	go func() {
+		for {
+			for i := range p.keys {
+				p.write(i)
+				for _, j := range []int{i, (i + 7) % len(p.keys)} {
+					if err := p.get(j); err != nil {
+						failed <- err
+						return
+					}
+				}
+			}
+			select {
+			case <-done:
+				failed <- nil
+				return
+			default:
+			}
+		}
+	}()
+	return func() error {
+		close(done)
+		return <-failed
+	}
+}
+
+// answersLocally reads every key until a Get was answered from the tier.
+func (p *tierProbe) answersLocally() {
+	p.t.Helper()
+	hits := p.a.Stats().LocalHits
+	deadline := time.Now().Add(30 * time.Second)
+	for p.a.Stats().LocalHits == hits {
+		require.True(p.t, time.Now().Before(deadline), "the tier never answered: %+v", p.a.LocalStats())
+		for i := range p.keys {
+			p.check(i)
+		}
+		p.a.tier.stream.Wait(context.Background()) // the fills' own lease and fill messages applied
+	}
+}
 
 // TestLocalTierCluster: the in-process tier on a Redis Cluster of 3
 // masters (a stream per master): another process's invalidations of keys
@@ -25,126 +117,66 @@ func TestLocalTierCluster(t *testing.T) {
 	prefix := testenv.Prefix(t, ra, "cachetest:")
 	a := newLoader(t, ra, tb, &Options{Prefix: prefix, Local: &LocalOptions{}, RedisTimeout: failoverRedisTimeout})
 	b := newLoader(t, rb, tb, &Options{Prefix: prefix, RedisTimeout: failoverRedisTimeout})
-
-	const n = 30
-	keys := make([]string, n)
-	rkeys := make([]string, n)
-	for i := range keys {
-		keys[i] = "k" + strconv.Itoa(i)
-		rkeys[i] = a.Key(keys[i])
-		tb.put(keys[i], "v")
+	p := newTierProbe(t, a, b, tb, 30)
+	rkeys := make([]string, len(p.keys))
+	for i, k := range p.keys {
+		rkeys[i] = a.Key(k)
 	}
-	byMaster := requireEveryMaster(t, lc.Client, rkeys)
-	waitTier := func(masters map[string]bool) {
+	masters := map[string]bool{}
+	for m := range requireEveryMaster(t, lc.Client, rkeys) {
+		masters[m] = true
+	}
+	// followed waits until the tier's streams are those of masters.
+	followed := func() {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			ls := a.LocalStats()
-			if ls.Up && ls.Streams == 3 {
-				got := map[string]bool{}
-				for _, addr := range a.tier.stream.Addrs() {
-					got[addr] = true
-				}
-				if masters == nil || len(got) == len(masters) && func() bool {
-					for m := range masters {
-						if !got[m] {
-							return false
-						}
-					}
-					return true
-				}() {
-					return
-				}
+			ls, addrs := a.LocalStats(), a.tier.stream.Addrs()
+			same := len(addrs) == len(masters)
+			for _, addr := range addrs {
+				same = same && masters[addr]
 			}
-			require.True(t, time.Now().Before(deadline), "the tier never followed the masters: %+v %v", ls, a.tier.stream.Addrs())
+			if ls.Up && same {
+				return
+			}
+			require.True(t, time.Now().Before(deadline), "the tier never followed the masters %v: %+v %v", masters, ls, addrs)
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	masters := map[string]bool{}
-	for m := range byMaster {
-		masters[m] = true
-	}
-	waitTier(masters)
-
-	// floor[i] is the version of keys[i] whose invalidation returned.
-	floor := make([]int64, n)
-	check := func(i int) {
-		t.Helper()
-		v, err := a.Get(ctx, keys[i])
-		require.NoError(t, err, "a Get errs (fail-open)")
-		require.GreaterOrEqual(t, v.Ver, floor[i], "%s: older than an invalidation that returned before the Get began", keys[i])
-	}
-	write := func(i int) {
-		t.Helper()
-		r := tb.put(keys[i], "v")
-		if b.Invalidate(ctx, keys[i]) == nil {
-			floor[i] = r.Ver
-		}
-	}
+	followed()
+	require.Equal(t, 3, a.LocalStats().Streams)
 
 	// Healthy: local hits on every master's keys, invalidations seen.
-	for range 3 {
-		for i := range keys {
-			check(i)
-		}
-		require.NoError(t, a.tier.stream.Wait(ctx)) // the fills' own lease/fill messages applied
-	}
-	hits := a.Stats().LocalHits
-	require.NotZero(t, hits, "no Get was answered from the tier")
-	for i := range keys {
-		write(i)
-		check(i)
-		r, _ := tb.get(keys[i])
-		require.Equal(t, floor[i], r.Ver)
+	p.answersLocally()
+	for i := range p.keys {
+		p.write(i)
+		p.check(i)
+		r, _ := tb.get(p.keys[i])
+		require.Equal(t, p.floor[i], r.Ver, "an invalidation failed on a healthy cluster")
 	}
 
 	// A master dies under reads and writes.
 	var victim string
-	for m := range byMaster {
+	for m := range masters {
 		victim = m
 		break
 	}
 	replica, err := lc.ReplicaOf(ctx, victim)
 	require.NoError(t, err)
 	flushes := a.LocalStats().Flushes
+	stop := p.churn()
 	lc.Kill(t, victim)
-	promoted := make(chan struct{})
-	go func() {
-		defer close(promoted)
-		lc.WaitMaster(t, replica, 30*time.Second)
-	}()
-	for round := 0; ; round++ {
-		for i := range keys {
-			write(i)
-			check(i)
-			check((i + 7) % n)
-		}
-		select {
-		case <-promoted:
-		default:
-			continue
-		}
-		break
-	}
+	lc.WaitMaster(t, replica, 30*time.Second)
+	require.NoError(t, stop())
 	delete(masters, victim)
 	masters[replica] = true
-	waitTier(masters)
+	followed()
 	require.Greater(t, a.LocalStats().Flushes, flushes, "the dead master's stream did not flush the tier")
 
 	// Answering from the tier again, still never older than an
 	// invalidation that returned.
-	hits = a.Stats().LocalHits
-	deadline := time.Now().Add(30 * time.Second)
-	for a.Stats().LocalHits == hits {
-		require.True(t, time.Now().Before(deadline), "the tier never answered after the failover: %+v", a.LocalStats())
-		for i := range keys {
-			check(i)
-		}
-	}
-	for i := range keys {
-		write(i)
-		check(i)
-	}
+	p.answersLocally()
+	require.NoError(t, p.churn()())
 	t.Logf("tier after the failover: %+v", a.LocalStats())
 }
 
@@ -156,74 +188,21 @@ func TestLocalTierCluster(t *testing.T) {
 // answers again.
 func TestLocalTierSentinel(t *testing.T) {
 	ls := testenv.Sentinel(t)
-	ctx := context.Background()
 	tb := newTable()
 	ra, rb := ls.Client(t), ls.Client(t)
 	prefix := testenv.Prefix(t, ra, "cachetest:")
 	a := newLoader(t, ra, tb, &Options{Prefix: prefix, Local: &LocalOptions{}, RedisTimeout: sentinelRedisTimeout})
 	b := newLoader(t, rb, tb, &Options{Prefix: prefix, RedisTimeout: sentinelRedisTimeout})
-	const n = 20
-	keys := make([]string, n)
-	floor := make([]int64, n)
-	for i := range keys {
-		keys[i] = "k" + strconv.Itoa(i)
-		tb.put(keys[i], "v")
-	}
-	check := func(i int) {
-		t.Helper()
-		v, err := a.Get(ctx, keys[i])
-		require.NoError(t, err, "a Get errs (fail-open)")
-		require.GreaterOrEqual(t, v.Ver, floor[i], "%s: older than an invalidation that returned before the Get began", keys[i])
-	}
-	write := func(i int) {
-		t.Helper()
-		r := tb.put(keys[i], "v")
-		if b.Invalidate(ctx, keys[i]) == nil {
-			floor[i] = r.Ver
-		}
-	}
-	answersLocally := func() {
-		t.Helper()
-		hits := a.Stats().LocalHits
-		deadline := time.Now().Add(30 * time.Second)
-		for a.Stats().LocalHits == hits {
-			require.True(t, time.Now().Before(deadline), "the tier never answered: %+v", a.LocalStats())
-			for i := range keys {
-				check(i)
-			}
-			a.tier.stream.Wait(ctx) // the fills' own messages applied
-		}
-	}
-	answersLocally()
-	for i := range keys {
-		write(i)
-		check(i)
-	}
+	p := newTierProbe(t, a, b, tb, 20)
+	p.answersLocally()
 
 	flushes := a.LocalStats().Flushes
+	stop := p.churn()
 	old := ls.KillMaster(t)
-	promoted := make(chan struct{})
-	go func() {
-		defer close(promoted)
-		ls.WaitPromoted(t, old, 30*time.Second)
-	}()
-	for done := false; !done; {
-		for i := range keys {
-			write(i)
-			check(i)
-			check((i + 7) % n)
-		}
-		select {
-		case <-promoted:
-			done = true
-		default:
-		}
-	}
-	answersLocally()
+	ls.WaitPromoted(t, old, 30*time.Second)
+	require.NoError(t, stop())
+	p.answersLocally()
 	require.Greater(t, a.LocalStats().Flushes, flushes, "the dead master's stream did not flush the tier")
-	for i := range keys {
-		write(i)
-		check(i)
-	}
+	require.NoError(t, p.churn()())
 	t.Logf("tier after the failover: %+v", a.LocalStats())
 }
