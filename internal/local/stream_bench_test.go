@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -291,4 +292,35 @@ func BenchmarkRawGet(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkStoreMemory reports what an entry costs in the Store: the heap
+// growth of filling 100,000 keys of the Loader's shape (a 24-byte Redis key,
+// a struct holding a ~100-byte string) divided by their number
+// (heap-B/entry), next to what MaxBytes charges for it (weighed-B/entry).
+func BenchmarkStoreMemory(b *testing.B) {
+	type value struct {
+		Name string
+		Ver  int64
+	}
+	const n = 100_000
+	payload := strings.Repeat("x", 100)
+	for range b.N {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		st := NewStore[value](StoreOptions{MaxBytes: 1 << 30})
+		tk := st.Ticket()
+		for i := range n {
+			key := fmt.Sprintf("cache:user#2:%011d", i)
+			v := value{Name: strings.Clone(payload), Ver: int64(i)}
+			st.Fill(tk, key, v, len(payload)+20, time.Hour)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/entry")
+		b.ReportMetric(float64(st.Stats().Bytes)/n, "weighed-B/entry")
+		runtime.KeepAlive(st)
+		st.Close()
+	}
 }
