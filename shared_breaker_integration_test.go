@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
@@ -107,4 +108,82 @@ func TestSharedBreakerRealRedis(t *testing.T) {
 		require.NoError(t, l.Close())
 	}
 	waitNoProbers(t)
+}
+
+// TestSharedBreakerClusterRealRedis: on a Redis Cluster the members of a
+// Breaker share its per-master breakers. A master that crashed opens its
+// breaker through one Loader's failures; the other Loader then skips that
+// master without having failed once, and keeps hitting on the others.
+func TestSharedBreakerClusterRealRedis(t *testing.T) {
+	lc := testenv.StartCluster(t, testenv.ClusterConfig{NodeTimeout: time.Minute})
+	ctx := context.Background()
+	waitNoProbers(t) // those of earlier tests
+	br, err := NewBreaker(lc.Client, &BreakerOptions{Failures: 2})
+	require.NoError(t, err)
+	s := newSharedLoaders(t, lc.Client, br, 2, Options{Prefix: testenv.Prefix(t, lc.Client, "cachetest:"),
+		TTL: time.Hour, DisableEarlyRefresh: true})
+	a, b := s.ls[0], s.ls[1]
+	const keys = 30
+	master := map[string][]string{} // b's keys by master
+	for i := range keys {
+		k := fmt.Sprint("k", i)
+		s.tb.put(k, fmt.Sprint("v", i))
+		for _, l := range s.ls {
+			require.NoError(t, l.Set(ctx, k, row{fmt.Sprint("v", i), 1}))
+		}
+		node, err := lc.Client.MasterForKey(ctx, b.Key(k))
+		require.NoError(t, err)
+		master[node.Options().Addr] = append(master[node.Options().Addr], k)
+	}
+	require.Len(t, master, 3, "b's keys are spread over the 3 masters")
+	var dead string
+	for addr := range master {
+		dead = addr
+		break
+	}
+	// a's keys of the dead master (a's keys differ from b's: another name).
+	var aDead []string
+	for i := range keys {
+		k := fmt.Sprint("k", i)
+		node, err := lc.Client.MasterForKey(ctx, a.Key(k))
+		require.NoError(t, err)
+		if node.Options().Addr == dead {
+			aDead = append(aDead, k)
+		}
+	}
+	require.NotEmpty(t, aDead)
+	opened := s.ev[1].on(EventBreakerOpen)
+	lc.Kill(t, dead)
+
+	// a's Gets of the dead master's keys fail until its breaker opens, for b too.
+	for i := 0; ; i++ {
+		select {
+		case <-opened:
+		default:
+			require.Less(t, i, 100, "the dead master's breaker did not open")
+			_, err := a.Get(ctx, aDead[i%len(aDead)])
+			require.NoError(t, err)
+			continue
+		}
+		break
+	}
+	require.NotZero(t, a.Stats().RedisErrors)
+	for round := range 3 {
+		for addr, ks := range master {
+			for _, k := range ks {
+				v, hit, err := b.get(ctx, k)
+				require.NoError(t, err, "round %d, key %s", round, k)
+				require.Equal(t, fmt.Sprint("v", k[1:]), v.Val)
+				require.Equal(t, addr != dead, hit, "round %d, key %s: hit on a live master only", round, k)
+			}
+		}
+	}
+	st := b.Stats()
+	require.Zero(t, st.RedisErrors, "b never called the dead master: a's failures opened its breaker")
+	require.NotZero(t, st.RedisSkipped)
+	require.NotEqual(t, BreakerClosed, st.Breaker)
+	require.NotZero(t, st.BreakerOpened)
+	require.Zero(t, st.BreakerClosed)
+	require.Equal(t, BreakerClosed, BreakerState(br.core.mirror.Load()), "the live masters' calls keep the core closed")
+	require.Equal(t, 1, probers(), "one prober for both")
 }
