@@ -8,7 +8,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/f4df6ac3/cache/internal/faultproxy"
 	"github.com/f4df6ac3/cache/internal/testenv"
@@ -22,9 +21,7 @@ import (
 // closes it for all, each member reporting every change in its own Stats
 // and metrics, and Gets hit again.
 func TestSharedBreakerRealRedis(t *testing.T) {
-	// Registered first, so it runs after every other cleanup.
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	verifyNoLeaks(t) // first: it runs after every other cleanup
 	direct := testenv.Redis(t, "")
 	p, err := faultproxy.Start(testenv.RedisAddr())
 	require.NoError(t, err)
