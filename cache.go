@@ -38,16 +38,21 @@ type Loader[T any] struct {
 	bypassFlights flightGroup[T]
 	reads         readGroup
 	// seq orders this process's Redis calls and loads; see accepts.
-	seq     atomic.Uint64
-	clock   clock
-	breaker *breaker    // nil when disabled
-	probing atomic.Bool // the prober runs (probe.go)
+	seq   atomic.Uint64
+	clock clock
+	// brk is the Loader's circuit breaker around Redis, shared
+	// (Options.Breaker) or its own; nil when disabled. breaker is its core
+	// breaker, which calls read; member is the Loader's membership.
+	brk     *Breaker
+	breaker *breaker
+	member  *breakerMember
 	// readEnd is the last byte an entry read asks for (header and
 	// MaxValueBytes+1 of payload), boxed once (see readEntry).
 	readEnd any
 	// cluster is the per-master state on a Redis Cluster (cluster.go).
 	cluster clusterState
-	// breakerChanges are the breaker's state changes not yet reported.
+	// breakerChanges are the breaker's state changes not yet reported by
+	// this Loader.
 	breakerChanges breakerChanges
 
 	refreshing sync.Map // keys with a background refresh running
@@ -110,8 +115,20 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 		s:      s,
 	}
 	l.readEnd = int64(entry.HeaderSize + l.s.maxValueBytes)
-	l.breaker = newBreaker(name, &l.s, &l.breakerChanges)
-	l.cluster.init(rdb, l.breaker != nil)
+	switch {
+	case s.breaker != nil:
+		if !sameClient(s.breaker.rdb, rdb) {
+			return nil, errors.New("cache: Options.Breaker was made for another Redis client: the Loaders sharing a " +
+				"Breaker must use the client given to NewBreaker")
+		}
+		l.brk = s.breaker
+	case !s.noBreaker:
+		l.brk = newCircuit(rdb, name, s.breakerFails, s.breakerCool)
+	}
+	if l.brk != nil {
+		l.breaker = l.brk.core
+	}
+	l.cluster.init(rdb, l.brk)
 	born := time.Now()
 	l.elapsed = func() time.Duration { return time.Since(born) }
 	l.retry.init()
@@ -123,6 +140,11 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	l.reads.seed = maphash.MakeSeed()
 	l.bg.init()
 	l.bg.Go(l.retryLoop)
+	if l.brk != nil {
+		l.member = &breakerMember{changes: &l.breakerChanges, flush: l.flushOwnBreakerChanges, redisTimeout: s.redisTimeout}
+		l.brk.join(l.member)
+		l.flushBreakerChanges() // the state of a shared Breaker that is not closed
+	}
 	return l, nil
 }
 
@@ -268,10 +290,15 @@ func checkClient(rdb redis.UniversalClient) error {
 
 // Close stops the Loader's background work and waits for it: loads whose
 // callers have left, and queued invalidations (given one last try, bounded
-// by RedisTimeout, even while the circuit breaker is open). Methods called
-// after Close return ErrClosed.
+// by RedisTimeout, even while the circuit breaker is open). The Loader
+// leaves a shared Breaker: it reports none of its state changes any more,
+// and its prober keeps running for the other members (the last member's
+// Close stops it). Methods called after Close return ErrClosed.
 func (l *Loader[T]) Close() error {
 	l.bg.close(l.wakeups.close)
+	if l.member != nil {
+		l.brk.leave(l.member)
+	}
 	if l.tier != nil {
 		l.tier.close()
 	}

@@ -10,10 +10,10 @@ import (
 )
 
 // clusterState is what a Loader keeps about a Redis Cluster: its masters'
-// breakers and when it last asked the client to reload the slot map. For
-// other clients nodes and reloadState are nil.
+// breakers (its Breaker's) and when it last asked the client to reload the
+// slot map. For other clients nodes and reloadState are nil.
 type clusterState struct {
-	nodes *nodeBreakers // per master on a Redis Cluster with the breaker on; nil otherwise
+	nodes *nodeBreakers // per master on a Redis Cluster with the breaker on (brk.nodes); nil otherwise
 	// reloadState reloads the slot map of a Redis Cluster client (nil for
 	// other clients); lastReload is when it was last called
 	// (Loader.elapsed). See reloadTopology.
@@ -21,9 +21,9 @@ type clusterState struct {
 	lastReload  atomic.Int64
 }
 
-func (c *clusterState) init(rdb redis.UniversalClient, breakerOn bool) {
-	if cc, ok := rdb.(*redis.ClusterClient); ok && breakerOn {
-		c.nodes = &nodeBreakers{cc: cc}
+func (c *clusterState) init(rdb redis.UniversalClient, brk *Breaker) {
+	if brk != nil {
+		c.nodes = brk.nodes
 	}
 	c.lastReload.Store(-int64(topologyReloadEvery))
 	if r, ok := rdb.(interface{ ReloadState(context.Context) }); ok { // *redis.ClusterClient
@@ -31,17 +31,15 @@ func (c *clusterState) init(rdb redis.UniversalClient, breakerOn bool) {
 	}
 }
 
-// nodeBreakers are a Loader's breakers on a Redis Cluster: one per master,
-// so that a master that fails (until its replica is promoted) trips only
-// the calls for its slots, and the others keep answering from Redis. Calls
-// that span masters (GetMany's pipelines, batches of queued invalidations)
-// go through the Loader's own breaker.
+// nodeBreakers are a Breaker's breakers on a Redis Cluster: one per
+// master, so that a master that fails (until its replica is promoted) trips
+// only the calls for its slots, and the others keep answering from Redis.
+// Calls that span masters (GetMany's pipelines, batches of queued
+// invalidations) go through the Breaker's core breaker. A shared Breaker's
+// are shared by its members, as its core is.
 type nodeBreakers struct {
 	cc *redis.ClusterClient
 	m  sync.Map // master address → *breaker
-	// reported is the state last counted and logged: the most severe
-	// state among the breakers (see flushNodeBreakerChanges).
-	reported atomic.Int32
 	// mapped is set once the client has found a key's master: it has
 	// loaded the slot map, and finding masters no longer calls Redis.
 	mapped atomic.Bool
@@ -82,7 +80,7 @@ func (l *Loader[T]) breakerFor(ctx context.Context, b *redisBudget, rkey string)
 	if br, ok := l.cluster.nodes.m.Load(addr); ok {
 		return br.(*breaker)
 	}
-	br, _ := l.cluster.nodes.m.LoadOrStore(addr, newBreaker(l.name+"@"+addr, &l.s, &l.breakerChanges))
+	br, _ := l.cluster.nodes.m.LoadOrStore(addr, l.brk.newBreaker(addr))
 	return br.(*breaker)
 }
 
@@ -125,41 +123,4 @@ func (l *Loader[T]) reloadTopology(ctx context.Context) {
 		return
 	}
 	l.cluster.reloadState(context.WithoutCancel(ctx))
-}
-
-func (l *Loader[T]) worstBreakerState() BreakerState {
-	if l.breaker == nil {
-		return BreakerClosed
-	}
-	worst := l.breaker.state()
-	if l.cluster.nodes != nil {
-		l.cluster.nodes.m.Range(func(_, br any) bool {
-			worst = max(worst, br.(*breaker).state())
-			return true
-		})
-	}
-	return worst
-}
-
-// flushNodeBreakerChanges is flushBreakerChanges on a Redis Cluster: the
-// events and logs follow the most severe state of the masters' breakers
-// (so cache_breaker_state reads "open" while any is), reported only when
-// it changes. One flusher at a time computes and reports, so that reports
-// keep the order of the states; a flusher that finds another at work
-// leaves its changes to it (as does a Recorder or Logger that asks for
-// the breaker's state while being told of a change).
-func (l *Loader[T]) flushNodeBreakerChanges() {
-	for l.breakerChanges.n.Load() > 0 {
-		if !l.breakerChanges.flushing.TryLock() {
-			return
-		}
-		if len(l.breakerChanges.take()) > 0 {
-			worst := l.worstBreakerState() // may queue changes: the loop takes them
-			if BreakerState(l.cluster.nodes.reported.Swap(int32(worst))) != worst {
-				l.reportBreaker(worst)
-			}
-			l.wakeRetrier() // a master's breaker moved: the queue may land
-		}
-		l.breakerChanges.flushing.Unlock()
-	}
 }

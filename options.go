@@ -85,6 +85,16 @@ type Options struct {
 	// default: false
 	DisableBreaker bool
 
+	// Breaker is a circuit breaker shared with the other Loaders of the
+	// same Redis client (see NewBreaker), used instead of a breaker of the
+	// Loader's own: a failure of any member's call counts towards opening
+	// it, and it opens and closes for all of them at once, with one prober.
+	// The Loader must use the client the Breaker was made with. The
+	// Breaker's BreakerOptions configure it: New refuses Options that also
+	// set BreakerFailures, BreakerCooldown or DisableBreaker.
+	// default: nil (a breaker of the Loader's own)
+	Breaker *Breaker
+
 	// EarlyRefreshBeta scales early refresh (XFetch): a hit with r left
 	// before expiry starts one background refresh with probability
 	// exp(-r / (EarlyRefreshBeta × last load duration)). Larger values
@@ -204,6 +214,7 @@ type settings struct {
 	breakerFails  int
 	breakerCool   time.Duration
 	noBreaker     bool
+	breaker       *Breaker // Options.Breaker: shared; nil: the Loader's own
 	beta          float64
 	noEarly       bool
 	maxStale      time.Duration
@@ -261,6 +272,16 @@ func (o *Options) settings() (settings, error) {
 	if o.BreakerFailures < 0 || int64(o.BreakerFailures) > math.MaxUint32 {
 		return settings{}, fmt.Errorf("cache: Options.BreakerFailures must be in [0, 2^32), got %d", o.BreakerFailures)
 	}
+	if o.Breaker != nil {
+		switch {
+		case o.DisableBreaker:
+			return settings{}, errors.New("cache: Options.Breaker and Options.DisableBreaker are both set: " +
+				"a Loader either shares a breaker or has none")
+		case o.BreakerFailures != 0 || o.BreakerCooldown != 0:
+			return settings{}, errors.New("cache: Options.Breaker is set together with Options.BreakerFailures or " +
+				"BreakerCooldown: a shared Breaker is configured by the BreakerOptions given to NewBreaker")
+		}
+	}
 	if !(o.EarlyRefreshBeta >= 0) || math.IsInf(o.EarlyRefreshBeta, 1) { // NaN fails too
 		return settings{}, fmt.Errorf("cache: Options.EarlyRefreshBeta must be a finite number >= 0, got %v", o.EarlyRefreshBeta)
 	}
@@ -284,6 +305,7 @@ func (o *Options) settings() (settings, error) {
 		breakerFails:  or(o.BreakerFailures, defaultBreakerFails),
 		breakerCool:   or(o.BreakerCooldown, defaultBreakerCool),
 		noBreaker:     o.DisableBreaker,
+		breaker:       o.Breaker,
 		beta:          or(o.EarlyRefreshBeta, defaultBeta),
 		noEarly:       o.DisableEarlyRefresh,
 		swr:           o.StaleWhileRevalidate,
