@@ -62,9 +62,15 @@ const (
 	sentinelWarm  = time.Second
 	sentinelAfter = time.Second
 	sentinelQuiet = 300 * time.Millisecond
-	// sentinelMargin is what a Get may take beyond RedisTimeout and its
-	// load: scheduling under -race on 2 cores, a lease wait.
+	// sentinelMargin is the slack of the bounds on stale reads after a
+	// lost write (TTL-based): scheduling under -race on 2 cores.
 	sentinelMargin = 300 * time.Millisecond
+	// sentinelGetMargin is what a Get may take beyond RedisTimeout and its
+	// load before the test calls it a hang. Measured under -race on 2
+	// busy cores (load average ~12) a Get took 816ms against 742ms with a
+	// 300ms margin; the hangs it exists to catch — a dial timeout, an
+	// orphaned lease waited out — last seconds.
+	sentinelGetMargin = time.Second
 	// sentinelPromote bounds the failover itself (down-after 1s, then the
 	// sentinels agree, elect a leader and promote the replica: 2–3s here).
 	sentinelPromote = 20 * time.Second
@@ -585,9 +591,9 @@ func runSentinelFault(t *testing.T, mode sentinelFault) {
 		fault, staleAfterFault, len(all), degradedStale, ago(lastDegraded), lostStale, ago(lastLost))
 
 	// Fail-open, bounded: RedisTimeout is a Get's whole Redis budget.
-	bound := sentinelRedisTimeout + time.Duration(maxLoad.Load()) + sentinelMargin
+	bound := sentinelRedisTimeout + time.Duration(maxLoad.Load()) + sentinelGetMargin
 	t.Logf("slowest Get %v; bound %v (RedisTimeout %v + slowest load %v + margin %v)", maxTook.Round(time.Millisecond),
-		bound.Round(time.Millisecond), sentinelRedisTimeout, time.Duration(maxLoad.Load()).Round(time.Millisecond), sentinelMargin)
+		bound.Round(time.Millisecond), sentinelRedisTimeout, time.Duration(maxLoad.Load()).Round(time.Millisecond), sentinelGetMargin)
 	require.LessOrEqual(t, maxTook, bound, "a Get outlasted RedisTimeout + load")
 	require.NotZero(t, before.Hits, "no hits before the %s", fault)
 	require.Zero(t, final.LoadErrors)
