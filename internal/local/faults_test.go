@@ -49,7 +49,7 @@ func TestOutputBufferDisconnect(t *testing.T) {
 		t.Fatal("fill refused")
 	}
 	id := tr.stream.clientID.Load()
-	before := tr.store.Epoch()
+	before := tr.store.Stats().Flushes
 
 	close(stall)
 	rdb.Set(ctx, key, "v2", 0) // its invalidation stalls the receive loop
@@ -76,7 +76,7 @@ func TestOutputBufferDisconnect(t *testing.T) {
 		}
 	}
 	close(release)
-	waitFor(t, func() bool { return tr.store.Epoch() > before })
+	waitFor(t, func() bool { return tr.store.Stats().Flushes > before }) // the flush done, not only begun
 	if v, ok := tr.store.Get(key); ok {
 		t.Fatalf("%q survived the disconnect", v)
 	}
@@ -108,9 +108,9 @@ func TestRedisRestart(t *testing.T) {
 	if _, ok := tr.fill(t, rdb, key); !ok {
 		t.Fatal("fill refused")
 	}
-	before := tr.store.Epoch()
+	before := tr.store.Stats().Flushes
 	srv.Kill(t)
-	waitFor(t, func() bool { return tr.store.Epoch() > before })
+	waitFor(t, func() bool { return tr.store.Stats().Flushes > before }) // the flush done, not only begun
 	if _, ok := tr.store.Get(key); ok {
 		t.Fatal("entry survived the restart")
 	}
@@ -153,12 +153,12 @@ func TestDemotedMaster(t *testing.T) {
 	if _, ok := tr.fill(t, ra, key); !ok {
 		t.Fatal("fill refused")
 	}
-	before := tr.store.Epoch()
+	before := tr.store.Stats().Flushes
 
 	if err := ra.ReplicaOf(ctx, "127.0.0.1", "1").Err(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return tr.store.Epoch() > before })
+	waitFor(t, func() bool { return tr.store.Stats().Flushes > before }) // the flush done, not only begun
 	if _, ok := tr.store.Get(key); ok {
 		t.Fatal("the entry survived the demotion")
 	}

@@ -141,12 +141,12 @@ func TestClientKillFlushesAndRecovers(t *testing.T) {
 	if _, ok := tr.fill(t, rdb, key); !ok {
 		t.Fatal("fill refused")
 	}
-	before := tr.store.Epoch()
+	before := tr.store.Stats().Flushes
 	old := tr.stream.Begin()
 	if err := rdb.ClientKillByFilter(ctx, "ID", itoa(int(tr.stream.clientID.Load()))).Err(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return tr.store.Epoch() > before })
+	waitFor(t, func() bool { return tr.store.Stats().Flushes > before }) // the flush done, not only begun
 	if _, ok := tr.store.Get(key); ok {
 		t.Fatal("entry survived the flush")
 	}
