@@ -22,6 +22,7 @@ var (
 	implColors = map[string]color.RGBA{
 		implLibrary: {R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}, // blue
 		implNaive:   {R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}, // orange
+		implTier:    {R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}, // green
 	}
 	bandFill  = color.RGBA{R: 0xf2, G: 0xf2, B: 0xf2, A: 0xff}
 	downFill  = color.RGBA{R: 0xfb, G: 0xdc, B: 0xdc, A: 0xff}
@@ -160,9 +161,14 @@ func lineChart(spec chartSpec, rs []runResult) ([]byte, error) {
 		top = 1
 	}
 	p.Y.Tick.Marker = ticks{top: top}
-	p.X.Tick.Marker = ticks{top: tl.end}
+	// A report of skipped runs only has no time axis: one second of it.
+	end := tl.end
+	if end <= 0 {
+		end = 1
+	}
+	p.X.Tick.Marker = ticks{top: end}
 	// Room above the data for the phase labels.
-	p.X.Min, p.X.Max = 0, max(tl.end, 1e-9)
+	p.X.Min, p.X.Max = 0, end
 	p.Y.Min, p.Y.Max = 0, top*1.35
 	w, err := p.WriterTo(chartWidth, chartHeight, "svg")
 	if err != nil {

@@ -12,21 +12,55 @@ func explain(impl string, p phaseResult, earlier []phaseResult) string {
 	if p.Skipped != "" {
 		return "Skipped: " + p.Skipped + "."
 	}
-	lib := impl == implLibrary
+	lib := impl == implLibrary || impl == implTier
+	var s string
 	switch p.Name {
 	case phaseCold:
-		return explainCold(lib, p)
+		s = explainCold(lib, p)
 	case phaseSteady:
-		return fmt.Sprintf("%.1f%% of %d requests were Redis hits; the database saw %d queries (%.0f/s, %.1f per 1,000 requests), p99 %s.",
-			p.HitRate(), p.Requests, p.Queries, p.QPS(), p.QueriesPer1k(), fmtDur(p.P99))
+		s = explainSteady(impl, p)
 	case phaseHot:
-		return explainHot(lib, p)
+		s = explainHot(lib, p)
 	case phaseRace:
-		return explainRace(lib, p)
+		s = explainRace(lib, p)
 	case phaseOutage:
-		return explainOutage(lib, p)
+		s = explainOutage(lib, p)
 	}
-	return ""
+	if impl == implTier {
+		s += explainTier(p)
+	}
+	return s
+}
+
+func explainSteady(impl string, p phaseResult) string {
+	var b strings.Builder
+	if impl == implTier {
+		fmt.Fprintf(&b, "%.1f%% of %d requests were cache hits (%.1f%% answered from process memory, %.1f%% by Redis)",
+			p.HitRate(), p.Requests, pct(p.Lib.LocalHits, p.Requests), pct(p.Hits-p.Lib.LocalHits, p.Requests))
+	} else {
+		fmt.Fprintf(&b, "%.1f%% of %d requests were Redis hits", p.HitRate(), p.Requests)
+	}
+	fmt.Fprintf(&b, "; the database saw %d queries (%.0f/s, %.1f per 1,000 requests), p50 %s, p99 %s.",
+		p.Queries, p.QPS(), p.QueriesPer1k(), fmtDur(p.P50), fmtDur(p.P99))
+	return b.String()
+}
+
+// explainTier is what the in-process tier did in the phase, after the
+// phase's sentence.
+func explainTier(p phaseResult) string {
+	l := p.Lib
+	var b strings.Builder
+	fmt.Fprintf(&b, " The tier answered %d Get%s from process memory, each after a barrier PING (%d strict Gets waited for one",
+		l.LocalHits, plural(l.LocalHits, "", "s"), l.BarrierWaits)
+	if l.WaitsFailed > 0 {
+		fmt.Fprintf(&b, "; %d of those waits failed and the Get read Redis", l.WaitsFailed)
+	}
+	b.WriteString(")")
+	if l.StreamBreaks > 0 {
+		fmt.Fprintf(&b, "; the invalidation stream broke %d time%s, each emptying the tier", l.StreamBreaks, plural(l.StreamBreaks, "", "s"))
+	}
+	b.WriteString(".")
+	return b.String()
 }
 
 func explainCold(lib bool, p phaseResult) string {

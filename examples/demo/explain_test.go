@@ -48,6 +48,20 @@ func TestExplainSaysWhatHappened(t *testing.T) {
 			[]string{"cost 1 database query", "shows no stampede"}, nil},
 		{"skipped", implLibrary, phaseResult{Name: phaseOutage, Skipped: "no embedded Redis"},
 			[]string{"Skipped: no embedded Redis."}, nil},
+		{"tier skipped", implTier, skippedRun(implTier, "no CLIENT TRACKING").phase(phaseSteady),
+			[]string{"Skipped: no CLIENT TRACKING."}, []string{"tier answered"}},
+		{"tier steady", implTier, phaseResult{Name: phaseSteady, Start: 1, End: 2, Requests: 1000, Hits: 950, Queries: 50,
+			Lib: libCounts{LocalHits: 800, BarrierWaits: 810}},
+			[]string{"95.0% of 1000 requests were cache hits (80.0% answered from process memory, 15.0% by Redis)",
+				"The tier answered 800 Gets from process memory", "810 strict Gets waited"}, []string{"failed", "broke"}},
+		{"tier race, waits failed", implTier, func() phaseResult {
+			p := race(18, 0)
+			p.Lib = libCounts{LocalHits: 1, BarrierWaits: 5, WaitsFailed: 2, StreamBreaks: 1}
+			return p
+		}(),
+			[]string{"0 of 900 reads", "answered 1 Get from", "2 of those waits failed", "broke 1 time,"}, []string{"SETs landed"}},
+		{"library steady", implLibrary, phaseResult{Name: phaseSteady, Start: 1, End: 2, Requests: 1000, Hits: 950},
+			[]string{"95.0% of 1000 requests were Redis hits"}, []string{"tier", "process memory"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := explain(tc.impl, tc.p, nil)
@@ -65,7 +79,7 @@ func TestExplainSaysWhatHappened(t *testing.T) {
 // its structure (the real run's report is also rendered by TestDemo).
 func TestReportIsSelfContained(t *testing.T) {
 	var rs []runResult
-	for _, impl := range []string{implLibrary, implNaive} {
+	for _, impl := range []string{implLibrary, implNaive, implTier} {
 		r := runResult{Impl: impl}
 		for i, name := range []string{phaseCold, phaseSteady, phaseHot, phaseRace, phaseOutage} {
 			p := phaseResult{Name: name, Start: float64(i), End: float64(i + 1), Requests: 1000, Hits: 900, Queries: 100}
@@ -93,4 +107,38 @@ func TestReportIsSelfContained(t *testing.T) {
 	requireSelfContained(t, string(html))
 	require.Contains(t, string(html), "made-up runs")
 	require.Equal(t, 1, strings.Count(string(html), "<h2>Summary</h2>"))
+	require.Contains(t, string(html), "The tier answered")
+
+	// A skipped tier run: its phases say why, the tables say skipped.
+	rs[2] = skippedRun(implTier, "the in-process tier needs CLIENT TRACKING")
+	require.NoError(t, writeReport(path, defaultConfig(), "made-up runs", rs))
+	html, err = os.ReadFile(path)
+	require.NoError(t, err)
+	requireSelfContained(t, string(html))
+	require.Contains(t, string(html), "Skipped: the in-process tier needs CLIENT TRACKING.")
+	require.NotContains(t, string(html), "The tier answered")
+	require.Equal(t, len(phaseNames), strings.Count(string(html), `<td colspan="9" style="text-align: left">skipped</td>`))
+	// Only the skipped run: the report is still written.
+	require.NoError(t, writeReport(path, defaultConfig(), "made-up runs", rs[2:]))
+}
+
+func TestParseImpls(t *testing.T) {
+	for in, want := range map[string][]string{
+		"all":          {implLibrary, implNaive, implTier},
+		"both":         {implLibrary, implNaive},
+		"cache":        {implLibrary},
+		"tier":         {implTier},
+		"tier, cache":  {implTier, implLibrary},
+		"naive,naive":  {implNaive},
+		"cache,tier,x": nil,
+		"":             nil,
+	} {
+		got, err := parseImpls(in)
+		if want == nil {
+			require.Error(t, err, in)
+			continue
+		}
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -13,7 +16,7 @@ import (
 )
 
 // users is one process's cache of the users table, as the workload sees
-// it. Both implementations share the store, Redis and the key layout.
+// it. Every implementation shares the store, Redis and the key layout.
 type users interface {
 	// Get reads a user through the long-TTL cache.
 	Get(ctx context.Context, id string) (User, error)
@@ -25,7 +28,8 @@ type users interface {
 	// Evict deletes the user's cache entry from Redis, as an expiry or an
 	// eviction under maxmemory would.
 	Evict(ctx context.Context, id string) error
-	// Hits is how many Gets were answered by Redis so far.
+	// Hits is how many Gets were answered by the cache so far: by Redis,
+	// or by process memory for the in-process tier.
 	Hits() uint64
 	// Breaker is the state of the Redis circuit breaker ("-" if none).
 	Breaker() string
@@ -47,9 +51,15 @@ type libCounts struct {
 	InvalidationsQueued int64 // write invalidations queued for retry: Redis did not take them
 	BreakerOpened       int64 // times the breaker opened
 	BreakerClosed       int64 // times it closed again
+	// The in-process tier's (zero without it).
+	LocalHits    int64 // Gets answered from process memory
+	LocalFills   int64 // values read from Redis that entered the tier
+	BarrierWaits int64 // strict Gets that waited for a barrier PING
+	WaitsFailed  int64 // of which the barrier did not return in time, or the stream was down (the Get read Redis)
+	StreamBreaks int64 // invalidation stream breaks, each of which emptied the tier
 }
 
-func countsOf(s cache.Stats) libCounts {
+func countsOf(s cache.Stats, ls cache.LocalStats) libCounts {
 	return libCounts{
 		Coalesced:           int64(s.Coalesced),
 		LeaseWaits:          int64(s.LeaseWaits),
@@ -60,6 +70,11 @@ func countsOf(s cache.Stats) libCounts {
 		InvalidationsQueued: int64(s.InvalidationsQueued),
 		BreakerOpened:       int64(s.BreakerOpened),
 		BreakerClosed:       int64(s.BreakerClosed),
+		LocalHits:           int64(s.LocalHits),
+		LocalFills:          int64(ls.Fills),
+		BarrierWaits:        int64(ls.BarrierWaits),
+		WaitsFailed:         int64(ls.WaitsFailed),
+		StreamBreaks:        int64(ls.Flushes),
 	}
 }
 
@@ -74,6 +89,11 @@ func (c libCounts) add(o libCounts) libCounts {
 		InvalidationsQueued: c.InvalidationsQueued + o.InvalidationsQueued,
 		BreakerOpened:       c.BreakerOpened + o.BreakerOpened,
 		BreakerClosed:       c.BreakerClosed + o.BreakerClosed,
+		LocalHits:           c.LocalHits + o.LocalHits,
+		LocalFills:          c.LocalFills + o.LocalFills,
+		BarrierWaits:        c.BarrierWaits + o.BarrierWaits,
+		WaitsFailed:         c.WaitsFailed + o.WaitsFailed,
+		StreamBreaks:        c.StreamBreaks + o.StreamBreaks,
 	}
 }
 
@@ -89,6 +109,11 @@ func (c libCounts) since(o libCounts) libCounts {
 		InvalidationsQueued: c.InvalidationsQueued - o.InvalidationsQueued,
 		BreakerOpened:       c.BreakerOpened - o.BreakerOpened,
 		BreakerClosed:       c.BreakerClosed - o.BreakerClosed,
+		LocalHits:           c.LocalHits - o.LocalHits,
+		LocalFills:          c.LocalFills - o.LocalFills,
+		BarrierWaits:        c.BarrierWaits - o.BarrierWaits,
+		WaitsFailed:         c.WaitsFailed - o.WaitsFailed,
+		StreamBreaks:        c.StreamBreaks - o.StreamBreaks,
 	}
 }
 
@@ -96,7 +121,33 @@ func (c libCounts) since(o libCounts) libCounts {
 const (
 	implLibrary = "cache"
 	implNaive   = "naive"
+	implTier    = "tier"
 )
+
+// allImpls are the implementations -impl all runs, in order.
+var allImpls = []string{implLibrary, implNaive, implTier}
+
+// parseImpls reads -impl: "all", "both" (cache and naive, as before the
+// tier existed), or a comma-separated list of implementations.
+func parseImpls(s string) ([]string, error) {
+	switch s {
+	case "all":
+		return slices.Clone(allImpls), nil
+	case "both":
+		return []string{implLibrary, implNaive}, nil
+	}
+	var impls []string
+	for _, name := range strings.Split(s, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(allImpls, name) {
+			return nil, fmt.Errorf("-impl %q: want all, both (cache and naive), or a comma-separated list of %s", s, strings.Join(allImpls, ", "))
+		}
+		if !slices.Contains(impls, name) {
+			impls = append(impls, name)
+		}
+	}
+	return impls, nil
+}
 
 const (
 	longTTL = time.Minute
@@ -104,7 +155,7 @@ const (
 )
 
 // library is this library: one Loader per cache, with default options
-// apart from the TTLs.
+// apart from the TTLs, and, for the tier implementation, Options.Local.
 type library struct {
 	rdb       *redis.Client
 	db        *store
@@ -112,11 +163,24 @@ type library struct {
 }
 
 func newLibrary(rdb *redis.Client, db *store, prefix string) (users, error) {
-	user, err := cache.New(rdb, "user", db.get, &cache.Options{Prefix: prefix, TTL: longTTL})
+	return newLibraryWith(rdb, db, prefix, nil)
+}
+
+// tierOptions are the tier implementation's Options.Local: strict (MaxLag
+// 0), the other fields at their defaults.
+func tierOptions() *cache.LocalOptions { return &cache.LocalOptions{} }
+
+// newTier is this library with its in-process tier (tierOptions).
+func newTier(rdb *redis.Client, db *store, prefix string) (users, error) {
+	return newLibraryWith(rdb, db, prefix, tierOptions())
+}
+
+func newLibraryWith(rdb *redis.Client, db *store, prefix string, local *cache.LocalOptions) (users, error) {
+	user, err := cache.New(rdb, "user", db.get, &cache.Options{Prefix: prefix, TTL: longTTL, Local: local})
 	if err != nil {
 		return nil, err
 	}
-	hot, err := cache.New(rdb, "hot", db.get, &cache.Options{Prefix: prefix, TTL: hotTTL})
+	hot, err := cache.New(rdb, "hot", db.get, &cache.Options{Prefix: prefix, TTL: hotTTL, Local: local})
 	if err != nil {
 		user.Close()
 		return nil, err
@@ -140,12 +204,19 @@ func (l *library) Evict(ctx context.Context, id string) error {
 	return l.rdb.Del(ctx, l.user.Key(id)).Err()
 }
 
-func (l *library) Hits() uint64    { return l.user.Stats().Hits + l.hot.Stats().Hits }
+func (l *library) Hits() uint64 {
+	u, h := l.user.Stats(), l.hot.Stats()
+	return u.Hits + u.LocalHits + h.Hits + h.LocalHits
+}
 func (l *library) Breaker() string { return l.user.BreakerState().String() }
 func (l *library) Counts() libCounts {
-	return countsOf(l.user.Stats()).add(countsOf(l.hot.Stats()))
+	return countsOf(l.user.Stats(), l.user.LocalStats()).add(countsOf(l.hot.Stats(), l.hot.LocalStats()))
 }
-func (l *library) Close() { l.user.Close(); l.hot.Close() }
+
+// streamsUp reports whether both Loaders' invalidation streams are up
+// (always false without the tier).
+func (l *library) streamsUp() bool { return l.user.LocalStats().Up && l.hot.LocalStats().Up }
+func (l *library) Close()          { l.user.Close(); l.hot.Close() }
 
 // naive is textbook cache-aside, as most services write it: GET; on a miss
 // SELECT and SET EX; on a write UPDATE and DEL. No coalescing, no leases,

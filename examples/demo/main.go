@@ -3,10 +3,15 @@
 // Redis is an embedded miniredis and MySQL is an embedded go-mysql-server
 // reached through go-sql-driver/mysql, like a real one.
 //
-//	cd examples/demo && go run .           # both implementations, ~1 minute
+//	cd examples/demo && go run .           # every implementation, ~1 minute
 //	go run . -quick                         # a few seconds per implementation
-//	go run . -impl cache                    # only this library (or naive)
+//	go run . -impl cache                    # only this library (or naive, tier, a list)
 //	go run . -redis 127.0.0.1:6379 -mysql 'root@tcp(127.0.0.1:3306)/test'
+//
+// The implementations are this library (cache), textbook cache-aside
+// (naive), and this library with its in-process tier (tier, Options.Local
+// strict). The tier needs CLIENT TRACKING, which miniredis lacks: with the
+// embedded Redis its run is skipped, and says so; run it with -redis.
 //
 // Several processes of one service (each with its own Redis client and
 // cache) run closed-loop clients through five phases:
@@ -37,6 +42,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -68,7 +74,7 @@ type config struct {
 
 func defaultConfig() config {
 	return config{
-		Impls:       []string{implLibrary, implNaive},
+		Impls:       slices.Clone(allImpls),
 		Out:         "demo-report.html",
 		Latency:     2 * time.Millisecond,
 		RaceWait:    300 * time.Millisecond,
@@ -95,20 +101,18 @@ func (cfg *config) quick() {
 
 func main() {
 	cfg := defaultConfig()
-	impl := flag.String("impl", "both", "implementation: cache (this library), naive (textbook cache-aside) or both")
+	impl := flag.String("impl", "all", "implementations: all, both (cache and naive), or a comma-separated list of cache (this library), naive (textbook cache-aside) and tier (this library with its in-process tier, strict; needs -redis)")
 	quick := flag.Bool("quick", false, "a shortened run (1 s phases)")
 	flag.StringVar(&cfg.RedisAddr, "redis", "", "use the Redis at this address instead of an embedded miniredis (the outage phase is then skipped)")
 	flag.StringVar(&cfg.MySQLDSN, "mysql", "", "use the MySQL/MariaDB at this DSN (go-sql-driver form) instead of an embedded server; a uniquely named table is created and dropped")
 	flag.StringVar(&cfg.Out, "out", cfg.Out, "path of the HTML report")
 	flag.DurationVar(&cfg.Latency, "latency", cfg.Latency, "latency added to every database query")
 	flag.Parse()
-	switch *impl {
-	case "both":
-	case implLibrary, implNaive:
-		cfg.Impls = []string{*impl}
-	default:
-		log.Fatalf("-impl %q: want cache, naive or both", *impl)
+	impls, err := parseImpls(*impl)
+	if err != nil {
+		log.Fatal(err)
 	}
+	cfg.Impls = impls
 	if *quick {
 		cfg.quick()
 	}
@@ -175,7 +179,7 @@ func run(ctx context.Context, w io.Writer, cfg config) ([]runResult, error) {
 		}
 		results = append(results, r)
 	}
-	if len(results) == 2 {
+	if len(results) >= 2 {
 		printComparison(w, results)
 	}
 	if cfg.Out != "" {
@@ -188,8 +192,11 @@ func run(ctx context.Context, w io.Writer, cfg config) ([]runResult, error) {
 }
 
 func implTitle(impl string) string {
-	if impl == implLibrary {
+	switch impl {
+	case implLibrary:
 		return "cache: this library (github.com/f4df6ac3/cache, default options)"
+	case implTier:
+		return "tier: this library with its in-process tier (Options.Local, strict: MaxLag 0)"
 	}
 	return "naive: textbook cache-aside (GET; on a miss SELECT + SET EX; on a write UPDATE + DEL)"
 }
@@ -199,19 +206,34 @@ func runImpl(ctx context.Context, w io.Writer, cfg config, e *env, impl string) 
 	r := &runner{cfg: cfg, impl: impl, env: e}
 	prefix := "cache-demo:" + randomHex() + ":"
 	defer r.close(prefix)
+	if impl == implTier {
+		if why := tierUnavailable(ctx, e, prefix); why != "" {
+			fmt.Fprintf(w, "skipped: %s.\n", why)
+			return skippedRun(impl, why), nil
+		}
+	}
+	newUsers := newLibrary
+	switch impl {
+	case implNaive:
+		newUsers = newNaive
+	case implTier:
+		newUsers = newTier
+	}
 	for range cfg.Processes {
 		// ContextTimeoutEnabled lets Options.RedisTimeout bound every call.
 		rdb := redis.NewClient(&redis.Options{Addr: e.addr, ContextTimeoutEnabled: true})
 		r.rdbs = append(r.rdbs, rdb)
-		newUsers := newLibrary
-		if impl == implNaive {
-			newUsers = newNaive
-		}
 		u, err := newUsers(rdb, e.db, prefix)
 		if err != nil {
 			return runResult{}, err
 		}
 		r.procs = append(r.procs, u)
+	}
+	if impl == implTier {
+		if why := waitStreams(ctx, r.procs); why != "" {
+			fmt.Fprintf(w, "skipped: %s.\n", why)
+			return skippedRun(impl, why), nil
+		}
 	}
 	r.start = time.Now()
 	sctx, stop := context.WithCancel(ctx)

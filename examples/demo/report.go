@@ -44,6 +44,17 @@ func headlines(rs []runResult) []headline {
 		})),
 		row("steady: hit rate", phase(phaseSteady, func(p phaseResult) string { return fmt.Sprintf("%.1f%%", p.HitRate()) })),
 		row("steady: database queries per 1,000 requests", phase(phaseSteady, func(p phaseResult) string { return fmt.Sprintf("%.1f", p.QueriesPer1k()) })),
+		row("steady: answered from process memory", func(r runResult) string {
+			p := r.phase(phaseSteady)
+			switch {
+			case p.Skipped != "":
+				return "skipped"
+			case r.Impl != implTier:
+				return "-"
+			}
+			return fmt.Sprintf("%.1f%%", pct(p.Lib.LocalHits, p.Requests))
+		}),
+		row("steady: p50", phase(phaseSteady, func(p phaseResult) string { return fmtDur(p.P50) })),
 		row("steady: p99", phase(phaseSteady, func(p phaseResult) string { return fmtDur(p.P99) })),
 		row("hot key: database queries", phase(phaseHot, func(p phaseResult) string {
 			return fmt.Sprintf("%d (%.1f per 1k req)", p.Queries, p.QueriesPer1k())
@@ -191,7 +202,7 @@ thead th { background: #f2f2f2; }
 </style>
 </head>
 <body>
-<h1>cache demo: this library next to textbook cache-aside</h1>
+<h1>cache demo: this library (and its in-process tier) next to textbook cache-aside</h1>
 <p class="setup">{{.Setup}}.<br>Run {{.Date}}, {{.GoVersion}}, {{.Took}}. Every number and sentence below was computed from this run.</p>
 <p>{{range $i, $t := .Titles}}<span class="swatch" style="background: {{index $.Colors $i}}"></span>{{$t}}<br>{{end}}</p>
 
@@ -214,10 +225,11 @@ thead th { background: #f2f2f2; }
 <table>
 <thead><tr><th>phase</th><th>implementation</th><th>seconds</th><th>requests</th><th>hit rate</th><th>database queries</th><th>queries/s</th><th>queries per 1,000 requests</th><th>p50</th><th>p99</th><th>failed</th></tr></thead>
 <tbody>
-{{range .Phases}}{{range .Runs}}<tr><td>{{label .P.Name}}</td><td>{{.Impl}}</td><td>{{f1 .P.Seconds}}</td><td>{{.P.Requests}}</td><td>{{f1 .P.HitRate}}%</td><td>{{.P.Queries}}</td><td>{{f0 .P.QPS}}</td><td>{{f1 .P.QueriesPer1k}}</td><td>{{dur .P.P50}}</td><td>{{dur .P.P99}}</td><td>{{.P.Errors}}</td></tr>
-{{end}}{{end}}</tbody>
+{{range .Phases}}{{range .Runs}}{{if .P.Skipped}}<tr><td>{{label .P.Name}}</td><td>{{.Impl}}</td><td colspan="9" style="text-align: left">skipped</td></tr>
+{{else}}<tr><td>{{label .P.Name}}</td><td>{{.Impl}}</td><td>{{f1 .P.Seconds}}</td><td>{{.P.Requests}}</td><td>{{f1 .P.HitRate}}%</td><td>{{.P.Queries}}</td><td>{{f0 .P.QPS}}</td><td>{{f1 .P.QueriesPer1k}}</td><td>{{dur .P.P50}}</td><td>{{dur .P.P99}}</td><td>{{.P.Errors}}</td></tr>
+{{end}}{{end}}{{end}}</tbody>
 </table>
-<p class="note">Database load is given per 1,000 requests next to queries/s: an implementation that serves more requests per second also sends more queries per second. Recovery after the outage is the time from Redis answering again to the hit rate over the last {{.Window}} (checked every {{.Poll}}) reaching {{f0 .RecoveryShare}}% of the implementation's own steady-phase hit rate.</p>
+<p class="note">Hit rate counts cache hits: Redis hits, and for the tier also Gets answered from process memory. Database load is given per 1,000 requests next to queries/s: an implementation that serves more requests per second also sends more queries per second. Recovery after the outage is the time from Redis answering again to the hit rate over the last {{.Window}} (checked every {{.Poll}}) reaching {{f0 .RecoveryShare}}% of the implementation's own steady-phase hit rate.</p>
 
 <h2>Over time</h2>
 <p class="note">One point per tick; shaded bands are the phases, the red band is Redis being down. The runs are aligned at the start of each phase.</p>

@@ -19,7 +19,7 @@ type sample struct {
 	Requests int64   // requests that ended in the tick
 	Queries  int64   // database SELECTs in the tick
 	RPS      float64 // requests per second
-	HitRate  float64 // Redis hits / requests, in percent
+	HitRate  float64 // cache hits (Redis, or process memory for the tier) / requests, in percent
 	QPS      float64 // database SELECTs per second
 	P50, P99 time.Duration
 	Errors   int64 // failed requests in the tick
@@ -48,7 +48,8 @@ type phaseResult struct {
 // Seconds is how long the phase ran.
 func (p phaseResult) Seconds() float64 { return p.End - p.Start }
 
-// HitRate is the phase's Redis hits per request, in percent.
+// HitRate is the phase's cache hits (Redis, or process memory for the
+// tier) per request, in percent.
 func (p phaseResult) HitRate() float64 { return pct(p.Hits, p.Requests) }
 
 // QPS is the phase's database SELECTs per second.
@@ -74,6 +75,7 @@ type runResult struct {
 	Impl    string
 	Samples []sample
 	Phases  []phaseResult
+	Skipped string // why the implementation did not run at all ("" if it ran)
 }
 
 // phase returns the result of the phase called name (zero if absent).
@@ -94,6 +96,9 @@ const (
 	phaseRace   = "writes racing slow readers"
 	phaseOutage = "Redis going dark and coming back"
 )
+
+// phaseNames are the phases in run order.
+var phaseNames = []string{phaseCold, phaseSteady, phaseHot, phaseRace, phaseOutage}
 
 var phaseLabels = map[string]string{
 	phaseCold:   "1 cold start",
