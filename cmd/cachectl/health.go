@@ -15,7 +15,7 @@ import (
 var healthCmd = &command{
 	name:    "health",
 	args:    "[-pings N] [-prefix P] [-dsn DSN]",
-	summary: "Redis latency, eviction policy, evictions, hit ratio, memory, clients; invalidation relays",
+	summary: "Redis latency, eviction policy, evictions, hit ratio, memory, clients; in-process tier streams; invalidation relays",
 	help: `The diagnosis playbook in one command. Warnings:
   - maxmemory-policy allkeys-*: under memory pressure Redis may evict any key,
     including cache leases and tombstones (weakening the stale-set guard) and
