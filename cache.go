@@ -67,6 +67,9 @@ type Loader[T any] struct {
 
 	// tier is the in-process tier (Options.Local); nil when off.
 	tier *localTier[T]
+	// localDetach ends the LocalRecorder's reading of the tier's stats;
+	// nil without one.
+	localDetach func()
 
 	// elapsed is monotonic time since New, for rate limits. Tests replace
 	// it (and cluster.reloadState, retry.wait) before the Loader is first
@@ -133,8 +136,15 @@ func New[T any](rdb redis.UniversalClient, name string, load LoadFunc[T], opts *
 	l.elapsed = func() time.Duration { return time.Since(born) }
 	l.retry.init()
 	if s.local != nil {
+		lr, _ := s.recorder.(LocalRecorder)
+		if lr != nil {
+			s.local.onBarrier = func(d time.Duration) { lr.ObserveBarrier(name, d) }
+		}
 		if l.tier, err = newLocalTier[T](rdb, l.prefix, s.local, s.redisTimeout); err != nil {
 			return nil, err
+		}
+		if lr != nil {
+			l.localDetach = lr.AttachLocal(name, l.LocalStats)
 		}
 	}
 	l.reads.seed = maphash.MakeSeed()
@@ -301,6 +311,9 @@ func (l *Loader[T]) Close() error {
 	}
 	if l.tier != nil {
 		l.tier.close()
+	}
+	if l.localDetach != nil {
+		l.localDetach()
 	}
 	return nil
 }

@@ -54,6 +54,9 @@ type localSettings struct {
 	maxBytes uint64
 	maxLag   time.Duration
 	ttl      time.Duration
+	// onBarrier, if set, observes each returned barrier's latency
+	// (StreamOptions.OnBarrier).
+	onBarrier func(time.Duration)
 }
 
 func (o *LocalOptions) settings(valueTTL time.Duration) (*localSettings, error) {
@@ -95,7 +98,7 @@ func newLocalTier[T any](rdb redis.UniversalClient, prefix string, s *localSetti
 	store := local.NewStore[T](local.StoreOptions{MaxBytes: s.maxBytes})
 	// A strict Get waits for a barrier at most its whole Redis budget (the
 	// wait comes first, so that is what it has left).
-	opts := local.StreamOptions{Prefixes: []string{prefix}, Sink: store, MaxWait: redisTimeout, Name: LocalStreamClientName + prefix}
+	opts := local.StreamOptions{Prefixes: []string{prefix}, Sink: store, MaxWait: redisTimeout, Name: LocalStreamClientName + prefix, OnBarrier: s.onBarrier}
 	if s.maxLag > 0 {
 		opts.Interval = s.maxLag / 2
 	}

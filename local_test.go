@@ -31,12 +31,18 @@ func TestLocalOptionsValidation(t *testing.T) {
 
 // localPair returns two Loaders of one table and prefix on separate
 // clients, as two processes; a has the tier on.
-func localPair(t *testing.T, lo LocalOptions) (a, b *Loader[row], tb *table) {
+// extra, if given, sets a's other options.
+func localPair(t *testing.T, lo LocalOptions, extra ...*Options) (a, b *Loader[row], tb *table) {
 	t.Helper()
 	tb = newTable()
 	ra, rb := testenv.Redis(t, ""), testenv.Redis(t, "")
 	prefix := testenv.Prefix(t, ra, "cachetest:")
-	a = newLoader(t, ra, tb, &Options{Prefix: prefix, Local: &lo})
+	oa := Options{}
+	if len(extra) > 0 {
+		oa = *extra[0]
+	}
+	oa.Prefix, oa.Local = prefix, &lo
+	a = newLoader(t, ra, tb, &oa)
 	b = newLoader(t, rb, tb, &Options{Prefix: prefix})
 	deadline := time.Now().Add(20 * time.Second)
 	for !a.tier.stream.Up() {

@@ -108,6 +108,20 @@ type WriteRecorder interface {
 	CountWrite(loader string, op Op, r WriteResult)
 }
 
+// LocalRecorder is implemented by Recorders that also export the
+// in-process tier's metrics (Options.Local). New calls AttachLocal once
+// for a Loader with the tier on: stats returns the tier's LocalStats
+// (cheap, safe for concurrent use), to be read when the metrics are
+// collected rather than on every event; Close calls the detach function
+// it returned. ObserveBarrier is called with the latency of each barrier
+// that returned (from its PING to its return), on the tier's stream
+// goroutine: it must be fast. Prometheus implements it as the
+// cache_local_* metrics.
+type LocalRecorder interface {
+	AttachLocal(loader string, stats func() LocalStats) (detach func())
+	ObserveBarrier(loader string, d time.Duration)
+}
+
 // WriteResult is how a Set, Invalidate or WriteThrough ended.
 type WriteResult int
 
@@ -241,6 +255,28 @@ func (c *counters) snapshot() Stats {
 //	cache_read_bypass{loader}               1 while SetReadBypass(true)
 //	cache_invalidations_pending{loader}     invalidations queued for retry
 //
+// and, for Loaders with the in-process tier (Options.Local; see
+// LocalStats), read when the metrics are collected:
+//
+//	cache_local_entries{loader}                    entries held (estimate)
+//	cache_local_bytes{loader}                      bytes held, as weighed against LocalOptions.MaxBytes
+//	cache_local_fills_total{loader}                values read from Redis that entered the tier
+//	cache_local_fills_refused_total{loader}        values refused: an invalidation or a stream break came after their read was sent
+//	cache_local_invalidations_total{loader}        keys invalidated (by the stream and by this process's writes)
+//	cache_local_invalidation_messages_total{loader} invalidation messages received from Redis
+//	cache_local_flushes_total{loader}              stream breaks, each of which emptied the tier
+//	cache_local_barriers_total{loader}             barrier PINGs sent
+//	cache_local_barrier_waits_total{loader}        strict Gets that waited for a barrier
+//	cache_local_barrier_waits_failed_total{loader} of which the barrier did not return in time, or the stream was down
+//	cache_local_barrier_duration_seconds{loader}   latency of each returned barrier (observed as it returns)
+//	cache_local_up{loader}                         1 while the stream is subscribed and a barrier returned on its connection
+//	cache_local_lag_seconds{loader}                how long ago the last returned barrier was sent (0 while down)
+//
+// The tier's hits are cache_requests_total{result="local_hit"}. Several
+// Loaders of one name in a process add up: their counters, entries and
+// bytes are summed, up is the lowest and lag the largest. A closed
+// Loader's gauges go; its counts stay in the counters.
+//
 // Several Loaders may share one Prometheus, and NewPrometheus may be called
 // more than once on the same registry: the metrics are registered once and
 // shared.
@@ -254,6 +290,9 @@ type Prometheus struct {
 	breaker  *prometheus.GaugeVec
 	bypass   *prometheus.GaugeVec
 	pending  *prometheus.GaugeVec
+	// barrier and local are the in-process tier's metrics.
+	barrier *prometheus.HistogramVec
+	local   *localCollector
 	// loaders holds the names seen: each loader's series are created at 0
 	// when it first reports, so that rate() and increase() see its first
 	// event and the gauges read 0 rather than nothing.
@@ -305,6 +344,12 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 			Name: "cache_invalidations_pending",
 			Help: "Invalidations queued for retry because Redis could not be reached; other processes may serve those keys stale until they land.",
 		}, []string{"loader"}),
+		barrier: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cache_local_barrier_duration_seconds",
+			Help:    "In-process tier: latency of each barrier that returned, from its PING on the invalidation stream to its return (every invalidation queued before it applied).",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
+		}, []string{"loader"}),
+		local: newLocalCollector(),
 	}
 	var err error
 	if p.requests, err = promreg.Register(reg, p.requests); err != nil {
@@ -332,6 +377,12 @@ func NewPrometheus(reg prometheus.Registerer) (*Prometheus, error) {
 		return nil, err
 	}
 	if p.pending, err = promreg.Register(reg, p.pending); err != nil {
+		return nil, err
+	}
+	if p.barrier, err = promreg.Register(reg, p.barrier); err != nil {
+		return nil, err
+	}
+	if p.local, err = promreg.Register(reg, p.local); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -421,6 +472,19 @@ func (p *Prometheus) ObserveRedis(loader string, d time.Duration, err error) {
 func (p *Prometheus) CountWrite(loader string, op Op, r WriteResult) {
 	p.seen(loader)
 	p.writes.WithLabelValues(loader, writeOpLabel(op), r.String()).Inc()
+}
+
+// AttachLocal implements LocalRecorder: loader's cache_local_* metrics
+// read stats when collected, until detach.
+func (p *Prometheus) AttachLocal(loader string, stats func() LocalStats) (detach func()) {
+	p.seen(loader)
+	p.barrier.WithLabelValues(loader)
+	return p.local.attach(loader, stats)
+}
+
+// ObserveBarrier implements LocalRecorder.
+func (p *Prometheus) ObserveBarrier(loader string, d time.Duration) {
+	p.barrier.WithLabelValues(loader).Observe(d.Seconds())
 }
 
 // loadResults are the results of a load: see loadResult.

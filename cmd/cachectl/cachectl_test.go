@@ -482,3 +482,67 @@ func TestUsage(t *testing.T) {
 		t.Errorf("unreachable redis took %s", time.Since(start))
 	}
 }
+
+// TestHealthLocalStreams: a Loader with the in-process tier shows as a
+// stream of its key prefix.
+func TestHealthLocalStreams(t *testing.T) {
+	rdb := realRedis(t)
+	prefix := uniquePrefix(t, rdb)
+	l, err := cache.New(rdb, "user", func(context.Context, string) (User, error) { return User{}, cache.ErrNotFound },
+		&cache.Options{Prefix: prefix, Local: &cache.LocalOptions{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	deadline := time.Now().Add(20 * time.Second)
+	for !l.LocalStats().Up {
+		if time.Now().After(deadline) {
+			t.Fatal("the tier's stream never came up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	want := prefix + "user#2:"
+
+	var r healthReport
+	cachectlJSON(t, &r, "health", "-pings", "1")
+	var g *localStreamGroup
+	for i := range r.LocalStreams {
+		if r.LocalStreams[i].Prefix == want {
+			g = &r.LocalStreams[i]
+		}
+	}
+	if g == nil {
+		t.Fatalf("no stream of prefix %q in %+v", want, r.LocalStreams)
+	}
+	if g.Streams != 1 || g.Hosts != 1 || g.OldestSeconds < g.NewestSeconds || g.MaxOmem < 0 || g.TotalOmem < g.MaxOmem {
+		t.Errorf("stream group %+v", *g)
+	}
+	if r.PubsubLimitHard == 0 && r.PubsubLimitSoft == 0 {
+		t.Logf("no pub/sub output-buffer limit on this server")
+	}
+	out, errOut, code := cachectl(t, "health", "-pings", "1")
+	if code != exitOK || !strings.Contains(out, "tier streams:") || !strings.Contains(out, "  "+want+": 1 streams from 1 hosts") {
+		t.Errorf("health: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+func TestStreamWarnings(t *testing.T) {
+	hard, soft := pubsubLimit("normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60")
+	if hard != 32<<20 || soft != 8<<20 {
+		t.Fatalf("pubsubLimit: %d %d", hard, soft)
+	}
+	if h, s := pubsubLimit("normal 0 0 0 pubsub 32mb 8mb 60"); h != 32<<20 || s != 8<<20 {
+		t.Fatalf("pubsubLimit with units: %d %d", h, s)
+	}
+	groups := []localStreamGroup{{Prefix: "app:user#2:", MaxOmem: 1 << 20}, {Prefix: "app:order#2:", MaxOmem: 5 << 20}}
+	ws := streamWarnings(groups, hard, soft)
+	if len(ws) != 1 || !strings.Contains(ws[0], `"app:order#2:"`) || !strings.Contains(ws[0], "soft limit") {
+		t.Errorf("warnings %q", ws)
+	}
+	if ws := streamWarnings(groups, 0, 0); ws != nil {
+		t.Errorf("no limit: warnings %q", ws)
+	}
+	if ws := streamWarnings(groups, 8<<20, 0); len(ws) != 1 || !strings.Contains(ws[0], "hard limit") {
+		t.Errorf("hard limit only: warnings %q", ws)
+	}
+}

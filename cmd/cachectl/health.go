@@ -15,7 +15,7 @@ import (
 var healthCmd = &command{
 	name:    "health",
 	args:    "[-pings N] [-prefix P] [-dsn DSN]",
-	summary: "Redis latency, eviction policy, evictions, hit ratio, memory, clients; invalidation relays",
+	summary: "Redis latency, eviction policy, evictions, hit ratio, memory, clients; in-process tier streams; invalidation relays",
 	help: `The diagnosis playbook in one command. Warnings:
   - maxmemory-policy allkeys-*: under memory pressure Redis may evict any key,
     including cache leases and tombstones (weakening the stale-set guard) and
@@ -26,7 +26,14 @@ var healthCmd = &command{
     volatile-lfu suit a cache: every entry has a TTL);
   - evicted_keys > 0: memory pressure has already evicted keys;
   - mem_fragmentation_ratio > 1.5 (with at least 64 MiB used);
-  - keyspace hit ratio < 50% (over the server's lifetime, all clients).
+  - keyspace hit ratio < 50% (over the server's lifetime, all clients);
+  - an in-process tier stream whose output buffer (omem) holds half the
+    pub/sub client-output-buffer-limit (soft, else hard) or more: at the
+    limit Redis disconnects it, which flushes that process's tier.
+In-process tier streams (Loaders with Options.Local): the connections
+named cache-local:<key prefix> in CLIENT LIST, by prefix: how many (one
+per process and Loader), from how many hosts, the oldest and youngest
+connection's age, the longest idle, and the output buffers' memory.
 On Redis Cluster every master is reported on (with -json: a list).
 
 Invalidation relays. Binlog relays (package cdc) started with
@@ -83,6 +90,14 @@ type healthReport struct {
 	Clients        int64    `json:"connected_clients"`
 	BlockedClients int64    `json:"blocked_clients"`
 	Warnings       []string `json:"warnings"`
+	// LocalStreams are the in-process tier streams connected to this
+	// server, by key prefix (CLIENT LIST names beginning with
+	// cache.LocalStreamClientName); nil when CLIENT LIST is refused.
+	LocalStreams []localStreamGroup `json:"local_streams"`
+	// PubsubLimitHard and PubsubLimitSoft are the pub/sub
+	// client-output-buffer-limit in bytes (0: none, or unknown).
+	PubsubLimitHard int64 `json:"pubsub_limit_hard"`
+	PubsubLimitSoft int64 `json:"pubsub_limit_soft"`
 	// Relays are the invalidation relays (see relays); nil when none
 	// publish and neither -prefix nor -dsn was given.
 	Relays *relaysReport `json:"relays,omitempty"`
@@ -179,6 +194,15 @@ func nodeHealth(ctx context.Context, rdb redis.UniversalClient, addr string, pin
 	if r.HitRatio != nil && *r.HitRatio < 0.5 && r.KeyspaceHits+r.KeyspaceMisses >= 1000 {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("keyspace hit ratio %.1f%% (all clients since start): a key-format change or a flush?", 100**r.HitRatio))
 	}
+	if groups, hard, soft, err := localStreams(ctx, rdb); err == nil {
+		r.LocalStreams, r.PubsubLimitHard, r.PubsubLimitSoft = groups, hard, soft
+		if r.LocalStreams == nil {
+			r.LocalStreams = []localStreamGroup{}
+		}
+		r.Warnings = append(r.Warnings, streamWarnings(groups, hard, soft)...)
+	} else {
+		r.Warnings = append(r.Warnings, "in-process tier streams unknown: "+err.Error())
+	}
 
 	return r, nil
 }
@@ -223,6 +247,9 @@ func printHealth(e *env, r *healthReport, pings int) {
 		fmt.Fprintf(w, "hit ratio:        - (no lookups yet)\n")
 	}
 	fmt.Fprintf(w, "clients:          %d connected, %d blocked\n", r.Clients, r.BlockedClients)
+	if r.LocalStreams != nil {
+		printStreams(w, r.LocalStreams, r.PubsubLimitHard, r.PubsubLimitSoft)
+	}
 	for _, s := range r.Warnings {
 		fmt.Fprintf(w, "WARNING: %s\n", s)
 	}

@@ -25,6 +25,7 @@
 //	                                  the entry beside the MySQL row
 //	ttl PATTERN [-sample N]           TTL histogram; warns on synchronized expiry
 //	health [-prefix P] [-dsn DSN]     latency, eviction policy, hit ratio, memory;
+//	                                  the in-process tier streams by key prefix;
 //	                                  the binlog relays publishing under prefix P
 //	                                  and, with -dsn, their checkpoints and leader
 //	                                  locks and the outbox's backlog

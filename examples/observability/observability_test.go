@@ -76,6 +76,15 @@ func gatherExported(t *testing.T) exported {
 	}
 	t.Cleanup(func() { l.Close() })
 
+	// A Loader with the in-process tier: its cache_local_* series exist
+	// from New (on miniredis its stream never comes up: no CLIENT
+	// TRACKING).
+	tiered, err := cache.New(rdb, "sessions", load, &cache.Options{Recorder: rec, Local: &cache.LocalOptions{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tiered.Close() })
+
 	ctx := context.Background()
 	get := func(key string, ok func(error) bool) {
 		t.Helper()
@@ -151,6 +160,7 @@ func gatherExported(t *testing.T) exported {
 	want := []string{"cache_requests_total", "cache_events_total", "cache_loads_total",
 		"cache_load_duration_seconds", "cache_breaker_state", "cache_read_bypass", "cache_invalidations_pending",
 		"cache_redis_duration_seconds", "cache_writes_total"}
+	want = append(want, localFamilies...)
 	want = append(want, writebehindFamilies...)
 	for _, name := range want {
 		if _, ok := ex.families[name]; !ok {
@@ -178,6 +188,13 @@ func gatherExported(t *testing.T) exported {
 	}
 	return ex
 }
+
+// localFamilies are the in-process tier's metric families.
+var localFamilies = []string{"cache_local_entries", "cache_local_bytes", "cache_local_fills_total",
+	"cache_local_fills_refused_total", "cache_local_invalidations_total", "cache_local_invalidation_messages_total",
+	"cache_local_flushes_total", "cache_local_barriers_total", "cache_local_barrier_waits_total",
+	"cache_local_barrier_waits_failed_total", "cache_local_barrier_duration_seconds", "cache_local_up",
+	"cache_local_lag_seconds"}
 
 // writebehindFamilies are the metric families of the writebehind package.
 var writebehindFamilies = []string{"cache_writebehind_adds_total", "cache_writebehind_flushed_total",

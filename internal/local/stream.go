@@ -69,6 +69,11 @@ type StreamOptions struct {
 	// context deadline per caller.
 	// default: 0 (only the caller's ctx bounds Wait)
 	MaxWait time.Duration
+	// OnBarrier, if set, is called with the latency of each barrier that
+	// returned (from its PING to its return), on the receive loop: it
+	// must be fast.
+	// default: none
+	OnBarrier func(time.Duration)
 
 	// onMessage, if set (by tests), runs on the receive loop before a
 	// message's keys are applied.
@@ -107,6 +112,7 @@ type Stream struct {
 	timeout  time.Duration
 	maxWait  time.Duration
 	onMsg    func(keys []string)
+	onRet    func(time.Duration)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -180,6 +186,7 @@ func NewStream(opts StreamOptions) (*Stream, error) {
 		timeout:  opts.Timeout,
 		maxWait:  opts.MaxWait,
 		onMsg:    opts.onMessage,
+		onRet:    opts.OnBarrier,
 		kick:     make(chan struct{}, 1),
 	}
 	if s.interval <= 0 {
@@ -408,11 +415,15 @@ func (s *Stream) returned(payload string) {
 	}
 	ps := s.ps
 	s.mu.Unlock()
-	s.barrierNanos.Add(uint64(now() - r.sent))
+	d := now() - r.sent
+	s.barrierNanos.Add(uint64(d))
 	s.rets.Add(1)
 	r.finish(true)
 	if next != nil {
 		s.send(ps, next)
+	}
+	if s.onRet != nil {
+		s.onRet(time.Duration(d))
 	}
 }
 
