@@ -232,7 +232,8 @@ type GroupStats struct {
 	Changes uint64 // Syncs that changed the set of masters (each flushed the Sink)
 }
 
-// Close closes every stream; the Sink is left as it is.
+// Close closes every stream; the Sink is left as it is, and so are the
+// counters of Stats.
 func (g *Group) Close() {
 	g.mu.Lock()
 	g.closed = true
@@ -240,7 +241,11 @@ func (g *Group) Close() {
 	g.streams.Store(&[]*Stream{})
 	g.byAddr = map[string]*Stream{}
 	g.mu.Unlock()
+	r := *g.retired.Load()
 	for _, s := range list {
 		s.Close()
+		r.add(s.Stats())
 	}
+	r.Lag = 0
+	g.retired.Store(&r) // the counters stay what they were
 }
