@@ -13,7 +13,7 @@ var localCounterNames = [...]struct{ name, help string }{
 	{"cache_local_fills_refused_total", "In-process tier: values read from Redis that were refused because an invalidation or a stream break came after their read was sent."},
 	{"cache_local_invalidations_total", "In-process tier: keys invalidated, by the invalidation stream and by this process's writes."},
 	{"cache_local_invalidation_messages_total", "In-process tier: invalidation messages received from Redis on the stream."},
-	{"cache_local_flushes_total", "In-process tier: invalidation stream breaks (connection lost, output-buffer limit, restart, barrier timeout), each of which emptied the tier."},
+	{"cache_local_flushes_total", "In-process tier: times the tier was emptied: an invalidation stream broke (connection lost, output-buffer limit, restart, barrier timeout, its server no longer a master) or, on a Cluster, the set of masters changed."},
 	{"cache_local_barriers_total", "In-process tier: barrier PINGs sent on the invalidation stream."},
 	{"cache_local_barrier_waits_total", "In-process tier: strict Gets (MaxLag 0) that waited for a barrier."},
 	{"cache_local_barrier_waits_failed_total", "In-process tier: barrier waits that failed (the barrier did not return within the Get's Redis budget, or the stream was down); those Gets read Redis."},
