@@ -31,10 +31,12 @@ func TestReconcileEvictsOnlyDivergentEntries(t *testing.T) {
 		return r, err // sql.ErrNoRows: not found
 	}
 	prefix := testenv.Prefix(t, rdb, "cachetest:")
-	l, err := New(rdb, "recon", load, &Options{Prefix: prefix})
+	// RedisTimeout as newLoader sets it: a Get that fails open on a busy
+	// machine caches nothing, and the pass would scan fewer entries.
+	l, err := New(rdb, "recon", load, &Options{Prefix: prefix, RedisTimeout: testRedisTimeout})
 	require.NoError(t, err)
 	defer l.Close()
-	other, err := New(rdb, "other", load, &Options{Prefix: prefix})
+	other, err := New(rdb, "other", load, &Options{Prefix: prefix, RedisTimeout: testRedisTimeout})
 	require.NoError(t, err)
 	defer other.Close()
 
