@@ -49,14 +49,7 @@ func TestSharedBreakerRealRedis(t *testing.T) {
 	}
 
 	require.NoError(t, p.Set(faultproxy.Refuse, 0))
-	for i := range failures {
-		for j, l := range s.ls {
-			require.Equal(t, BreakerClosed, l.BreakerState(), "loader %d before failure %d", j, i+1)
-		}
-		err := s.ls[i].Set(ctx, "z", row{"z", 1}) // one Redis call
-		require.Error(t, err)
-		require.NotErrorIs(t, err, ErrRedisUnavailable, "failure %d: Redis was called", i+1)
-	}
+	failOncePerLoader(t, s.ls, failures)
 	for i := range s.ls {
 		wait(t, opened[i], fmt.Sprintf("loader %d to report the breaker open", i))
 	}

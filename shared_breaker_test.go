@@ -167,14 +167,7 @@ func TestSharedBreakerTripsAndRecoversForAll(t *testing.T) {
 	mr.Close()
 	// One failed call from each of the first Loaders: together they open
 	// the breaker, where each alone is far from its Failures.
-	for i := range failures {
-		for j, l := range s.ls {
-			require.Equal(t, BreakerClosed, l.BreakerState(), "loader %d before failure %d", j, i+1)
-		}
-		err := s.ls[i].Set(ctx, "z", row{"z", 1}) // one Redis call
-		require.Error(t, err)
-		require.NotErrorIs(t, err, ErrRedisUnavailable, "failure %d: Redis was called", i+1)
-	}
+	failOncePerLoader(t, s.ls, failures)
 	for i, l := range s.ls {
 		wait(t, opened[i], fmt.Sprintf("loader %d to report the breaker open", i))
 		st := l.Stats()
@@ -321,5 +314,20 @@ func TestSharedBreakerClusterPerMaster(t *testing.T) {
 	for i := range s.ls {
 		require.EqualValues(t, 1, s.ls[i].Stats().BreakerOpened, "loader %d", i)
 		require.Equal(t, BreakerOpen, s.gauge(i), "loader %d", i)
+	}
+}
+
+// failOncePerLoader makes one failing Redis call from each of the first n
+// Loaders, requiring the shared breaker still closed before each: together
+// they open it, where each alone is far from its Failures.
+func failOncePerLoader(t *testing.T, ls []*Loader[row], n int) {
+	t.Helper()
+	for i := range n {
+		for j, l := range ls {
+			require.Equal(t, BreakerClosed, l.BreakerState(), "loader %d before failure %d", j, i+1)
+		}
+		err := ls[i].Set(context.Background(), "z", row{"z", 1}) // one Redis call
+		require.Error(t, err)
+		require.NotErrorIs(t, err, ErrRedisUnavailable, "failure %d: Redis was called", i+1)
 	}
 }
