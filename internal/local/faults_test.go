@@ -42,12 +42,7 @@ func TestOutputBufferDisconnect(t *testing.T) {
 		},
 	}
 	tr := newTier(t, rdb.Options(), prefix, opts)
-	key := prefix + "k"
-	rdb.Set(ctx, key, "v1", 0)
-	mustWait(t, tr.stream)
-	if _, ok := tr.fill(t, rdb, key); !ok {
-		t.Fatal("fill refused")
-	}
+	key := tr.filled(t, rdb, prefix)
 	id := tr.stream.clientID.Load()
 	before := tr.store.Stats().Flushes
 
@@ -102,12 +97,7 @@ func TestRedisRestart(t *testing.T) {
 	ctx := context.Background()
 	prefix := "local:restart:"
 	tr := newTier(t, rdb.Options(), prefix, StreamOptions{})
-	key := prefix + "k"
-	rdb.Set(ctx, key, "v1", 0)
-	mustWait(t, tr.stream)
-	if _, ok := tr.fill(t, rdb, key); !ok {
-		t.Fatal("fill refused")
-	}
+	key := tr.filled(t, rdb, prefix)
 	before := tr.store.Stats().Flushes
 	srv.Kill(t)
 	waitFor(t, func() bool { return tr.store.Stats().Flushes > before }) // the flush done, not only begun
@@ -147,12 +137,7 @@ func TestDemotedMaster(t *testing.T) {
 	ctx := context.Background()
 	prefix := "local:demoted:"
 	tr := newTier(t, ra.Options(), prefix, StreamOptions{})
-	key := prefix + "k"
-	ra.Set(ctx, key, "v1", 0)
-	mustWait(t, tr.stream)
-	if _, ok := tr.fill(t, ra, key); !ok {
-		t.Fatal("fill refused")
-	}
+	key := tr.filled(t, ra, prefix)
 	before := tr.store.Stats().Flushes
 
 	if err := ra.ReplicaOf(ctx, "127.0.0.1", "1").Err(); err != nil {

@@ -38,6 +38,19 @@ func newTier(t *testing.T, ropts *redis.Options, prefix string, opts StreamOptio
 	return &tier{store: st, stream: s}
 }
 
+// filled sets prefix+"k" to "v1" in Redis, fills tr with it once the
+// write's invalidation is applied, and returns the key.
+func (tr *tier) filled(t *testing.T, rdb *redis.Client, prefix string) string {
+	t.Helper()
+	key := prefix + "k"
+	rdb.Set(context.Background(), key, "v1", 0)
+	mustWait(t, tr.stream)
+	if _, ok := tr.fill(t, rdb, key); !ok {
+		t.Fatal("fill refused")
+	}
+	return key
+}
+
 // waitUp waits until a barrier returns on s.
 func waitUp(t *testing.T, s *Stream) {
 	t.Helper()
@@ -135,12 +148,7 @@ func TestClientKillFlushesAndRecovers(t *testing.T) {
 	prefix := testenv.Prefix(t, rdb, "local:")
 	tr := newTier(t, rdb.Options(), prefix, StreamOptions{})
 	ctx := context.Background()
-	key := prefix + "k"
-	rdb.Set(ctx, key, "v1", 0)
-	mustWait(t, tr.stream)
-	if _, ok := tr.fill(t, rdb, key); !ok {
-		t.Fatal("fill refused")
-	}
+	key := tr.filled(t, rdb, prefix)
 	before := tr.store.Stats().Flushes
 	old := tr.stream.Begin()
 	if err := rdb.ClientKillByFilter(ctx, "ID", itoa(int(tr.stream.clientID.Load()))).Err(); err != nil {
